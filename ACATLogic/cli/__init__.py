@@ -1,0 +1,1 @@
+"""The ``acat`` command line. See `ACATLogic.cli.main`."""

@@ -1,0 +1,109 @@
+"""The ``acat`` sub-commands. Each takes the parsed arguments and returns an exit code."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import EXIT_INTERNAL, ACATInputError
+from ..io import read_volume, write_volume
+from ..volume import CTVolume
+from .terminal import progress_bar
+
+log = logging.getLogger("acat")
+
+
+def summary(volume: CTVolume) -> dict:
+    """A PHI-free, JSON-ready description of a volume (what ``acat info`` prints)."""
+    voxels = volume.voxels_hu
+    return {
+        "size_ijk": list(volume.size_ijk),
+        "spacing_mm": [round(float(v), 6) for v in volume.spacing_mm],
+        "origin_lps_mm": [round(float(v), 6) for v in volume.origin_mm],
+        "direction_lps": [[round(float(v), 6) for v in row] for row in volume.direction],
+        "orientation": volume.orientation_code(),
+        "extent_mm": [round(float(v), 3) for v in volume.spacing_mm * (np.array(volume.size_ijk) - 1)],
+        "hu_min": float(voxels.min()),
+        "hu_max": float(voxels.max()),
+        "metadata": dict(volume.metadata),
+        "warnings": list(volume.warnings),
+    }
+
+
+def _read(args: argparse.Namespace) -> CTVolume:
+    with progress_bar(not args.quiet, "reading") as progress:
+        volume = read_volume(args.input, series_uid=args.series, progress=progress)
+    for warning in volume.warnings:
+        log.warning("warning: %s", warning)
+    return volume
+
+
+def info(args: argparse.Namespace) -> int:
+    volume = _read(args)
+    s = summary(volume)
+    if args.json:
+        print(json.dumps(s, indent=2))
+        return 0
+    meta = s["metadata"]
+    i, j, k = s["size_ijk"]
+    letters = {"L": "left", "R": "right", "P": "posterior", "A": "anterior", "S": "superior", "I": "inferior"}
+    axes = ", ".join(f"{name} -> {letters[c]}" for name, c in zip(("i", "j", "k"), s["orientation"]))
+    lines = [
+        f"Input:        {args.input}",
+        f"Format:       {meta.get('source_format', '?')}" + (f", {meta['series_selection']}" if "series_selection" in meta else ""),
+        f"Modality:     {meta.get('modality', 'unknown (not stored in this format)')}",
+    ]
+    if "series_description" in meta:
+        lines.append(f"Series:       {meta['series_description']}")
+    if "series_instance_uid" in meta:
+        lines.append(f"Series UID:   {meta['series_instance_uid']}")
+    lines += [
+        f"Size:         {i} x {j} x {k} voxels (columns x rows x slices)",
+        "Spacing:      " + " x ".join(f"{v:.4g}" for v in s["spacing_mm"]) + " mm",
+        f"Orientation:  {s['orientation']} ({axes})",
+        "Origin:       (" + ", ".join(f"{v:.3f}" for v in s["origin_lps_mm"]) + ") mm, LPS",
+        "Direction:    " + "  ".join("[" + " ".join(f"{v:+.4f}" for v in row) + "]" for row in s["direction_lps"]),
+        f"HU range:     {s['hu_min']:g} .. {s['hu_max']:g}",
+    ]
+    for key, label in (("slice_thickness_mm", "Thickness"), ("kvp", "kVp"), ("manufacturer", "Manufacturer")):
+        if key in meta:
+            value = meta[key]
+            lines.append(f"{label + ':':<14}{value:g}" if isinstance(value, float) else f"{label + ':':<14}{value}")
+    lines.append("Warnings:     " + ("; ".join(s["warnings"]) if s["warnings"] else "none"))
+    print("\n".join(lines))
+    return 0
+
+
+def _inside(child: Path, parent: Path) -> bool:
+    try:
+        child.resolve().relative_to(parent.resolve())
+        return True
+    except ValueError:
+        return False
+
+
+def convert(args: argparse.Namespace) -> int:
+    source, output = Path(args.input), Path(args.output)
+    if output.exists() and output.resolve() == source.resolve():
+        raise ACATInputError("the output would overwrite the input; choose another output name", output)
+    if source.is_dir() and _inside(output, source):
+        raise ACATInputError("the output is inside the input folder; ACAT never writes into an input folder - "
+                             "choose another location", output)
+    if output.exists() and not args.overwrite:
+        raise ACATInputError("the output file exists already; add --overwrite to replace it", output)
+    volume = _read(args)
+    write_volume(volume, output, overwrite=args.overwrite)
+    if not args.quiet:
+        log.info("wrote %s (%d x %d x %d voxels)", os.fspath(output), *volume.size_ijk)
+    return 0
+
+
+def not_yet(args: argparse.Namespace) -> int:
+    log.error("acat: %s is not available in this version yet (it arrives with the ACAT models); "
+              "see README.md", args.feature)
+    return EXIT_INTERNAL

@@ -1,0 +1,113 @@
+"""``acat``: read, convert and (soon) explain CT scans from the command line.
+
+Exit codes: 0 success, 2 bad input (one line on stderr saying what to fix), 1 internal error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import traceback
+from typing import Sequence
+
+from .. import __version__
+from ..errors import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_OK, ACATInputError
+from . import commands
+from .terminal import configure_logging
+
+log = logging.getLogger("acat")
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("-q", "--quiet", action="store_true", help="print errors only, no warnings or progress")
+    group.add_argument("-v", "--verbose", action="store_true", help="print details (and tracebacks of internal errors)")
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    pass
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="acat", formatter_class=_Formatter,
+        description="ACAT: explain what a CT classifier sees (Adversarial Counterfactual Attention).",
+        epilog="Run 'acat COMMAND --help' for one command.\n"
+               "Exit codes: 0 success, 2 bad input, 1 internal error.")
+    parser.add_argument("--version", action="version", version=f"acat {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    info = sub.add_parser(
+        "info", formatter_class=_Formatter, help="show what a CT scan holds: size, spacing, orientation, series",
+        description="Read a CT scan and print its size, voxel spacing, orientation and origin (LPS),\n"
+                    "modality, the DICOM series that was picked, HU range and any warnings.\n"
+                    "No patient name, ID or birth date is ever printed.",
+        epilog="example:\n  acat info ~/scans/head_ct/            # a DICOM folder\n"
+               "  acat info chest.nrrd --json")
+    info.add_argument("input", help="a DICOM folder or file (also DICOMDIR), NRRD, or NIfTI (.nii/.nii.gz)")
+    info.add_argument("--series", metavar="UID", help="the SeriesInstanceUID to read from a DICOM folder "
+                                                        "(default: the largest CT series)")
+    info.add_argument("--json", action="store_true", help="print machine-readable JSON instead of text")
+    _common(info)
+    info.set_defaults(handler=commands.info)
+
+    convert = sub.add_parser(
+        "convert", formatter_class=_Formatter, help="convert a CT scan to NRRD or NIfTI with exact geometry",
+        description="Read any supported input and write it as NRRD (.nrrd) or NIfTI (.nii, .nii.gz):\n"
+                    "float32 Hounsfield units, the input's own grid and patient geometry.\n"
+                    "The output is written to a temporary name and renamed: never half a file.",
+        epilog="example:\n  acat convert ~/scans/head_ct/ head_ct.nrrd")
+    convert.add_argument("input", help="a DICOM folder or file, NRRD, or NIfTI")
+    convert.add_argument("output", help="the file to write: .nrrd, .nii or .nii.gz")
+    convert.add_argument("--series", metavar="UID", help="the SeriesInstanceUID to read from a DICOM folder")
+    convert.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
+    _common(convert)
+    convert.set_defaults(handler=commands.convert)
+
+    explain = sub.add_parser(
+        "explain", formatter_class=_Formatter,
+        help="predict and explain a CT scan (saliency + counterfactual) [not in this version yet]",
+        description="Classify a CT scan and explain the prediction with ACAT's counterfactual saliency.\n"
+                    "Reserved: the models and the explanation arrive in a later version.",
+        epilog="example:\n  acat explain ~/scans/head_ct/ --model brain --out results/")
+    explain.add_argument("args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    _common(explain)
+    explain.set_defaults(handler=commands.not_yet, feature="acat explain")
+
+    demo = sub.add_parser(
+        "demo", formatter_class=_Formatter,
+        help="run ACAT on the bundled demo case [not in this version yet]",
+        description="Build the bundled demo case (a real head CT with a simulated lesion) and explain it.\n"
+                    "Reserved: arrives with the models. Today 'make demo' reads and converts the demo CT.",
+        epilog="example:\n  acat demo --out demo-output/")
+    demo.add_argument("args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    _common(demo)
+    demo.set_defaults(handler=commands.not_yet, feature="acat demo")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    configure_logging(getattr(args, "quiet", False), getattr(args, "verbose", False))
+    try:
+        return int(args.handler(args) or EXIT_OK)
+    except ACATInputError as exc:
+        print(f"acat: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("acat: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, exit 1
+        if getattr(args, "verbose", False):
+            traceback.print_exc()
+        text = " ".join(str(exc).split())[:200]
+        print(f"acat: internal error: {type(exc).__name__}: {text} (run with --verbose for details; "
+              "please report it)", file=sys.stderr)
+        return EXIT_INTERNAL
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,23 @@
+"""The one exception type for bad input.
+
+Anything the user can fix (a wrong folder, a damaged file, a non-CT series) raises `ACATInputError`
+with a one-line message that names the file and the problem. The CLI prints it as one line on stderr
+and exits with `EXIT_BAD_INPUT`; any other exception is an internal error (`EXIT_INTERNAL`).
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_INTERNAL = 1
+EXIT_BAD_INPUT = 2
+
+
+class ACATInputError(ValueError):
+    """Bad input that a user can act on. The message is one line, without a traceback."""
+
+    def __init__(self, message: str, path: object | None = None):
+        message = " ".join(str(message).split())  # one line, always
+        if path is not None:
+            message = f"{path}: {message}"
+        super().__init__(message)
+        self.path = path

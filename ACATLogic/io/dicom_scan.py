@@ -1,0 +1,284 @@
+"""Find DICOM images, read their headers, and group them into series.
+
+Only headers are read here (``stop_before_pixels``); pixels are decoded later, for the chosen series
+only (`ACATLogic.io.dicom_volume`). Each image frame becomes a `SliceRecord`; an enhanced multi-frame
+file contributes one record per frame, from its functional groups (PS3.3 C.7.6.16).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import warnings
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator, Optional, Sequence
+
+import numpy as np
+import pydicom
+import pydicom.config
+from pydicom.errors import InvalidDicomError
+
+from ..errors import ACATInputError
+from ..progress import ProgressCallback, no_progress
+
+CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+ENHANCED_CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2.1"
+LEGACY_ENHANCED_CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2.2"
+CT_SOP_CLASSES = {CT_IMAGE_STORAGE, ENHANCED_CT_IMAGE_STORAGE, LEGACY_ENHANCED_CT_IMAGE_STORAGE}
+MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"  # a DICOMDIR index file: no image in it
+SECONDARY_CAPTURE_PREFIX = "1.2.840.10008.5.1.4.1.1.7"  # SC, multi-frame SC (.7.1 - .7.4)
+
+
+@dataclass
+class SliceRecord:
+    """One 2D image (a file, or one frame of a multi-frame file) and the header facts we need.
+
+    ``row_dir`` is the LPS direction of increasing column index (i), ``col_dir`` that of increasing
+    row index (j): DICOM's ImageOrientationPatient. ``pixel_spacing`` is DICOM's (row spacing, column
+    spacing) = (spacing along j, spacing along i).
+    """
+
+    path: Path
+    frame: Optional[int]
+    series_uid: str
+    modality: str
+    sop_class_uid: str
+    sop_instance_uid: str
+    rows: int
+    columns: int
+    position: Optional[np.ndarray]
+    row_dir: Optional[np.ndarray]
+    col_dir: Optional[np.ndarray]
+    pixel_spacing: Optional[tuple[float, float]]
+    slope: float
+    intercept: float
+    rescale_type: str
+    samples_per_pixel: int
+    photometric: str
+    is_localizer: bool
+    header: pydicom.Dataset = field(repr=False)
+
+    @property
+    def is_secondary_capture(self) -> bool:
+        return self.sop_class_uid.startswith(SECONDARY_CAPTURE_PREFIX)
+
+    @property
+    def is_ct(self) -> bool:
+        return self.modality == "CT" or (not self.modality and self.sop_class_uid in CT_SOP_CLASSES)
+
+    @property
+    def is_colour(self) -> bool:
+        return self.samples_per_pixel != 1 or not self.photometric.startswith("MONOCHROME")
+
+
+@dataclass
+class ScanResult:
+    """What a folder scan found: slices grouped by SeriesInstanceUID, and the files passed over."""
+
+    series: dict[str, list[SliceRecord]]
+    skipped: list[tuple[Path, str]]
+    files_seen: int
+
+
+@contextlib.contextmanager
+def lenient_pydicom() -> Iterator[None]:
+    """Accept odd-but-readable values (as hospitals' files have) without pydicom's warnings.
+
+    We judge each file by what we need from it and report problems ourselves, in one line.
+    """
+    settings = pydicom.config.settings
+    saved = settings.reading_validation_mode
+    logger = logging.getLogger("pydicom")
+    saved_level = logger.level
+    settings.reading_validation_mode = pydicom.config.IGNORE
+    logger.setLevel(logging.ERROR + 10)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        settings.reading_validation_mode = saved
+        logger.setLevel(saved_level)
+
+
+def _floats(value, n: int) -> Optional[np.ndarray]:
+    try:
+        arr = np.array([float(v) for v in value], dtype=np.float64)
+    except (TypeError, ValueError):
+        return None
+    return arr if arr.shape == (n,) and np.all(np.isfinite(arr)) else None
+
+
+def _float(value, default: float) -> float:
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        return default
+    return out if np.isfinite(out) else default
+
+
+def _item(ds, sequence: str):
+    seq = ds.get(sequence)
+    return seq[0] if seq else None
+
+
+def _functional(frame_groups, shared_groups, sequence: str):
+    """The first item of a functional-group sequence, per-frame first, then shared (PS3.3 C.7.6.16)."""
+    for groups in (frame_groups, shared_groups):
+        if groups is not None:
+            item = _item(groups, sequence)
+            if item is not None:
+                return item
+    return None
+
+
+def _base_record(ds: pydicom.Dataset, path: Path) -> dict:
+    image_type = [str(v).upper() for v in (ds.get("ImageType") or [])]
+    return dict(
+        path=path,
+        series_uid=str(ds.get("SeriesInstanceUID", "") or ""),
+        modality=str(ds.get("Modality", "") or "").upper(),
+        sop_class_uid=str(ds.get("SOPClassUID", "") or ""),
+        rows=int(ds.get("Rows", 0) or 0),
+        columns=int(ds.get("Columns", 0) or 0),
+        samples_per_pixel=int(ds.get("SamplesPerPixel", 1) or 1),
+        photometric=str(ds.get("PhotometricInterpretation", "MONOCHROME2") or "MONOCHROME2").upper(),
+        is_localizer="LOCALIZER" in image_type,
+        header=ds,
+    )
+
+
+def records_from_dataset(ds: pydicom.Dataset, path: Path) -> list[SliceRecord]:
+    """The `SliceRecord`s of one parsed header: one, or one per frame of a multi-frame image."""
+    base = _base_record(ds, path)
+    sop_uid = str(ds.get("SOPInstanceUID", "") or path)
+    n_frames = int(ds.get("NumberOfFrames", 1) or 1)
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence")
+    shared = _item(ds, "SharedFunctionalGroupsSequence")
+    if per_frame is None and shared is None:
+        if n_frames > 1:
+            raise ACATInputError(
+                f"multi-frame image with {n_frames} frames but no per-frame geometry (no functional groups); "
+                "export the series as single-frame CT images", path)
+        iop = _floats(ds.get("ImageOrientationPatient"), 6)
+        return [SliceRecord(
+            frame=None, sop_instance_uid=sop_uid,
+            position=_floats(ds.get("ImagePositionPatient"), 3),
+            row_dir=None if iop is None else iop[:3], col_dir=None if iop is None else iop[3:],
+            pixel_spacing=_pixel_spacing(ds.get("PixelSpacing")),
+            slope=_float(ds.get("RescaleSlope"), 1.0), intercept=_float(ds.get("RescaleIntercept"), 0.0),
+            rescale_type=str(ds.get("RescaleType", "") or "").upper(), **base)]
+    if per_frame is not None and len(per_frame) != n_frames:
+        raise ACATInputError(
+            f"the file declares {n_frames} frames but describes {len(per_frame)}; the file is damaged", path)
+    records = []
+    for f in range(n_frames):
+        frame_groups = per_frame[f] if per_frame is not None else None
+        pos = _functional(frame_groups, shared, "PlanePositionSequence")
+        ori = _functional(frame_groups, shared, "PlaneOrientationSequence")
+        meas = _functional(frame_groups, shared, "PixelMeasuresSequence")
+        pvt = _functional(frame_groups, shared, "PixelValueTransformationSequence")
+        iop = None if ori is None else _floats(ori.get("ImageOrientationPatient"), 6)
+        records.append(SliceRecord(
+            frame=f, sop_instance_uid=sop_uid,
+            position=None if pos is None else _floats(pos.get("ImagePositionPatient"), 3),
+            row_dir=None if iop is None else iop[:3], col_dir=None if iop is None else iop[3:],
+            pixel_spacing=None if meas is None else _pixel_spacing(meas.get("PixelSpacing")),
+            slope=_float(None if pvt is None else pvt.get("RescaleSlope"), _float(ds.get("RescaleSlope"), 1.0)),
+            intercept=_float(None if pvt is None else pvt.get("RescaleIntercept"),
+                             _float(ds.get("RescaleIntercept"), 0.0)),
+            rescale_type=str((pvt.get("RescaleType") if pvt is not None else None) or ds.get("RescaleType", "") or "").upper(),
+            **base))
+    return records
+
+
+def _pixel_spacing(value) -> Optional[tuple[float, float]]:
+    arr = _floats(value, 2)
+    if arr is None or np.any(arr <= 0):
+        return None
+    return float(arr[0]), float(arr[1])
+
+
+def _looks_like_raw_dataset(path: Path) -> bool:
+    """A DICOM dataset written without the Part 10 header usually starts with a group 0x0008 tag."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(4)
+    except OSError:
+        return False
+    return head[:2] in (b"\x08\x00", b"\x00\x08")
+
+
+def read_header(path: Path) -> pydicom.Dataset:
+    """Parse a DICOM header (no pixels). Raises `ACATInputError` naming the problem."""
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise ACATInputError(f"cannot open the file ({exc.strerror or exc})", path) from None
+    if size == 0:
+        raise ACATInputError("the file is empty (0 bytes)", path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom warns on every odd element; we judge the result instead
+        try:
+            return pydicom.dcmread(path, stop_before_pixels=True)
+        except InvalidDicomError:
+            if not _looks_like_raw_dataset(path):
+                raise ACATInputError("not a DICOM file", path) from None
+            try:
+                ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+            except Exception:  # noqa: BLE001 - any parser failure means "not readable"
+                raise ACATInputError("not a DICOM file", path) from None
+            if not (ds.get("SOPClassUID") or (ds.get("Rows") and ds.get("Modality"))):
+                raise ACATInputError(
+                    "not a readable DICOM image (no DICOM file header, and no image attributes)", path) from None
+            return ds
+        except OSError as exc:
+            raise ACATInputError(f"cannot read the file ({exc.strerror or exc})", path) from None
+        except Exception as exc:  # noqa: BLE001 - pydicom raises many types for damaged files
+            raise ACATInputError(f"damaged DICOM header ({_short(exc)})", path) from None
+
+
+def _short(exc: BaseException, limit: int = 160) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def iter_candidate_files(root: Path) -> Iterable[Path]:
+    """Every regular file under ``root``, sorted, never following directory symlinks (no loops)."""
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        dirnames.sort()
+        for name in sorted(filenames):
+            yield Path(dirpath) / name
+
+
+def scan(paths: Sequence[Path], progress: ProgressCallback = no_progress) -> ScanResult:
+    """Read the headers of ``paths`` (files) and group their images by SeriesInstanceUID."""
+    series: dict[str, list[SliceRecord]] = {}
+    skipped: list[tuple[Path, str]] = []
+    n = len(paths)
+    for index, path in enumerate(paths):
+        if index % 32 == 0:
+            progress(index / max(n, 1), "reading DICOM headers")
+        try:
+            ds = read_header(path)
+            media_class = str(getattr(ds, "file_meta", {}).get("MediaStorageSOPClassUID", "") or "")
+            if media_class == MEDIA_STORAGE_DIRECTORY or ds.get("DirectoryRecordSequence") is not None:
+                skipped.append((path, "DICOMDIR index file"))
+                continue
+            records = records_from_dataset(ds, path)
+        except ACATInputError as exc:
+            skipped.append((path, str(exc).removeprefix(f"{path}: ")))
+            continue
+        for rec in records:
+            series.setdefault(rec.series_uid, []).append(rec)
+    progress(1.0, "reading DICOM headers")
+    return ScanResult(series=series, skipped=skipped, files_seen=n)
+
+
+def describe_skipped(skipped: list[tuple[Path, str]]) -> str:
+    """'3 not DICOM, 1 empty' — a short tally of why files were passed over."""
+    reasons = Counter(reason.split(" (")[0] for _, reason in skipped)
+    return ", ".join(f"{count} {reason}" for reason, count in reasons.most_common(4))

@@ -1,0 +1,387 @@
+"""Choose a DICOM series and stack its slices into a `CTVolume` with exact geometry.
+
+Slices are sorted by their position along the slice normal (the cross product of the two
+ImageOrientationPatient vectors), never by file name or InstanceNumber. Two irregular acquisitions
+are handled explicitly, each with a warning on the volume:
+
+* **Gantry tilt** (slice origins drift in-plane along the stack): every slice is shifted in-plane by
+  bilinear interpolation onto a grid perpendicular to the slices, as 3D Slicer's "acquisition
+  geometry regularization" and dcm2niix do. Shifts smaller than 5% of a pixel are ignored.
+* **Non-uniform spacing**: when every gap is within 1% of the median gap the spacing is the exact
+  mean. Otherwise, when the gaps stay between 0.49x and 2.01x the median (at most one missing slice
+  in a row), slices are linearly resampled to the median spacing. Larger gaps mean an incomplete
+  series and are refused: interpolating many missing slices would invent anatomy.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections import Counter
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import pydicom
+from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+from ..errors import ACATInputError
+from ..progress import ProgressCallback, no_progress
+from ..volume import CTVolume
+from .dicom_scan import ScanResult, SliceRecord, describe_skipped
+
+ORIENTATION_TOL = 1e-3  # difference between unit vectors still counted as "the same orientation"
+SPACING_REL_TOL = 0.01  # gaps within 1% of the median are uniform
+MIN_GAP_FACTOR, MAX_GAP_FACTOR = 0.49, 2.01  # beyond these (x median gap) the series is refused
+TILT_MIN_SHIFT_PX = 0.05  # in-plane drift below this (pixels) is rounding in the header, not tilt
+DUPLICATE_POSITION_MM = 1e-3
+
+
+# ------------------------------------------------------------------------------------------------
+# Series selection
+# ------------------------------------------------------------------------------------------------
+def _series_kind(records: list[SliceRecord]) -> str:
+    """Why a series cannot be used as a CT volume ('' when it can)."""
+    usable = [r for r in records if not r.is_localizer]
+    if not usable:
+        return "localizer (scout) images only"
+    first = usable[0]
+    if any(r.is_secondary_capture for r in usable):
+        return "secondary capture (screenshot) images, not CT image data"
+    if any(r.is_colour for r in usable):
+        return f"colour ({first.photometric}) images, not greyscale CT"
+    if not any(r.is_ct for r in usable):
+        return f"{first.modality or 'unknown modality'} images, not CT"
+    if all(r.rows == 0 or r.columns == 0 for r in usable):
+        return "no pixel data"
+    return ""
+
+
+def _series_summary(records: list[SliceRecord]) -> str:
+    mods = Counter(r.modality or "?" for r in records)
+    return "/".join(mods) + f", {len(records)} image{'s' if len(records) != 1 else ''}"
+
+
+def select_series(scan: ScanResult, source: Path, series_uid: Optional[str] = None) -> tuple[list[SliceRecord], str]:
+    """Pick ``series_uid``, or else the largest usable CT series. Returns (records, how it was chosen)."""
+    single_file = scan.files_seen == 1 and source.is_file()
+    where = source if not single_file else None
+    if not scan.series:
+        if single_file and scan.skipped:
+            raise ACATInputError(scan.skipped[0][1], scan.skipped[0][0])
+        if scan.files_seen == 0:
+            raise ACATInputError("the folder is empty: no DICOM files found", source)
+        raise ACATInputError(
+            f"no DICOM images found ({scan.files_seen} files looked at: {describe_skipped(scan.skipped)})", source)
+
+    if series_uid is not None:
+        if series_uid not in scan.series:
+            found = "; ".join(f"{uid} ({_series_summary(r)})" for uid, r in list(scan.series.items())[:5])
+            raise ACATInputError(f"series {series_uid} is not here; found: {found}", source)
+        records = scan.series[series_uid]
+        kind = _series_kind(records)
+        if kind:
+            raise ACATInputError(f"series {series_uid} has {kind}; ACAT needs a CT series", where or source)
+        return records, f"series {series_uid} as requested"
+
+    usable, unusable = {}, Counter()
+    for uid, records in scan.series.items():
+        kind = _series_kind(records)
+        if kind:
+            unusable[kind] += 1
+        else:
+            usable[uid] = records
+    if not usable:
+        if single_file:
+            only = next(iter(scan.series.values()))
+            raise ACATInputError(f"the file holds {_series_kind(only)}; ACAT explains CT scans only", only[0].path)
+        total = sum(unusable.values())
+        found = "; ".join(f"{kind} ({n})" if len(unusable) > 1 else kind for kind, n in unusable.most_common())
+        raise ACATInputError(f"no usable CT series here; found {total} series: {found}", source)
+
+    def size(item):
+        uid, records = item
+        return (len({(r.sop_instance_uid, r.frame) for r in records if not r.is_localizer}), uid)
+
+    uid, records = max(usable.items(), key=size)
+    if len(scan.series) == 1:
+        how = f"the only series ({size((uid, records))[0]} images)"
+    else:
+        how = (f"the largest CT series ({size((uid, records))[0]} images) of {len(scan.series)} series; "
+               "choose another with --series UID")
+    return records, how
+
+
+# ------------------------------------------------------------------------------------------------
+# Geometry
+# ------------------------------------------------------------------------------------------------
+def _orthonormal_axes(records: list[SliceRecord]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    first = records[0]
+    for r in records:
+        if r.position is None or r.row_dir is None or r.col_dir is None:
+            raise ACATInputError(
+                "no ImagePositionPatient/ImageOrientationPatient: the slice cannot be placed in the patient",
+                r.path)
+    row = first.row_dir / np.linalg.norm(first.row_dir)
+    col = first.col_dir / np.linalg.norm(first.col_dir)
+    for r in records[1:]:
+        rr = r.row_dir / np.linalg.norm(r.row_dir)
+        cc = r.col_dir / np.linalg.norm(r.col_dir)
+        if np.abs(rr - row).max() > ORIENTATION_TOL or np.abs(cc - col).max() > ORIENTATION_TOL:
+            raise ACATInputError(
+                f"slice orientation differs within the series ({_fmt(r.row_dir)}/{_fmt(r.col_dir)} vs "
+                f"{_fmt(first.row_dir)}/{_fmt(first.col_dir)} in {first.path.name}); "
+                "the series mixes image planes and cannot form one volume", r.path)
+    dot = float(row @ col)
+    if abs(dot) > 1e-3:
+        raise ACATInputError(f"ImageOrientationPatient vectors are not perpendicular (cosine {dot:.4f})", first.path)
+    col = col - dot * row
+    col /= np.linalg.norm(col)
+    return row, col, np.cross(row, col)
+
+
+def _fmt(v) -> str:
+    return "(" + ", ".join(f"{x:.3g}" for x in v) + ")"
+
+
+def _check_uniform_images(records: list[SliceRecord]) -> tuple[float, float]:
+    sizes = Counter((r.rows, r.columns) for r in records)
+    if len(sizes) > 1:
+        desc = ", ".join(f"{c}x{rw} ({n} images)" for (rw, c), n in sizes.most_common())
+        raise ACATInputError(f"the series mixes image sizes: {desc}; it cannot form one volume",
+                             records[0].path.parent)
+    for r in records:
+        if r.pixel_spacing is None:
+            raise ACATInputError("no valid PixelSpacing: the pixel size is unknown", r.path)
+    ref = np.array(records[0].pixel_spacing)
+    for r in records[1:]:
+        if np.abs(np.array(r.pixel_spacing) - ref).max() > 1e-4 * ref.max():
+            raise ACATInputError(
+                f"pixel spacing differs within the series ({r.pixel_spacing} vs {tuple(ref)} mm)", r.path)
+    return float(ref[0]), float(ref[1])
+
+
+# ------------------------------------------------------------------------------------------------
+# Pixels
+# ------------------------------------------------------------------------------------------------
+def _read_pixels(path: Path) -> np.ndarray:
+    """All frames of one file as (F, rows, columns), as stored (before rescale)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            ds = pydicom.dcmread(path, force=True)
+        except Exception as exc:  # noqa: BLE001 - damaged file: any parser error
+            raise ACATInputError(f"cannot read the file ({_short(exc)})", path) from None
+        if not any(tag in ds for tag in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+            raise ACATInputError("the file has no pixel data", path)
+        meta = ds.file_meta if hasattr(ds, "file_meta") else pydicom.dataset.FileMetaDataset()
+        if "TransferSyntaxUID" not in meta:  # a raw dataset without Part 10 header
+            little = getattr(ds, "is_little_endian", True) is not False
+            implicit = getattr(ds, "is_implicit_VR", True) is not False
+            meta.TransferSyntaxUID = ImplicitVRLittleEndian if implicit else (
+                ExplicitVRLittleEndian if little else ExplicitVRBigEndian)
+            ds.file_meta = meta
+        try:
+            pixels = ds.pixel_array
+        except Exception as exc:  # noqa: BLE001 - codecs raise many types
+            ts = getattr(meta.get("TransferSyntaxUID"), "name", "unknown transfer syntax")
+            raise ACATInputError(f"cannot decode the pixel data ({ts}): {_short(exc)}", path) from None
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if pixels.ndim == 2:
+        pixels = pixels[None]
+    if pixels.ndim != 3 or pixels.shape[0] != frames:
+        raise ACATInputError(f"unexpected pixel array shape {pixels.shape} (colour or damaged image)", path)
+    return pixels
+
+
+def _short(exc: BaseException, limit: int = 160) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _shift_along(image: np.ndarray, shift: float, axis: int, fill: float) -> np.ndarray:
+    """Move ``image`` by ``shift`` pixels along ``axis`` (linear interpolation, ``fill`` outside)."""
+    length = image.shape[axis]
+    src = np.arange(length, dtype=np.float64) - shift
+    i0 = np.floor(src).astype(np.int64)
+    frac = (src - i0).astype(np.float32)
+    shape = [1, 1]
+    shape[axis] = length
+    a = np.take(image, np.clip(i0, 0, length - 1), axis=axis)
+    b = np.take(image, np.clip(i0 + 1, 0, length - 1), axis=axis)
+    a = np.where(((i0 >= 0) & (i0 < length)).reshape(shape), a, fill)
+    b = np.where(((i0 + 1 >= 0) & (i0 + 1 < length)).reshape(shape), b, fill)
+    f = frac.reshape(shape)
+    return (a * (1 - f) + b * f).astype(np.float32)
+
+
+# ------------------------------------------------------------------------------------------------
+# The volume
+# ------------------------------------------------------------------------------------------------
+def build_volume(records: Sequence[SliceRecord], *, min_slices: int = 2,
+                 progress: ProgressCallback = no_progress) -> CTVolume:
+    """Stack the images of one series into a `CTVolume` (HU, LPS). See the module docstring."""
+    notes: list[str] = []
+    images = [r for r in records if not r.is_localizer]
+    if len(images) < len(records):
+        notes.append(f"{len(records) - len(images)} localizer (scout) images were left out")
+    unique: dict[tuple[str, Optional[int]], SliceRecord] = {}
+    for r in images:
+        unique.setdefault((r.sop_instance_uid, r.frame), r)
+    if len(unique) < len(images):
+        notes.append(f"{len(images) - len(unique)} duplicate copies of the same image were ignored")
+    images = list(unique.values())
+    for r in images:
+        if r.rows == 0 or r.columns == 0:
+            raise ACATInputError("the file has no pixel data (no image rows/columns)", r.path)
+        if r.is_colour or r.is_secondary_capture:
+            raise ACATInputError("a colour or secondary capture image, not CT image data", r.path)
+
+    row_spacing, col_spacing = _check_uniform_images(images)
+    row_dir, col_dir, normal = _orthonormal_axes(images)
+    positions = np.array([r.position for r in images])
+    along = positions @ normal
+    order = np.argsort(along, kind="stable")
+    images = [images[i] for i in order]
+    along = along[order]
+    positions = positions[order]
+
+    if len(images) < min_slices:
+        raise ACATInputError(
+            f"only {len(images)} slice{'s' if len(images) != 1 else ''}: a volume needs at least {min_slices}; "
+            "open the folder that holds the whole series", images[0].path)
+    gaps = np.diff(along)
+    if len(gaps) and gaps.min() < DUPLICATE_POSITION_MM:
+        i = int(np.argmin(gaps))
+        n_dup = int(np.sum(gaps < DUPLICATE_POSITION_MM))
+        raise ACATInputError(
+            f"{n_dup + 1} images share one slice position ({images[i].path.name} and {images[i + 1].path.name}): "
+            "the series holds several acquisitions or phases; export them as separate series",
+            images[0].path.parent)
+
+    # In-plane drift of the slice origins along the stack = gantry tilt (or a sheared acquisition).
+    offsets = positions - positions[0] - np.outer(along - along[0], normal)
+    shift_i = offsets @ row_dir / col_spacing  # along i (columns): DICOM column spacing
+    shift_j = offsets @ col_dir / row_spacing
+    tilted = bool(max(np.abs(shift_i).max(), np.abs(shift_j).max()) > TILT_MIN_SHIFT_PX)
+
+    spacing_k, target = _slice_positions(along, images)
+    if target is not None:
+        notes.append(
+            f"slice spacing was not uniform (gaps {gaps.min():.3g} to {gaps.max():.3g} mm); "
+            f"resampled to {spacing_k:.4g} mm by linear interpolation between slices")
+
+    rescale_types = {r.rescale_type for r in images} - {"", "HU"}
+    if rescale_types:
+        notes.append(f"pixel values are in {'/'.join(sorted(rescale_types))} (DICOM RescaleType), "
+                     "not Hounsfield units")
+
+    # Decode, one file at a time (a multi-frame file once), rescale to HU in float64: no overflow.
+    nk = len(images)
+    voxels = np.empty((nk, images[0].rows, images[0].columns), dtype=np.float32)
+    cache: dict[Path, np.ndarray] = {}
+    for k, r in enumerate(images):
+        if k % 8 == 0:
+            progress(k / nk, "decoding slices")
+        if r.path not in cache:
+            cache.clear()
+            cache[r.path] = _read_pixels(r.path)
+        frames = cache[r.path]
+        frame = frames[r.frame or 0]
+        if frame.shape != (r.rows, r.columns):
+            raise ACATInputError(f"pixel data is {frame.shape[1]}x{frame.shape[0]} but the header says "
+                                 f"{r.columns}x{r.rows}", r.path)
+        hu = frame.astype(np.float64) * r.slope + r.intercept
+        if not np.all(np.isfinite(hu)):
+            raise ACATInputError("the pixel values contain NaN or infinity", r.path)
+        voxels[k] = hu
+    progress(1.0, "decoding slices")
+
+    if tilted:
+        fill = float(voxels.min())
+        for k in range(nk):
+            if abs(shift_i[k]) > 1e-6:
+                voxels[k] = _shift_along(voxels[k], float(shift_i[k]), axis=1, fill=fill)
+            if abs(shift_j[k]) > 1e-6:
+                voxels[k] = _shift_along(voxels[k], float(shift_j[k]), axis=0, fill=fill)
+        drift_mm = float(np.linalg.norm(offsets[-1]))
+        angle = float(np.degrees(np.arctan2(drift_mm, along[-1] - along[0])))
+        notes.append(f"gantry tilt of {angle:.2f} degrees was corrected by shifting each slice in-plane "
+                     "onto a grid perpendicular to the slices")
+
+    if target is not None:
+        voxels = _resample_slices(voxels, along, target)
+
+    first = images[0]
+    return CTVolume(
+        voxels_hu=voxels,
+        spacing_mm=(col_spacing, row_spacing, spacing_k),
+        origin_mm=positions[0],
+        direction=np.stack([row_dir, col_dir, normal], axis=1) + 0.0,  # no negative zeros
+        metadata=_metadata(first.header),
+        warnings=notes,
+    )
+
+
+def _slice_positions(along: np.ndarray, images: list[SliceRecord]) -> tuple[float, Optional[np.ndarray]]:
+    """(spacing, None) when uniform; (spacing, target positions) when resampling is needed."""
+    gaps = np.diff(along)
+    median = float(np.median(gaps))
+    if np.abs(gaps - median).max() <= max(SPACING_REL_TOL * median, 1e-3):
+        return float((along[-1] - along[0]) / (len(along) - 1)), None
+    worst = int(np.argmax(np.abs(gaps - median)))
+    if gaps.max() > MAX_GAP_FACTOR * median or gaps.min() < MIN_GAP_FACTOR * median:
+        raise ACATInputError(
+            f"slices are missing or irregular: a gap of {gaps[worst]:.4g} mm between {images[worst].path.name} "
+            f"and {images[worst + 1].path.name} where the spacing is {median:.4g} mm; "
+            "the series is incomplete - export the complete series",
+            images[0].path.parent)
+    n = int(round((along[-1] - along[0]) / median)) + 1
+    return median, along[0] + median * np.arange(n)
+
+
+def _resample_slices(voxels: np.ndarray, along: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """Linear interpolation along k from slices at ``along`` to slices at ``target`` (both ascending)."""
+    upper = np.clip(np.searchsorted(along, target, side="right"), 1, len(along) - 1)
+    lower = upper - 1
+    w = np.clip((target - along[lower]) / (along[upper] - along[lower]), 0.0, 1.0).astype(np.float32)
+    out = np.empty((len(target),) + voxels.shape[1:], dtype=np.float32)
+    for q in range(len(target)):
+        out[q] = voxels[lower[q]] * (1 - w[q]) + voxels[upper[q]] * w[q]
+    return out
+
+
+def _metadata(ds: pydicom.Dataset) -> dict:
+    """PHI-free description from the first image's header (never names, IDs, dates)."""
+    def text(keyword):
+        value = ds.get(keyword)
+        return None if value in (None, "") else " ".join(str(value).split())
+
+    def number(keyword, groups=()):
+        value = ds.get(keyword)
+        for seq_name in groups:  # enhanced CT keeps some values in functional groups
+            if value not in (None, ""):
+                break
+            shared = ds.get("SharedFunctionalGroupsSequence")
+            if shared and shared[0].get(seq_name):
+                value = shared[0].get(seq_name)[0].get(keyword)
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            return None
+
+    kernel = ds.get("ConvolutionKernel")
+    if kernel is not None and not isinstance(kernel, str):
+        kernel = "\\".join(str(k) for k in kernel)
+    meta = {
+        "modality": text("Modality"),
+        "series_description": text("SeriesDescription"),
+        "series_instance_uid": text("SeriesInstanceUID"),
+        "study_instance_uid": text("StudyInstanceUID"),
+        "slice_thickness_mm": number("SliceThickness", ("PixelMeasuresSequence",)),
+        "kvp": number("KVP", ("CTXRayDetailsSequence",)),
+        "manufacturer": text("Manufacturer"),
+        "manufacturer_model": text("ManufacturerModelName"),
+        "convolution_kernel": kernel or None,
+        "source_format": "DICOM",
+    }
+    return {k: v for k, v in meta.items() if v is not None}

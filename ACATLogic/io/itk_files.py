@@ -1,0 +1,128 @@
+"""NRRD and NIfTI through SimpleITK, which uses LPS like `CTVolume`: no axis conversion needed.
+
+NRRD keeps geometry as text with 17 significant digits, so a round trip is exact. NIfTI-1 stores
+its geometry (sform/qform) as float32: positions come back within float32 precision (about 1e-5 mm
+for coordinates of a few hundred mm); voxel values are exact. Use NRRD when geometry must be exact.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from ..errors import ACATInputError
+from ..volume import METADATA_KEYS, CTVolume
+from .atomic import atomic_path
+
+NRRD_SUFFIXES = (".nrrd", ".nhdr")
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+_IMAGE_IO = {".nrrd": "NrrdImageIO", ".nhdr": "NrrdImageIO", ".nii": "NiftiImageIO", ".nii.gz": "NiftiImageIO"}
+_META_PREFIX = "ACAT_"  # our PHI-free metadata travels in NRRD key/value fields
+
+
+def file_kind(path: Path) -> str | None:
+    """'.nrrd', '.nhdr', '.nii' or '.nii.gz' from the name, or None."""
+    name = path.name.lower()
+    for suffix in (".nii.gz",) + NRRD_SUFFIXES + (".nii",):
+        if name.endswith(suffix):
+            return suffix
+    return None
+
+
+def _short(exc: BaseException) -> str:
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    # ITK's messages end with the useful sentence after file/line noise.
+    useful = [ln for ln in lines if not ln.startswith(("/", "sitk::ERROR", "itk::ERROR"))] or lines
+    text = (useful[-1] if useful else type(exc).__name__).removeprefix("Description: ")
+    return text[:160]
+
+
+def read_itk_file(path: Path) -> CTVolume:
+    """Read an NRRD or NIfTI CT volume (HU assumed) into a `CTVolume`."""
+    kind = file_kind(path)
+    fmt = "NRRD" if kind in NRRD_SUFFIXES else "NIfTI"
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    reader.SetImageIO(_IMAGE_IO[kind])
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as exc:
+        raise ACATInputError(f"cannot read the {fmt} file ({_short(exc)})", path) from None
+    dim, comps = reader.GetDimension(), reader.GetNumberOfComponents()
+    size = reader.GetSize()
+    if comps != 1:
+        raise ACATInputError(f"the {fmt} file holds {comps}-component (colour or vector) voxels, not a CT volume", path)
+    if dim == 4 and size[3] == 1:
+        pass  # a 3D volume saved with a trailing singleton axis: read below and drop it
+    elif dim != 3:
+        raise ACATInputError(f"the {fmt} file is {dim}D (size {list(size)}); a CT volume is 3D", path)
+    try:
+        image = reader.Execute()
+    except RuntimeError as exc:
+        raise ACATInputError(f"cannot read the {fmt} voxel data ({_short(exc)})", path) from None
+    if dim == 4:
+        image = image[:, :, :, 0]
+    if image.GetSize()[2] < 2:
+        raise ACATInputError(f"the {fmt} file holds a single slice; a volume needs at least 2", path)
+    voxels = sitk.GetArrayFromImage(image)
+    if voxels.dtype != np.float32:
+        as64 = voxels.astype(np.float64)
+        voxels = as64.astype(np.float32)
+        if np.isfinite(as64).all() and not np.isfinite(voxels).all():
+            raise ACATInputError(f"voxel values exceed the float32 range", path)
+    if not np.isfinite(voxels).all():
+        bad = int(np.size(voxels) - np.isfinite(voxels).sum())
+        raise ACATInputError(f"{bad} voxels are NaN or infinite; the volume is damaged", path)
+    direction = np.array(image.GetDirection(), dtype=np.float64).reshape(3, 3)
+    meta = {}
+    for key in image.GetMetaDataKeys():
+        if key.startswith(_META_PREFIX) and key[len(_META_PREFIX):] in METADATA_KEYS:
+            value = image.GetMetaData(key)
+            name = key[len(_META_PREFIX):]
+            meta[name] = float(value) if name in ("slice_thickness_mm", "kvp") else value
+    meta["source_format"] = fmt
+    notes = []
+    lo, hi = float(voxels.min()), float(voxels.max())
+    if lo >= 0 and hi <= 4095 and (hi - lo) > 0:
+        notes.append(f"voxel values run from {lo:g} to {hi:g}: these do not look like Hounsfield units "
+                     "(air is about -1000 HU); check the file")
+    try:
+        return CTVolume(voxels, image.GetSpacing(), image.GetOrigin(), direction, meta, notes)
+    except ACATInputError as exc:
+        raise ACATInputError(str(exc), path) from None
+
+
+def to_sitk(volume: CTVolume) -> sitk.Image:
+    """The volume as a float32 SimpleITK image with the same geometry."""
+    image = sitk.GetImageFromArray(volume.voxels_hu, isVector=False)
+    image.SetSpacing([float(v) for v in volume.spacing_mm])
+    image.SetOrigin([float(v) for v in volume.origin_mm])
+    image.SetDirection([float(v) for v in volume.direction.reshape(-1)])
+    return image
+
+
+def write_itk_file(volume: CTVolume, path: Path, *, overwrite: bool = False, compress: bool = True) -> Path:
+    """Write NRRD or NIfTI by the file name's suffix, atomically. Returns the path written."""
+    path = Path(path)
+    kind = file_kind(path)
+    if kind is None or kind == ".nhdr":  # a detached header cannot be renamed into place atomically
+        raise ACATInputError("unsupported output type; use a name ending in .nrrd, .nii or .nii.gz", path)
+    image = to_sitk(volume)
+    if kind in NRRD_SUFFIXES:
+        for key, value in volume.metadata.items():
+            if key in METADATA_KEYS:
+                image.SetMetaData(_META_PREFIX + key, str(value))
+    writer = sitk.ImageFileWriter()
+    writer.SetImageIO(_IMAGE_IO[kind])
+    writer.SetUseCompression(compress)
+    try:
+        with atomic_path(path, overwrite=overwrite) as tmp:
+            writer.SetFileName(str(tmp))
+            writer.Execute(image)
+    except FileExistsError:
+        raise ACATInputError("the output file exists already; choose another name or allow overwriting", path) from None
+    except RuntimeError as exc:
+        raise ACATInputError(f"cannot write the file ({_short(exc)})", path) from None
+    return path

@@ -1,0 +1,87 @@
+"""`read_volume`: one entry point for every supported input.
+
+* a DICOM folder (searched recursively; one or several series), a DICOMDIR file (its folder),
+  a list of DICOM files, a single enhanced multi-frame CT file;
+* NRRD (``.nrrd``, ``.nhdr``) and NIfTI (``.nii``, ``.nii.gz``).
+
+Inputs are only ever read: nothing is created or changed next to them.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+from ..errors import ACATInputError
+from ..progress import ProgressCallback, no_progress, scaled
+from ..volume import CTVolume
+from . import dicom_scan, dicom_volume
+from .itk_files import file_kind, read_itk_file
+
+PathLike = Union[str, os.PathLike]
+
+
+def read_volume(source: Union[PathLike, Sequence[PathLike]], *, series_uid: Optional[str] = None,
+                min_slices: int = 2, progress: ProgressCallback = no_progress) -> CTVolume:
+    """Read a CT volume (HU, LPS geometry) from ``source``.
+
+    Args:
+        source: a folder, a file, or a list of DICOM files.
+        series_uid: the SeriesInstanceUID to take from a DICOM folder; default: the largest CT series
+            (the choice is recorded in ``metadata["series_selection"]``).
+        min_slices: fewer slices than this is an error (a volume needs at least 2).
+        progress: ``progress(fraction, message)``.
+
+    Raises:
+        ACATInputError: anything wrong with the input, as one line naming the file and the problem.
+    """
+    if isinstance(source, (list, tuple)):
+        files = [Path(p) for p in source]
+        if not files:
+            raise ACATInputError("no input files were given")
+        for f in files:
+            if not f.is_file():
+                raise ACATInputError("no such file", f)
+        return _read_dicom(files, Path(os.path.commonpath([str(f.parent) for f in files])), series_uid,
+                           min_slices, progress)
+    path = Path(source)
+    if not path.exists():
+        raise ACATInputError("no such file or folder" + (" (a broken link)" if path.is_symlink() else ""), path)
+    if path.is_dir():
+        try:
+            files = list(dicom_scan.iter_candidate_files(path))
+        except OSError as exc:
+            raise ACATInputError(f"cannot list the folder ({exc.strerror or exc})", path) from None
+        return _read_dicom(files, path, series_uid, min_slices, progress)
+    if not os.access(path, os.R_OK):
+        raise ACATInputError("permission denied: the file cannot be read", path)
+    if file_kind(path) is not None:
+        volume = read_itk_file(path)
+        if volume.voxels_hu.shape[0] < min_slices:
+            raise ACATInputError(f"only {volume.voxels_hu.shape[0]} slices; a volume needs at least {min_slices}", path)
+        return volume
+    if path.name.upper() == "DICOMDIR":
+        return read_volume(path.parent, series_uid=series_uid, min_slices=min_slices, progress=progress)
+    return _read_dicom([path], path, series_uid, min_slices, progress)
+
+
+def _read_dicom(files: list[Path], source: Path, series_uid: Optional[str], min_slices: int,
+                progress: ProgressCallback) -> CTVolume:
+    with dicom_scan.lenient_pydicom():
+        return _read_dicom_quietly(files, source, series_uid, min_slices, progress)
+
+
+def _read_dicom_quietly(files: list[Path], source: Path, series_uid: Optional[str], min_slices: int,
+                        progress: ProgressCallback) -> CTVolume:
+    scan = dicom_scan.scan(files, progress=scaled(progress, 0.0, 0.3))
+    records, how = dicom_volume.select_series(scan, source, series_uid)
+    volume = dicom_volume.build_volume(records, min_slices=min_slices, progress=scaled(progress, 0.3, 1.0))
+    volume.metadata["series_selection"] = how
+    damaged = [(p, why) for p, why in scan.skipped
+               if not why.startswith(("not a DICOM file", "DICOMDIR"))]
+    if damaged:
+        path, why = damaged[0]
+        more = f" (and {len(damaged) - 1} more)" if len(damaged) > 1 else ""
+        volume.warnings.append(f"{len(damaged)} unreadable file(s) were skipped, e.g. {path.name}: {why}{more}")
+    return volume
