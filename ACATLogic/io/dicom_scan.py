@@ -79,7 +79,8 @@ class ScanResult:
     """What a folder scan found: slices grouped by SeriesInstanceUID, and the files passed over."""
 
     series: dict[str, list[SliceRecord]]
-    skipped: list[tuple[Path, str]]
+    skipped: list[tuple[Path, str]]  # not DICOM, empty, DICOMDIR: passed over silently
+    damaged: list[tuple[Path, str]]  # DICOM that cannot be parsed or opened: the read is refused
     files_seen: int
 
 
@@ -258,6 +259,7 @@ def scan(paths: Sequence[Path], progress: ProgressCallback = no_progress) -> Sca
     """Read the headers of ``paths`` (files) and group their images by SeriesInstanceUID."""
     series: dict[str, list[SliceRecord]] = {}
     skipped: list[tuple[Path, str]] = []
+    damaged: list[tuple[Path, str]] = []
     n = len(paths)
     for index, path in enumerate(paths):
         if index % 32 == 0:
@@ -270,12 +272,14 @@ def scan(paths: Sequence[Path], progress: ProgressCallback = no_progress) -> Sca
                 continue
             records = records_from_dataset(ds, path)
         except ACATInputError as exc:
-            skipped.append((path, str(exc).removeprefix(f"{path}: ")))
+            reason = str(exc).removeprefix(f"{path}: ")
+            harmless = reason.startswith(("not a DICOM file", "the file is empty", "not a readable DICOM image"))
+            (skipped if harmless else damaged).append((path, reason))
             continue
         for rec in records:
             series.setdefault(rec.series_uid, []).append(rec)
     progress(1.0, "reading DICOM headers")
-    return ScanResult(series=series, skipped=skipped, files_seen=n)
+    return ScanResult(series=series, skipped=skipped, damaged=damaged, files_seen=n)
 
 
 def describe_skipped(skipped: list[tuple[Path, str]]) -> str:

@@ -263,6 +263,9 @@ def build_volume(records: Sequence[SliceRecord], *, min_slices: int = 2,
     shift_i = offsets @ row_dir / col_spacing  # along i (columns): DICOM column spacing
     shift_j = offsets @ col_dir / row_spacing
     tilted = bool(max(np.abs(shift_i).max(), np.abs(shift_j).max()) > TILT_MIN_SHIFT_PX)
+    # Header values carry ~1e-6 mm of rounding: a shift within 1e-3 pixel of a whole pixel is whole.
+    shift_i = np.where(np.abs(shift_i - np.rint(shift_i)) < 1e-3, np.rint(shift_i), shift_i)
+    shift_j = np.where(np.abs(shift_j - np.rint(shift_j)) < 1e-3, np.rint(shift_j), shift_j)
 
     spacing_k, target = _slice_positions(along, images)
     if target is not None:

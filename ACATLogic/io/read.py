@@ -75,13 +75,12 @@ def _read_dicom(files: list[Path], source: Path, series_uid: Optional[str], min_
 def _read_dicom_quietly(files: list[Path], source: Path, series_uid: Optional[str], min_slices: int,
                         progress: ProgressCallback) -> CTVolume:
     scan = dicom_scan.scan(files, progress=scaled(progress, 0.0, 0.3))
+    if scan.damaged:
+        # A damaged file may be a slice of the series we would read: refuse rather than guess.
+        path, why = scan.damaged[0]
+        more = f" ({len(scan.damaged) - 1} more damaged files)" if len(scan.damaged) > 1 else ""
+        raise ACATInputError(f"{why}{more}; repair or remove the file and read again", path)
     records, how = dicom_volume.select_series(scan, source, series_uid)
     volume = dicom_volume.build_volume(records, min_slices=min_slices, progress=scaled(progress, 0.3, 1.0))
     volume.metadata["series_selection"] = how
-    damaged = [(p, why) for p, why in scan.skipped
-               if not why.startswith(("not a DICOM file", "DICOMDIR"))]
-    if damaged:
-        path, why = damaged[0]
-        more = f" (and {len(damaged) - 1} more)" if len(damaged) > 1 else ""
-        volume.warnings.append(f"{len(damaged)} unreadable file(s) were skipped, e.g. {path.name}: {why}{more}")
     return volume
