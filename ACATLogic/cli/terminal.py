@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import shutil
 import sys
 from typing import Iterator
 
@@ -31,11 +32,13 @@ def progress_bar(enabled: bool, description: str) -> Iterator[ProgressCallback]:
         return
     from tqdm import tqdm
 
-    with tqdm(total=1000, desc=description, unit="", bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix}",
-              leave=False, file=sys.stderr) as bar:
+    # A terminal that reports no size (e.g. a bare pseudo-terminal) would get a zero-width bar.
+    size = shutil.get_terminal_size((80, 24))
+    with tqdm(total=1000, desc=description, unit="", bar_format="{desc}: {percentage:3.0f}%|{bar}|",
+              leave=False, file=sys.stderr, ncols=min(size.columns or 80, 120), nrows=size.lines or 24) as bar:
         def report(fraction: float, message: str) -> None:
             bar.n = int(1000 * min(max(fraction, 0.0), 1.0))
-            bar.set_postfix_str(message, refresh=False)
+            bar.set_description_str(f"{description} ({message})" if message else description, refresh=False)
             bar.refresh()
 
         yield report

@@ -224,7 +224,7 @@ def read_header(path: Path) -> pydicom.Dataset:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # pydicom warns on every odd element; we judge the result instead
         try:
-            return pydicom.dcmread(path, stop_before_pixels=True)
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
         except InvalidDicomError:
             if not _looks_like_raw_dataset(path):
                 raise ACATInputError("not a DICOM file", path) from None
@@ -240,6 +240,12 @@ def read_header(path: Path) -> pydicom.Dataset:
             raise ACATInputError(f"cannot read the file ({exc.strerror or exc})", path) from None
         except Exception as exc:  # noqa: BLE001 - pydicom raises many types for damaged files
             raise ACATInputError(f"damaged DICOM header ({_short(exc)})", path) from None
+    # pydicom stops quietly at the end of a truncated file: a Part 10 file that announces a stored
+    # object but holds no SOP Class in its data set was cut short.
+    media_class = str(getattr(ds, "file_meta", {}).get("MediaStorageSOPClassUID", "") or "")
+    if media_class and media_class != MEDIA_STORAGE_DIRECTORY and not ds.get("SOPClassUID"):
+        raise ACATInputError("damaged DICOM header (the file ends inside its header: truncated?)", path)
+    return ds
 
 
 def _short(exc: BaseException, limit: int = 160) -> str:

@@ -327,6 +327,12 @@ def build_volume(records: Sequence[SliceRecord], *, min_slices: int = 2,
 
 def _slice_positions(along: np.ndarray, images: list[SliceRecord]) -> tuple[float, Optional[np.ndarray]]:
     """(spacing, None) when uniform; (spacing, target positions) when resampling is needed."""
+    if len(along) == 1:  # one slice (allowed by min_slices=1): its thickness is its extent
+        thickness = images[0].header.get("SliceThickness")
+        try:
+            return (float(thickness) if thickness and float(thickness) > 0 else 1.0), None
+        except (TypeError, ValueError):
+            return 1.0, None
     gaps = np.diff(along)
     median = float(np.median(gaps))
     if np.abs(gaps - median).max() <= max(SPACING_REL_TOL * median, 1e-3):
