@@ -118,6 +118,15 @@ def test_convert_dicom_to_nrrd_and_nifti(cranium_series, tmp_path):
     assert run_acat("convert", "--overwrite", str(cranium_series), str(tmp_path / "head.nrrd")).returncode == 0
 
 
+def test_several_files_are_one_series(cranium, cranium_series, tmp_path):
+    files = [str(f) for f in sorted_series_files(cranium_series)[:12]]
+    result = run_acat("convert", *files, str(tmp_path / "part.nrrd"))
+    assert result.returncode == 0, result.stderr
+    np.testing.assert_array_equal(read_volume(tmp_path / "part.nrrd").voxels_hu, cranium.voxels_hu[:12])
+    info = run_acat("info", *files[:3])
+    assert "(+2 files)" in info.stdout and "256 x 256 x 3 voxels" in info.stdout
+
+
 def test_convert_never_writes_into_the_input_folder(cranium_copy):
     before = hash_tree(cranium_copy)
     result = run_acat("convert", str(cranium_copy), str(cranium_copy / "out.nrrd"))

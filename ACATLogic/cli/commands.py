@@ -35,9 +35,13 @@ def summary(volume: CTVolume) -> dict:
     }
 
 
+def _source(args: argparse.Namespace):
+    return args.input[0] if len(args.input) == 1 else list(args.input)
+
+
 def _read(args: argparse.Namespace) -> CTVolume:
     with progress_bar(not args.quiet, "reading") as progress:
-        volume = read_volume(args.input, series_uid=args.series, progress=progress)
+        volume = read_volume(_source(args), series_uid=args.series, progress=progress)
     for warning in volume.warnings:
         log.warning("warning: %s", warning)
     return volume
@@ -54,7 +58,7 @@ def info(args: argparse.Namespace) -> int:
     letters = {"L": "left", "R": "right", "P": "posterior", "A": "anterior", "S": "superior", "I": "inferior"}
     axes = ", ".join(f"{name} -> {letters[c]}" for name, c in zip(("i", "j", "k"), s["orientation"]))
     lines = [
-        f"Input:        {args.input}",
+        f"Input:        {args.input[0]}" + (f" (+{len(args.input) - 1} files)" if len(args.input) > 1 else ""),
         f"Format:       {meta.get('source_format', '?')}" + (f", {meta['series_selection']}" if "series_selection" in meta else ""),
         f"Modality:     {meta.get('modality', 'unknown (not stored in this format)')}",
     ]
@@ -88,12 +92,13 @@ def _inside(child: Path, parent: Path) -> bool:
 
 
 def convert(args: argparse.Namespace) -> int:
-    source, output = Path(args.input), Path(args.output)
-    if output.exists() and output.resolve() == source.resolve():
-        raise ACATInputError("the output would overwrite the input; choose another output name", output)
-    if source.is_dir() and _inside(output, source):
-        raise ACATInputError("the output is inside the input folder; ACAT never writes into an input folder - "
-                             "choose another location", output)
+    output = Path(args.output)
+    for source in map(Path, args.input):
+        if output.exists() and output.resolve() == source.resolve():
+            raise ACATInputError("the output would overwrite the input; choose another output name", output)
+        if source.is_dir() and _inside(output, source):
+            raise ACATInputError("the output is inside the input folder; ACAT never writes into an input folder - "
+                                 "choose another location", output)
     if output.exists() and not args.overwrite:
         raise ACATInputError("the output file exists already; add --overwrite to replace it", output)
     volume = _read(args)

@@ -46,7 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "No patient name, ID or birth date is ever printed.",
         epilog="example:\n  acat info ~/scans/head_ct/            # a DICOM folder\n"
                "  acat info chest.nrrd --json")
-    info.add_argument("input", help="a DICOM folder or file (also DICOMDIR), NRRD, or NIfTI (.nii/.nii.gz)")
+    info.add_argument("input", nargs="+", help="a DICOM folder or file (also DICOMDIR), NRRD, or NIfTI "
+                                                "(.nii/.nii.gz); several DICOM files are read as one series")
     info.add_argument("--series", metavar="UID", help="the SeriesInstanceUID to read from a DICOM folder "
                                                         "(default: the largest CT series)")
     info.add_argument("--json", action="store_true", help="print machine-readable JSON instead of text")
@@ -59,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "float32 Hounsfield units, the input's own grid and patient geometry.\n"
                     "The output is written to a temporary name and renamed: never half a file.",
         epilog="example:\n  acat convert ~/scans/head_ct/ head_ct.nrrd")
-    convert.add_argument("input", help="a DICOM folder or file, NRRD, or NIfTI")
+    convert.add_argument("input", nargs="+", help="a DICOM folder or file, NRRD, or NIfTI; "
+                                                   "several DICOM files are read as one series")
     convert.add_argument("output", help="the file to write: .nrrd, .nii or .nii.gz")
     convert.add_argument("--series", metavar="UID", help="the SeriesInstanceUID to read from a DICOM folder")
     convert.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
