@@ -21,3 +21,7 @@ class ACATInputError(ValueError):
             message = f"{path}: {message}"
         super().__init__(message)
         self.path = path
+
+
+class Cancelled(RuntimeError):
+    """The user cancelled a long operation; nothing was written."""

@@ -1,0 +1,207 @@
+"""Model bundles: ``.safetensors`` weights + a ``model.json`` card, verified before anything is built.
+
+A bundle is a folder::
+
+    model.json                 the card (below)
+    baseline.safetensors       the baseline classifier f
+    autoencoder.safetensors    the autoencoder E, D
+    acat.safetensors           optional: the ACAT classifier
+
+The card (format_version 1) holds: ``id``, ``version``, ``task``, ``labels``, ``input`` (see
+`ACATLogic.preprocess.InputSpec`), ``models`` (per role: ``architecture``, ``config``, ``weights``,
+``sha256``), ``explanation`` (default counterfactual parameters), ``training_data``, ``metrics`` (each
+with the ``command`` that produced it), ``licence`` and ``intended_use``. Unknown fields are refused,
+so that a card from a newer or tampered source is never half-understood.
+
+Loading never unpickles: weights are read with safetensors only, their sha256 must match the card, and
+every tensor's name and shape must match the architecture the card describes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .errors import ACATInputError
+from .io.atomic import atomic_directory
+from .preprocess import InputSpec
+
+CARD_NAME = "model.json"
+FORMAT_VERSION = 1
+ROLES = ("baseline", "autoencoder", "acat")
+REQUIRED_ROLES = ("baseline", "autoencoder")
+TASKS = ("brain_stroke", "lung_covid")
+RESEARCH_ONLY = "Research use only. Not for diagnosis or any clinical decision."
+_CARD_FIELDS = {"format_version", "id", "version", "task", "labels", "input", "models", "explanation",
+                "training_data", "metrics", "licence", "intended_use", "description"}
+_MODEL_FIELDS = {"architecture", "config", "weights", "sha256"}
+_EXPLANATION_DEFAULTS = {"alpha": 100.0, "steps": 20, "step_size": 0.1, "optimizer": "sgd",
+                         "reference": "reconstruction"}
+_MAX_CARD_BYTES = 1 << 20
+PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".bin", ".ckpt")
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass
+class ModelBundle:
+    """A loaded, verified bundle: the card and the built models (eval mode, on CPU)."""
+
+    path: Path
+    card: dict
+    spec: InputSpec
+    models: dict = field(default_factory=dict)  # role -> nn.Module
+
+    @property
+    def id(self) -> str:
+        return self.card["id"]
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self.card["labels"])
+
+    @property
+    def explanation_defaults(self) -> dict:
+        return {**_EXPLANATION_DEFAULTS, **self.card.get("explanation", {})}
+
+    def sha256(self) -> dict:
+        return {role: entry["sha256"] for role, entry in self.card["models"].items()}
+
+
+def _fail(message: str, path: Path) -> ACATInputError:
+    return ACATInputError(message, path)
+
+
+def read_card(folder: Path) -> dict:
+    """Parse and validate ``model.json`` (no weights read). Raises `ACATInputError`."""
+    folder = Path(folder)
+    if folder.is_file():
+        if folder.suffix.lower() in PICKLE_SUFFIXES:
+            raise _fail("is a pickled PyTorch file; ACAT loads only .safetensors bundles with a model.json card "
+                        "(a pickle can run code when opened)", folder)
+        folder = folder.parent if folder.name == CARD_NAME else folder
+    card_path = folder / CARD_NAME
+    if not card_path.is_file():
+        pickles = sorted(p.name for p in folder.glob("*") if p.suffix.lower() in PICKLE_SUFFIXES) if folder.is_dir() else []
+        hint = f" (found pickled files {pickles[:3]}, which ACAT never loads)" if pickles else ""
+        raise _fail(f"not a model bundle: no {CARD_NAME}{hint}", folder)
+    if card_path.stat().st_size > _MAX_CARD_BYTES:
+        raise _fail("the model card is larger than 1 MB; refusing to parse it", card_path)
+    try:
+        card = json.loads(card_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise _fail(f"the model card is not valid JSON ({exc})", card_path) from None
+    if not isinstance(card, dict):
+        raise _fail("the model card must be a JSON object", card_path)
+    unknown = set(card) - _CARD_FIELDS
+    if unknown:
+        raise _fail(f"unknown fields in the model card: {sorted(unknown)}", card_path)
+    if card.get("format_version") != FORMAT_VERSION:
+        raise _fail(f"unsupported card format_version {card.get('format_version')!r} (this ACAT reads "
+                    f"{FORMAT_VERSION})", card_path)
+    for key in ("id", "version", "task", "labels", "input", "models", "licence", "intended_use"):
+        if key not in card:
+            raise _fail(f"the model card lacks '{key}'", card_path)
+    if card["task"] not in TASKS:
+        raise _fail(f"unknown task {card['task']!r}; expected one of {list(TASKS)}", card_path)
+    if not (isinstance(card["labels"], list) and all(isinstance(x, str) for x in card["labels"])
+            and len(card["labels"]) >= 2):
+        raise _fail("'labels' must be a list of at least two names", card_path)
+    try:
+        InputSpec.from_dict(card["input"])
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
+        raise _fail(f"invalid 'input' in the model card ({exc})", card_path) from None
+    models = card["models"]
+    if not isinstance(models, dict) or set(models) - set(ROLES):
+        raise _fail(f"'models' must map roles {list(ROLES)} to weights", card_path)
+    for role in REQUIRED_ROLES:
+        if role not in models:
+            raise _fail(f"the model card has no '{role}' model", card_path)
+    for role, entry in models.items():
+        if not isinstance(entry, dict) or set(entry) != _MODEL_FIELDS:
+            raise _fail(f"models.{role} must have exactly the fields {sorted(_MODEL_FIELDS)}", card_path)
+        weights = str(entry["weights"])
+        if Path(weights).name != weights or not weights.endswith(".safetensors"):
+            raise _fail(f"models.{role}.weights must be a .safetensors file name in the bundle folder", card_path)
+    return card
+
+
+def load_bundle(folder, *, device: str | torch.device = "cpu") -> ModelBundle:
+    """Read, verify (sha256, names, shapes) and build every model of a bundle."""
+    from .models import create_model  # registry import populates the architectures
+
+    folder = Path(folder)
+    card = read_card(folder)
+    if folder.is_file():
+        folder = folder.parent
+    built = {}
+    for role, entry in card["models"].items():
+        weights = folder / entry["weights"]
+        if not weights.is_file():
+            raise _fail(f"the {role} weights named in the card are missing", weights)
+        digest = sha256_file(weights)
+        if digest != entry["sha256"]:
+            raise _fail(f"sha256 mismatch: the {role} weights are not the ones the card describes "
+                        "(tampered or corrupted file)", weights)
+        try:
+            model = create_model(entry["architecture"], **entry["config"])
+        except (TypeError, ValueError, KeyError) as exc:
+            raise _fail(f"cannot build the {role} architecture {entry['architecture']!r} ({exc})",
+                        folder / CARD_NAME) from None
+        try:
+            state = load_file(str(weights), device="cpu")
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise _fail(f"not a readable safetensors file ({exc})", weights) from None
+        expected = model.state_dict()
+        missing = sorted(set(expected) - set(state))
+        extra = sorted(set(state) - set(expected))
+        if missing or extra:
+            raise _fail(f"the {role} weights do not fit the architecture: missing {missing[:3]}, "
+                        f"unexpected {extra[:3]}", weights)
+        for name, tensor in state.items():
+            if tuple(tensor.shape) != tuple(expected[name].shape):
+                raise _fail(f"the {role} weight {name} has shape {tuple(tensor.shape)}, the architecture needs "
+                            f"{tuple(expected[name].shape)}", weights)
+        model.load_state_dict(state, strict=True)
+        built[role] = model.eval().to(device)
+    labels = card["labels"]
+    names = list(getattr(built["baseline"], "class_names", labels))
+    if names != labels:
+        raise _fail(f"the card's labels {labels} differ from the model's classes {names}", folder / CARD_NAME)
+    return ModelBundle(folder, card, InputSpec.from_dict(card["input"]), built)
+
+
+def save_bundle(folder, *, models: dict, bundle_id: str, version: str, task: str, spec: InputSpec,
+                training_data: str, metrics: Optional[list] = None, licence: str = "Apache-2.0",
+                explanation: Optional[dict] = None, description: str = "", overwrite: bool = False) -> Path:
+    """Write a bundle atomically: one safetensors file per role, sha256 in the card."""
+    folder = Path(folder)
+    labels = list(models["baseline"].class_names)
+    card = {"format_version": FORMAT_VERSION, "id": bundle_id, "version": version, "task": task,
+            "labels": labels, "description": description, "input": spec.to_dict(), "models": {},
+            "explanation": {**_EXPLANATION_DEFAULTS, **(explanation or {})}, "training_data": training_data,
+            "metrics": metrics or [], "licence": licence, "intended_use": RESEARCH_ONLY}
+    with atomic_directory(folder, overwrite=overwrite) as tmp:
+        for role, model in models.items():
+            if role not in ROLES:
+                raise ValueError(f"unknown role {role!r}")
+            name = f"{role}.safetensors"
+            state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+            save_file(state, str(tmp / name), metadata={"role": role, "bundle": bundle_id})
+            card["models"][role] = {"architecture": model.registry_name, "config": model.config,
+                                    "weights": name, "sha256": sha256_file(tmp / name)}
+        (tmp / CARD_NAME).write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
+    return folder

@@ -1,0 +1,127 @@
+"""The counterfactual saliency (paper Sec. 3.1) on a classifier trained here on a toy problem."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+
+from ACATLogic.errors import Cancelled
+from ACATLogic.saliency.counterfactual import CounterfactualSaliency
+
+from toy import ShuffleAutoencoder, TinyScanClassifier, blob_scans, train
+
+
+@pytest.fixture(scope="module")
+def blob_model():
+    torch.manual_seed(0)
+    x, y, _ = blob_scans(64, seed=1)
+    model = train(TinyScanClassifier(), x, y)
+    xt, yt, _ = blob_scans(32, seed=2)
+    accuracy = (model(xt).argmax(1) == yt).float().mean().item()
+    assert accuracy >= 0.95, accuracy  # the toy problem is learnt
+    return model
+
+
+def _one_blob_scan():
+    x, y, c = blob_scans(40, seed=5)
+    k = int(torch.nonzero(y == 1)[0])
+    return x[k:k + 1], c[k]
+
+
+def test_counterfactual_removes_the_blob_and_saliency_peaks_there(blob_model):
+    x, (r, c) = _one_blob_scan()
+    method = CounterfactualSaliency(blob_model, ShuffleAutoencoder(), alpha=1.0, steps=20, step_size=0.5)
+    assert blob_model(x).softmax(-1)[0, 1] > 0.9
+    result = method.explain(x, targets=[0])
+    traj = result.trajectory[0, 0]  # (steps + 1, C)
+    assert traj[0, 0] < 0.1 and traj[-1, 0] > 0.5  # moved from "blob" to "none"
+    assert result.reached_step[0, 0] > 0
+    assert traj[result.reached_step[0, 0], 0] > 0.5 and traj[result.reached_step[0, 0] - 1, 0] <= 0.5
+    sal = result.saliency[0, :, 0]  # (S, H, W)
+    assert sal.max() == 1.0 and sal.min() >= 0
+    peak = torch.nonzero(sal.mean(0) == sal.mean(0).max())[0]
+    assert abs(int(peak[0]) - int(r)) <= 3 and abs(int(peak[1]) - int(c)) <= 3
+    # the blob region changed more than the rest of the image
+    inside = sal[:, r - 2:r + 3, c - 2:c + 3].mean()
+    assert inside > 5 * sal.mean()
+
+
+def test_loss_decreases_with_paper_defaults(blob_model):
+    x, _ = _one_blob_scan()
+    method = CounterfactualSaliency(blob_model, ShuffleAutoencoder())  # alpha 100, 20 steps, step 0.1
+    result = method.explain(x, targets=[0])
+    p_none = result.trajectory[0, 0, :, 0]
+    assert p_none[0] < 0.01 and p_none[-1] > 0.5  # reached the target class
+    assert result.reached_step[0, 0] >= 1
+    # the L1 term keeps z close to E(x): later steps pull back slightly, never past the decision
+    assert p_none[result.reached_step[0, 0]:].min() > 0.5
+
+
+def test_batched_targets_equal_sequential(blob_model):
+    x, _, _ = blob_scans(3, seed=9)
+    method = CounterfactualSaliency(blob_model, ShuffleAutoencoder(), alpha=1.0, steps=8, step_size=0.3)
+    batched = method.explain(x)
+    for i, t in enumerate(batched.targets):
+        single = method.explain(x, targets=[t])
+        torch.testing.assert_close(single.counterfactuals[0], batched.counterfactuals[i], atol=1e-5, rtol=0)
+        torch.testing.assert_close(single.trajectory[0], batched.trajectory[i], atol=1e-5, rtol=0)
+    # scans one at a time, too
+    chunked = method.explain(x, batch_scans=1)
+    torch.testing.assert_close(chunked.saliency, batched.saliency, atol=1e-5, rtol=0)
+
+
+def test_adam_and_image_reference_options(blob_model):
+    x, _ = _one_blob_scan()
+    adam = CounterfactualSaliency(blob_model, ShuffleAutoencoder(), alpha=1.0, steps=20, step_size=0.05,
+                                  optimizer="adam", reference="image")
+    result = adam.explain(x, targets=[0])
+    assert result.trajectory[0, 0, -1, 0] > 0.5
+    torch.testing.assert_close(result.reference, x)  # exact AE: reference = x either way
+
+
+def test_class_agnostic_saliency_and_call_interface(blob_model):
+    x, _ = _one_blob_scan()
+    method = CounterfactualSaliency(blob_model, ShuffleAutoencoder(), alpha=1.0, steps=5, step_size=0.5)
+    sal = method(x)
+    assert sal.shape == x.shape and torch.isfinite(sal).all()
+    # the target already reached (class 1) changes almost nothing; the mean is over both targets
+    result = method.explain(x)
+    assert result.targets == [0, 1] and result.reached_step[1, 0] == 0
+    torch.testing.assert_close(sal, result.saliency)
+
+
+def test_models_are_left_untouched(blob_model):
+    before = {k: v.clone() for k, v in blob_model.state_dict().items()}
+    flags = [p.requires_grad for p in blob_model.parameters()]
+    CounterfactualSaliency(blob_model, ShuffleAutoencoder(), steps=3)(blob_scans(1, seed=3)[0])
+    for k, v in blob_model.state_dict().items():
+        assert torch.equal(v, before[k])
+    assert [p.requires_grad for p in blob_model.parameters()] == flags
+    assert all(p.grad is None for p in blob_model.parameters())
+
+
+def test_cancel_stops_the_loop(blob_model):
+    flag = threading.Event()
+    calls = []
+
+    def progress(f, m):
+        calls.append(f)
+        if len(calls) == 3:
+            flag.set()
+
+    method = CounterfactualSaliency(blob_model, ShuffleAutoencoder(), steps=20)
+    with pytest.raises(Cancelled):
+        method.explain(blob_scans(1, seed=3)[0], progress=progress, cancel=flag)
+    assert len(calls) == 3
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="optimizer"):
+        CounterfactualSaliency(TinyScanClassifier(), ShuffleAutoencoder(), optimizer="lbfgs")
+    method = CounterfactualSaliency(TinyScanClassifier(), ShuffleAutoencoder())
+    with pytest.raises(ValueError, match="targets"):
+        method.explain(torch.zeros(1, 2, 1, 16, 16), targets=[5])
+    with pytest.raises(ValueError, match=r"\(B, S, 1, H, W\)"):
+        method.explain(torch.zeros(2, 16, 16))
