@@ -81,6 +81,21 @@ class ModelBundle:
         return {role: entry["sha256"] for role, entry in self.card["models"].items()}
 
 
+def unique_state(model: torch.nn.Module) -> tuple[dict, dict]:
+    """The state dict without aliases (one module registered under two names shares its tensors),
+    and the aliases found (alias name -> kept name). Safetensors refuses shared tensors."""
+    state, aliases, seen = {}, {}, {}
+    for name, tensor in model.state_dict().items():
+        key = (tensor.data_ptr(), tensor.dtype, tuple(tensor.shape), tuple(tensor.stride())) if tensor.numel() else None
+        if key is not None and key in seen:
+            aliases[name] = seen[key]
+            continue
+        if key is not None:
+            seen[key] = name
+        state[name] = tensor
+    return state, aliases
+
+
 def _fail(message: str, path: Path) -> ACATInputError:
     return ACATInputError(message, path)
 
@@ -165,7 +180,7 @@ def load_bundle(folder, *, device: str | torch.device = "cpu") -> ModelBundle:
             state = load_file(str(weights), device="cpu")
         except (SafetensorError, OSError, ValueError) as exc:
             raise _fail(f"not a readable safetensors file ({exc})", weights) from None
-        expected = model.state_dict()
+        expected, aliases = unique_state(model)
         missing = sorted(set(expected) - set(state))
         extra = sorted(set(state) - set(expected))
         if missing or extra:
@@ -175,7 +190,9 @@ def load_bundle(folder, *, device: str | torch.device = "cpu") -> ModelBundle:
             if tuple(tensor.shape) != tuple(expected[name].shape):
                 raise _fail(f"the {role} weight {name} has shape {tuple(tensor.shape)}, the architecture needs "
                             f"{tuple(expected[name].shape)}", weights)
-        model.load_state_dict(state, strict=True)
+        result = model.load_state_dict(state, strict=False)
+        if set(result.missing_keys) - set(aliases) or result.unexpected_keys:
+            raise _fail(f"the {role} weights do not load into the architecture", weights)
         built[role] = model.eval().to(device)
     labels = card["labels"]
     names = list(getattr(built["baseline"], "class_names", labels))
@@ -199,9 +216,47 @@ def save_bundle(folder, *, models: dict, bundle_id: str, version: str, task: str
             if role not in ROLES:
                 raise ValueError(f"unknown role {role!r}")
             name = f"{role}.safetensors"
-            state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+            state = {k: v.detach().cpu().contiguous() for k, v in unique_state(model)[0].items()}
             save_file(state, str(tmp / name), metadata={"role": role, "bundle": bundle_id})
             card["models"][role] = {"architecture": model.registry_name, "config": model.config,
                                     "weights": name, "sha256": sha256_file(tmp / name)}
         (tmp / CARD_NAME).write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
     return folder
+
+
+def models_dirs() -> list[Path]:
+    """Where bundled models are looked up by id: ``$ACAT_MODELS_DIR``, then the repository's
+    ``Resources/Models`` (installed with the extension)."""
+    import os
+
+    dirs = []
+    if os.environ.get("ACAT_MODELS_DIR"):
+        dirs.append(Path(os.environ["ACAT_MODELS_DIR"]))
+    dirs.append(Path(__file__).resolve().parents[1] / "Resources" / "Models")
+    return dirs
+
+
+def available_models() -> dict[str, Path]:
+    """id -> folder of every bundle found in `models_dirs` (folders holding a model.json)."""
+    found: dict[str, Path] = {}
+    for d in models_dirs():
+        if d.is_dir():
+            for card in sorted(d.glob(f"*/{CARD_NAME}")):
+                found.setdefault(card.parent.name, card.parent)
+    return found
+
+
+def resolve_model(name_or_path: Optional[str]) -> Path:
+    """A bundle folder from a path or a bundled id. Raises `ACATInputError` listing what exists."""
+    available = available_models()
+    if name_or_path is None:
+        if not available:
+            raise ACATInputError("no bundled model is installed yet; pass --model PATH to a model bundle folder")
+        return next(iter(available.values()))
+    path = Path(name_or_path)
+    if path.exists():
+        return path
+    if name_or_path in available:
+        return available[name_or_path]
+    known = ", ".join(available) or "none installed"
+    raise ACATInputError(f"no model bundle {name_or_path!r} (bundled models: {known}); pass a folder path")

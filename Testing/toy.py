@@ -26,7 +26,10 @@ class TinyScanClassifier(nn.Module):
         self.conv1 = nn.Conv2d(1, width, 3, padding=1)
         self.conv2 = nn.Conv2d(width, width, 3, padding=1)
         self.head = nn.Linear(2 * width, num_classes)
-        self.gradcam_layer = self.conv2
+
+    @property
+    def gradcam_layer(self) -> nn.Module:
+        return self.conv2
 
     def forward(self, x):
         b, s = x.shape[:2]

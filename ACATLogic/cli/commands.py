@@ -112,3 +112,41 @@ def not_yet(args: argparse.Namespace) -> int:
     log.error("acat: %s is not available in this version yet (it arrives with the ACAT models); "
               "see README.md", args.feature)
     return EXIT_INTERNAL
+
+
+def explain(args: argparse.Namespace) -> int:
+    import time
+
+    from ..bundle import load_bundle, resolve_model
+    from ..explain import Explainer
+    from ..outputs import write_explanation
+
+    out = Path(args.out)
+    for source in map(Path, args.input):
+        if source.is_dir() and _inside(out, source):
+            raise ACATInputError("the output folder is inside the input folder; ACAT never writes into an input "
+                                 "folder - choose another location", out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.overwrite:
+        raise ACATInputError("the output folder is not empty; choose another or add --overwrite", out)
+    bundle = load_bundle(resolve_model(args.model))
+    t0 = time.perf_counter()
+    volume = _read(args)
+    read_s = time.perf_counter() - t0
+    explainer = Explainer(bundle, device=args.device)
+    targets = [t.strip() for t in args.targets.split(",")] if args.targets else None
+    with progress_bar(not args.quiet, "explaining") as progress:
+        explanation = explainer.explain(
+            volume, method=args.method, targets=targets, steps=args.steps, alpha=args.alpha,
+            step_size=args.step_size, optimizer=args.optimizer, reference=args.reference,
+            saliency_classifier=args.saliency_classifier, coverage=args.coverage, progress=progress)
+    for warning in explanation.warnings:
+        log.warning("warning: %s", warning)
+    t1 = time.perf_counter()
+    files = write_explanation(explanation, out, bundle=bundle, volume=volume, overwrite=args.overwrite,
+                              extra_timings={"read_s": round(read_s, 4)})
+    write_s = time.perf_counter() - t1
+    probs = ", ".join(f"{k} {v:.3f}" for k, v in explanation.probabilities.items())
+    print(f"Prediction:   {explanation.label} ({probs}) by the {explanation.classifier} classifier of {bundle.id}")
+    print(f"Method:       {explanation.method}")
+    print(f"Wrote:        {len(files)} files to {out} in {write_s:.1f} s")
+    return 0

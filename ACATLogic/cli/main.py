@@ -70,13 +70,35 @@ def build_parser() -> argparse.ArgumentParser:
 
     explain = sub.add_parser(
         "explain", formatter_class=_Formatter,
-        help="predict and explain a CT scan (saliency + counterfactual) [not in this version yet]",
-        description="Classify a CT scan and explain the prediction with ACAT's counterfactual saliency.\n"
-                    "Reserved: the models and the explanation arrive in a later version.",
-        epilog="example:\n  acat explain ~/scans/head_ct/ --model brain --out results/")
-    explain.add_argument("args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+        help="predict and explain a CT scan: saliency map and counterfactual volumes",
+        description="Classify a CT scan and explain the prediction with ACAT's counterfactual saliency\n"
+                    "(or a comparison method). Writes into OUT: saliency.nrrd, counterfactual_<class>.nrrd,\n"
+                    "attention_*.nrrd (ACAT models), report.json and overview.png - every volume on the\n"
+                    "input's own grid. Research use only.",
+        epilog="example:\n  acat explain ~/scans/head_ct/ --model Resources/Models/brain-demo --out results/")
+    explain.add_argument("input", nargs="+", help="a DICOM folder or file, NRRD, or NIfTI")
+    explain.add_argument("--out", required=True, help="the results folder (new or empty; see --overwrite)")
+    explain.add_argument("--model", help="a model bundle folder or the id of a bundled model")
+    explain.add_argument("--method", default="counterfactual",
+                         choices=["counterfactual", "latent_shift", "gradient", "gradcam", "integrated_gradients"],
+                         help="the saliency method (default: counterfactual)")
+    explain.add_argument("--device", default="auto", choices=["auto", "cpu", "gpu", "cuda", "mps"],
+                         help="where to compute (auto: CUDA, then MPS, then CPU)")
+    explain.add_argument("--targets", help="comma-separated target classes (default: every class)")
+    explain.add_argument("--steps", type=int, help="optimisation steps (default from the model card: 20)")
+    explain.add_argument("--alpha", type=float, help="weight of |z - E(x)|_1 (default 100)")
+    explain.add_argument("--step-size", type=float, help="gradient step on z (default 0.1)")
+    explain.add_argument("--optimizer", choices=["sgd", "adam"], help="plain gradient descent (default) or Adam")
+    explain.add_argument("--reference", choices=["reconstruction", "image"],
+                         help="compare counterfactuals with D(E(x)) (default) or with the image")
+    explain.add_argument("--saliency-classifier", choices=["baseline", "acat"], default="baseline",
+                         help="classifier that drives the counterfactuals shown (default: baseline)")
+    explain.add_argument("--coverage", choices=["all", "sampled"], default="all",
+                         help="explain every slice (default) or only the model's sampled slices")
+    explain.add_argument("--series", metavar="UID", help="the SeriesInstanceUID to read from a DICOM folder")
+    explain.add_argument("--overwrite", action="store_true", help="replace the contents of --out")
     _common(explain)
-    explain.set_defaults(handler=commands.not_yet, feature="acat explain")
+    explain.set_defaults(handler=commands.explain)
 
     demo = sub.add_parser(
         "demo", formatter_class=_Formatter,

@@ -1,7 +1,7 @@
 """Brain baseline "MTL": a shared hemisphere backbone with a lesion head and a side head.
 
 This is the multi-task brain CT classifier that ACAT (Fontanella et al., ICML 2023) starts from and
-compares against (Sec. 4, brain lesions): every slice is split at the midline, one shared 7-layer CNN
+compares against in its brain CT experiments: every slice is split at the midline, one shared 7-layer CNN
 encodes both hemispheres (the right one mirrored), and two heads answer "is there a lesion?" and
 "on which side?". The two answers combine into four classes: none / left / right / both.
 

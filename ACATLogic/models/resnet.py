@@ -1,6 +1,6 @@
 """Lung baseline: a 2-D ResNet (bottleneck blocks) on every axial slice, averaged over the slices.
 
-The ACAT paper's lung experiments (Fontanella et al., ICML 2023, Sec. 4, COVID-19 CT) classify slices
+The ACAT paper's lung experiments (Fontanella et al., ICML 2023; COVID-19 chest CT) classify slices
 with a ResNet-50 trunk (He et al., CVPR 2016); "lung_resnet50" is that layout with a 1-channel stem,
 and "lung_resnet_small" the same design shrunk for CPU tests and demos.
 

@@ -1,0 +1,98 @@
+"""Writing an `Explanation` to a folder: NRRD volumes, ``report.json`` and ``overview.png``.
+
+The folder is assembled under a temporary name beside the target and renamed into place, so a crash or
+a Cancel never leaves half the results. The report holds no patient data: geometry, modality, the
+prediction, the model's id and weight hashes, the method and its parameters, and timings.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from .bundle import ModelBundle
+from .errors import ACATInputError
+from .explain import Explanation
+from .io.atomic import atomic_directory
+from .io.itk_files import write_itk_file
+from .overview import write_overview
+from .volume import CTVolume
+
+
+def safe_name(label: str) -> str:
+    return re.sub(r"[^a-z0-9_]+", "_", label.lower()).strip("_") or "class"
+
+
+def _geometry(volume: CTVolume) -> dict:
+    return {"size_ijk": list(volume.size_ijk), "spacing_mm": volume.spacing_mm.tolist(),
+            "origin_lps_mm": volume.origin_mm.tolist(), "direction_lps": volume.direction.tolist(),
+            "orientation": volume.orientation_code()}
+
+
+def build_report(explanation: Explanation, bundle: ModelBundle, volume: CTVolume, files: list[str],
+                 extra_timings: Optional[dict] = None) -> dict:
+    return {
+        "prediction": explanation.label,
+        "probabilities": explanation.probabilities,
+        "classifier": explanation.classifier,
+        "model": {"id": bundle.id, "version": bundle.card["version"], "task": bundle.card["task"],
+                  "sha256": bundle.sha256(), "intended_use": bundle.card["intended_use"]},
+        "method": explanation.method,
+        "parameters": explanation.parameters,
+        "reached_step": explanation.reached_step,
+        "trajectory": explanation.trajectory,
+        "slice_weights": explanation.slice_weights,
+        "timings_s": {**explanation.timings, **(extra_timings or {})},
+        "input": {**_geometry(volume), "modality": volume.metadata.get("modality"),
+                  "warnings": list(volume.warnings)},
+        "preprocessing": explanation.preprocessing,
+        "warnings": explanation.warnings,
+        "files": files,
+    }
+
+
+def write_explanation(explanation: Explanation, out_dir, *, bundle: ModelBundle, volume: CTVolume,
+                      overwrite: bool = False, extra_timings: Optional[dict] = None) -> list[Path]:
+    """Write every result into ``out_dir`` (a new or empty folder, or any with ``overwrite``)."""
+    out_dir = Path(out_dir)
+    if out_dir.exists():
+        if not out_dir.is_dir():
+            raise ACATInputError("the output path exists and is not a folder", out_dir)
+        if any(out_dir.iterdir()) and not overwrite:
+            raise ACATInputError("the output folder is not empty; choose another or add --overwrite", out_dir)
+        if not any(out_dir.iterdir()):
+            out_dir.rmdir()
+    names: list[str] = []
+    try:
+        with atomic_directory(out_dir, overwrite=True) as tmp:
+            write_itk_file(explanation.saliency, tmp / "saliency.nrrd")
+            names.append("saliency.nrrd")
+            for label, cf in explanation.counterfactuals.items():
+                name = f"counterfactual_{safe_name(label)}.nrrd"
+                write_itk_file(cf, tmp / name)
+                names.append(name)
+            for mask_name, mask in explanation.attention.items():
+                name = f"attention_{safe_name(mask_name)}.nrrd"
+                write_itk_file(mask, tmp / name)
+                names.append(name)
+            healthy = explanation.class_names[0]
+            shown = explanation.counterfactuals.get(healthy) if explanation.label != healthy else None
+            if shown is None and explanation.counterfactuals:
+                # the class farthest from the prediction: the largest change
+                shown = max(explanation.counterfactuals.values(),
+                            key=lambda v: float(np.abs(v.voxels_hu - volume.voxels_hu).sum()))
+            probs = ", ".join(f"{k} {v:.2f}" for k, v in explanation.probabilities.items())
+            title = (f"{bundle.id}: {explanation.label} ({probs}) - {explanation.method} saliency")
+            write_overview(tmp / "overview.png", volume, explanation.saliency, shown, title,
+                           tuple(bundle.spec.hu_window))
+            names.append("overview.png")
+            report = build_report(explanation, bundle, volume, names + ["report.json"], extra_timings)
+            (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+            names.append("report.json")
+    except OSError as exc:
+        raise ACATInputError(f"cannot write the results ({exc.strerror or exc})", out_dir) from None
+    return [out_dir / n for n in names]

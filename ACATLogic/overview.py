@@ -1,0 +1,99 @@
+"""``overview.png``: a few axial slices - CT, saliency overlay, counterfactual, difference - in one image.
+
+Slices are shown in the radiological convention on the canonical grid: the patient's right on the
+image's left, anterior at the top; every tile is labelled R / L so nobody has to remember that.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from .io.atomic import atomic_path
+from .volume import CTVolume, to_canonical
+
+TILE = 220
+
+
+def hot(values: np.ndarray) -> np.ndarray:
+    """[0, 1] -> RGB (black-red-yellow-white), float in [0, 1]."""
+    v = np.clip(values, 0, 1)[..., None]
+    return np.clip(np.concatenate([3 * v, 3 * v - 1, 3 * v - 2], axis=-1), 0, 1)
+
+
+def _grey(hu: np.ndarray, window: tuple[float, float]) -> np.ndarray:
+    level, width = window
+    g = np.clip((hu - (level - width / 2)) / width, 0, 1)
+    return np.repeat(g[..., None], 3, axis=-1)
+
+
+def _diverging(delta: np.ndarray, scale: float) -> np.ndarray:
+    """Blue (darker in the counterfactual) - black - red (brighter)."""
+    d = np.clip(delta / scale, -1, 1)[..., None]
+    return np.concatenate([np.clip(d, 0, 1), np.zeros_like(d), np.clip(-d, 0, 1)], axis=-1)
+
+
+def _tile(rgb: np.ndarray, spacing_ji: tuple[float, float]) -> Image.Image:
+    h, w = rgb.shape[:2]
+    aspect = (h * spacing_ji[0]) / (w * spacing_ji[1])  # physical height / width
+    size = (TILE, max(1, int(round(TILE * aspect)))) if aspect <= 1 else (max(1, int(round(TILE / aspect))), TILE)
+    img = Image.fromarray((rgb * 255).astype(np.uint8)).resize(size, Image.BILINEAR)
+    canvas = Image.new("RGB", (TILE, TILE))
+    canvas.paste(img, ((TILE - size[0]) // 2, (TILE - size[1]) // 2))
+    draw = ImageDraw.Draw(canvas)
+    font = ImageFont.load_default()
+    draw.text((4, TILE // 2 - 6), "R", fill=(255, 255, 0), font=font)
+    draw.text((TILE - 12, TILE // 2 - 6), "L", fill=(255, 255, 0), font=font)
+    return canvas
+
+
+def pick_slices(saliency: np.ndarray, n: int = 3) -> list[int]:
+    """The n slices with the most saliency, at least a few slices apart (canonical k indices)."""
+    mass = saliency.reshape(saliency.shape[0], -1).sum(axis=1)
+    order = np.argsort(-mass)
+    gap = max(1, saliency.shape[0] // (3 * n))
+    chosen: list[int] = []
+    for k in order:
+        if all(abs(int(k) - c) >= gap for c in chosen):
+            chosen.append(int(k))
+        if len(chosen) == n:
+            break
+    return sorted(chosen)
+
+
+def write_overview(path: Path, ct: CTVolume, saliency: CTVolume, counterfactual: Optional[CTVolume],
+                   title: str, window: tuple[float, float], *, overwrite: bool = True) -> list[int]:
+    """Render the overview; returns the canonical slice indices shown."""
+    ct_c, _ = to_canonical(ct)
+    sal_c, _ = to_canonical(saliency)
+    cf_c = to_canonical(counterfactual)[0] if counterfactual is not None else None
+    slices = pick_slices(sal_c.voxels_hu)
+    spacing_ji = (float(ct_c.spacing_mm[1]), float(ct_c.spacing_mm[0]))
+    columns = ["CT", "saliency overlay"] + (["counterfactual", "difference"] if cf_c is not None else [])
+    header = 44
+    sheet = Image.new("RGB", (TILE * len(columns), header + 16 + TILE * len(slices)), (0, 0, 0))
+    draw = ImageDraw.Draw(sheet)
+    font = ImageFont.load_default()
+    draw.text((6, 4), title, fill=(255, 255, 255), font=font)
+    draw.text((6, 18), "Research use only - not for diagnosis. Radiological view: patient right on the left.",
+              fill=(200, 200, 200), font=font)
+    for c, name in enumerate(columns):
+        draw.text((c * TILE + 6, header), name, fill=(255, 255, 255), font=font)
+    for r, k in enumerate(slices):
+        base = _grey(ct_c.voxels_hu[k], window)
+        s = sal_c.voxels_hu[k]
+        alpha = np.clip((s - 0.2) / 0.8, 0, 1)[..., None] * 0.8
+        tiles = [base, base * (1 - alpha) + hot(s) * alpha]
+        if cf_c is not None:
+            tiles.append(_grey(cf_c.voxels_hu[k], window))
+            tiles.append(_diverging(cf_c.voxels_hu[k] - ct_c.voxels_hu[k], max(window[1] / 4, 1.0)))
+        for c, rgb in enumerate(tiles):
+            tile = _tile(rgb, spacing_ji)
+            ImageDraw.Draw(tile).text((4, TILE - 14), f"slice {k}", fill=(180, 180, 180), font=font)
+            sheet.paste(tile, (c * TILE, header + 16 + r * TILE))
+    with atomic_path(Path(path), overwrite=overwrite) as tmp:
+        sheet.save(tmp, format="PNG")
+    return slices

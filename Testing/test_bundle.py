@@ -1,0 +1,112 @@
+"""Model bundles: safetensors + card, verified; nothing pickled is ever opened."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import shutil
+
+import pytest
+import torch
+
+from ACATLogic import ACATInputError
+from ACATLogic.bundle import load_bundle, read_card, resolve_model, sha256_file
+
+from bundles import make_random_bundle
+
+
+@pytest.fixture(scope="module")
+def bundle_dir(tmp_path_factory):
+    return make_random_bundle(tmp_path_factory.mktemp("b") / "brain")
+
+
+def _copy(bundle_dir, tmp_path):
+    dst = tmp_path / "copy"
+    shutil.copytree(bundle_dir, dst)
+    return dst
+
+
+def test_round_trip_builds_identical_models(bundle_dir):
+    bundle = load_bundle(bundle_dir)
+    assert set(bundle.models) == {"baseline", "autoencoder", "acat"}
+    assert bundle.labels == ["none", "left", "right", "both"]
+    card = json.loads((bundle_dir / "model.json").read_text())
+    for role, entry in card["models"].items():
+        assert entry["sha256"] == sha256_file(bundle_dir / entry["weights"])
+    assert card["intended_use"].startswith("Research use only")
+    x = torch.rand(1, 5, 1, 64, 64)
+    again = load_bundle(bundle_dir)
+    with torch.no_grad():
+        torch.testing.assert_close(bundle.models["baseline"](x), again.models["baseline"](x), rtol=0, atol=0)
+    assert not any(m.training for m in bundle.models.values())
+
+
+def test_tampered_weights_are_refused(bundle_dir, tmp_path):
+    folder = _copy(bundle_dir, tmp_path)
+    data = bytearray((folder / "baseline.safetensors").read_bytes())
+    data[-10] ^= 0xFF
+    (folder / "baseline.safetensors").write_bytes(bytes(data))
+    with pytest.raises(ACATInputError, match="sha256 mismatch: the baseline weights"):
+        load_bundle(folder)
+
+
+def test_wrong_shapes_are_refused(bundle_dir, tmp_path):
+    folder = _copy(bundle_dir, tmp_path)
+    card = json.loads((folder / "model.json").read_text())
+    card["models"]["baseline"]["config"]["widths"] = [4, 4, 8, 8, 8, 8, 16]
+    (folder / "model.json").write_text(json.dumps(card))
+    with pytest.raises(ACATInputError, match="has shape .* the architecture needs"):
+        load_bundle(folder)
+
+
+def test_unknown_fields_and_missing_files_are_refused(bundle_dir, tmp_path):
+    folder = _copy(bundle_dir, tmp_path)
+    card = json.loads((folder / "model.json").read_text())
+    card["run_this"] = "rm -rf /"
+    (folder / "model.json").write_text(json.dumps(card))
+    with pytest.raises(ACATInputError, match=r"unknown fields in the model card: \['run_this'\]"):
+        read_card(folder)
+    del card["run_this"]
+    (folder / "model.json").write_text(json.dumps(card))
+    (folder / "acat.safetensors").unlink()
+    with pytest.raises(ACATInputError, match="the acat weights named in the card are missing"):
+        load_bundle(folder)
+    card["models"]["baseline"]["weights"] = "../outside.safetensors"
+    (folder / "model.json").write_text(json.dumps(card))
+    with pytest.raises(ACATInputError, match="must be a .safetensors file name in the bundle folder"):
+        read_card(folder)
+    (folder / "model.json").write_text("{not json")
+    with pytest.raises(ACATInputError, match="not valid JSON"):
+        read_card(folder)
+
+
+class _Marker:
+    """Unpickling this creates a file: proof that a pickle was opened."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_pickled_model_is_refused_without_being_opened(tmp_path):
+    marker = tmp_path / "PWNED"
+    evil = tmp_path / "model.pt"
+    evil.write_bytes(pickle.dumps(_Marker(str(marker))))
+    with pytest.raises(ACATInputError, match="is a pickled PyTorch file; ACAT loads only .safetensors"):
+        load_bundle(evil)
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    shutil.copy(evil, folder / "weights.pth")
+    with pytest.raises(ACATInputError, match=r"not a model bundle: no model.json \(found pickled files"):
+        load_bundle(folder)
+    assert not marker.exists()
+
+
+def test_resolve_model(bundle_dir, monkeypatch, tmp_path):
+    assert resolve_model(str(bundle_dir)) == bundle_dir
+    monkeypatch.setenv("ACAT_MODELS_DIR", str(bundle_dir.parent))
+    assert resolve_model("brain") == bundle_dir
+    with pytest.raises(ACATInputError, match="no model bundle 'nope'"):
+        resolve_model("nope")

@@ -1,0 +1,127 @@
+"""`Explainer` and `acat explain` end to end on the real head CT series (random small bundle)."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ACATLogic import ACATInputError, read_volume
+from ACATLogic.bundle import load_bundle
+from ACATLogic.errors import Cancelled
+from ACATLogic.explain import Explainer
+
+from bundles import make_random_bundle
+from conftest import hash_tree, run_acat
+
+
+@pytest.fixture(scope="module")
+def brain_bundle(tmp_path_factory):
+    return make_random_bundle(tmp_path_factory.mktemp("bundle") / "random-brain")
+
+
+def _same_grid(a, b):
+    assert a.voxels_hu.shape == b.voxels_hu.shape
+    np.testing.assert_array_equal(a.spacing_mm, b.spacing_mm)
+    np.testing.assert_array_equal(a.origin_mm, b.origin_mm)
+    np.testing.assert_array_equal(a.direction, b.direction)
+
+
+def test_explainer_on_real_head_ct(brain_bundle, cranium_series):
+    volume = read_volume(cranium_series)
+    bundle = load_bundle(brain_bundle)
+    calls = []
+    result = Explainer(bundle, device="cpu").explain(volume, progress=lambda f, m: calls.append(f))
+    assert result.classifier == "acat"
+    assert set(result.probabilities) == {"none", "left", "right", "both"}
+    assert sum(result.probabilities.values()) == pytest.approx(1.0, abs=1e-5)
+    assert result.label == max(result.probabilities, key=result.probabilities.get)
+    _same_grid(result.saliency, volume)
+    assert 0 <= result.saliency.voxels_hu.min() and result.saliency.voxels_hu.max() <= 1
+    # every input slice is covered (interleaved chunks), not only the sampled ones
+    from ACATLogic.preprocess import chunk_indices
+    assert set(chunk_indices(108, 5).reshape(-1).tolist()) == set(range(108))
+    assert (result.saliency.voxels_hu.reshape(108, -1).max(axis=1) > 0).mean() > 0.9
+    assert set(result.counterfactuals) == {"none", "left", "right", "both"}
+    for cf in result.counterfactuals.values():
+        _same_grid(cf, volume)
+        # the counterfactual is the input plus the model-space change: at most one window width (80 HU)
+        change = np.abs(cf.voxels_hu - volume.voxels_hu)
+        assert change.max() <= 80.0 + 1e-3 and change.max() > 0
+    assert set(result.attention) == {"early", "middle", "late", "fused"}
+    for mask in result.attention.values():
+        _same_grid(mask, volume)
+        assert mask.voxels_hu.min() >= 0 and mask.voxels_hu.max() <= 1
+    assert len(result.slice_weights) == result.preprocessing["chunks"] == 22
+    assert len(result.trajectory["none"]) == result.parameters["steps"] + 1 == 4
+    assert calls[-1] == 1.0 and calls == sorted(calls)
+    assert result.timings["counterfactual_s"] > 0
+
+
+def test_cancel_raises_and_saliency_classifier_option(brain_bundle, cranium):
+    explainer = Explainer(load_bundle(brain_bundle), device="cpu")
+    flag = threading.Event()
+    flag.set()
+    with pytest.raises(Cancelled):
+        explainer.explain(cranium, cancel=flag)
+    small = cranium.with_voxels(cranium.voxels_hu)  # the same scan, second pass through ACAT itself
+    result = explainer.explain(small, saliency_classifier="acat", targets=["none"], coverage="sampled")
+    assert set(result.counterfactuals) == {"none"}
+    assert result.parameters["saliency_classifier"] == "acat"
+    with pytest.raises(ACATInputError, match="unknown target 'tumour'"):
+        explainer.explain(small, targets=["tumour"])
+
+
+def test_acat_explain_cli_writes_every_output(brain_bundle, cranium_series, tmp_path):
+    before = hash_tree(cranium_series)
+    out = tmp_path / "results"
+    result = run_acat("explain", str(cranium_series), "--model", str(brain_bundle), "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("Prediction:   ")
+    names = sorted(p.name for p in out.iterdir())
+    assert names == sorted(["saliency.nrrd", "counterfactual_none.nrrd", "counterfactual_left.nrrd",
+                            "counterfactual_right.nrrd", "counterfactual_both.nrrd", "attention_early.nrrd",
+                            "attention_middle.nrrd", "attention_late.nrrd", "attention_fused.nrrd",
+                            "overview.png", "report.json"])
+    source = read_volume(cranium_series)
+    for name in names:
+        if name.endswith(".nrrd"):
+            _same_grid(read_volume(out / name), source)
+    report = json.loads((out / "report.json").read_text())
+    assert report["model"]["id"] == "random-brain_stroke"
+    assert set(report["model"]["sha256"]) == {"baseline", "autoencoder", "acat"}
+    assert report["input"]["size_ijk"] == [256, 256, 108]
+    assert report["method"] == "counterfactual" and report["parameters"]["alpha"] == 100.0
+    assert report["timings_s"]["read_s"] > 0
+    png = Image.open(out / "overview.png")
+    assert png.format == "PNG" and png.size[0] == 4 * 220
+    assert hash_tree(cranium_series) == before
+    # a second run into the same folder needs --overwrite
+    again = run_acat("explain", str(cranium_series), "--model", str(brain_bundle), "--out", str(out))
+    assert again.returncode == 2 and "--overwrite" in again.stderr
+
+
+def test_acat_explain_bad_inputs_exit_2(brain_bundle, tmp_path, dcm):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for args, needle in (
+        ([str(dcm("CT_small.dcm")), "--model", str(brain_bundle)], "only 1 slice"),
+        ([str(empty), "--model", str(brain_bundle)], "the folder is empty"),
+        ([str(dcm("CT_small.dcm")), "--model", str(tmp_path / "nope")], "no model bundle"),
+    ):
+        result = run_acat("explain", *args, "--out", str(tmp_path / "o"))
+        assert result.returncode == 2, result.stderr
+        assert needle in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()
+
+
+def test_lung_bundle_on_ctchest(tmp_path, ctchest_path):
+    bundle = load_bundle(make_random_bundle(tmp_path / "lung", task="lung_covid", with_acat=False))
+    volume = read_volume(ctchest_path)
+    result = Explainer(bundle, device="cpu").explain(volume)
+    assert result.classifier == "baseline" and set(result.probabilities) == {"normal", "covid19"}
+    _same_grid(result.saliency, volume)
+    assert set(result.counterfactuals) == {"normal", "covid19"}
