@@ -150,7 +150,7 @@ def test_every_command_has_help_with_an_example(command):
 
 
 def test_reserved_commands_say_so():
-    result = run_acat("explain", "scan/")
+    result = run_acat("demo")
     assert result.returncode == 1
     assert "not available in this version yet" in result.stderr
 

@@ -125,3 +125,24 @@ def test_lung_bundle_on_ctchest(tmp_path, ctchest_path):
     assert result.classifier == "baseline" and set(result.probabilities) == {"normal", "covid19"}
     _same_grid(result.saliency, volume)
     assert set(result.counterfactuals) == {"normal", "covid19"}
+
+
+@pytest.mark.parametrize("method", ["gradient", "integrated_gradients", "gradcam", "latent_shift"])
+def test_comparison_methods_through_the_explainer(brain_bundle, cranium, method):
+    bundle = load_bundle(make_random_bundle(brain_bundle.parent / "no-acat", with_acat=False)) \
+        if not (brain_bundle.parent / "no-acat").exists() else load_bundle(brain_bundle.parent / "no-acat")
+    result = Explainer(bundle, device="cpu").explain(cranium, method=method, coverage="sampled")
+    assert result.method == method and result.counterfactuals == {}
+    _same_grid(result.saliency, cranium)
+    sal = result.saliency.voxels_hu
+    assert np.isfinite(sal).all() and sal.min() >= 0 and sal.max() <= 1 and sal.max() > 0
+
+
+def test_cli_comparison_method(brain_bundle, cranium_series, tmp_path):
+    out = tmp_path / "grad"
+    result = run_acat("explain", str(cranium_series), "--model", str(brain_bundle), "--out", str(out),
+                      "--method", "gradient", "--coverage", "sampled")
+    assert result.returncode == 0, result.stderr
+    assert "Method:       gradient" in result.stdout
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith("attention")) == \
+        ["overview.png", "report.json", "saliency.nrrd"]
