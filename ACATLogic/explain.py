@@ -108,10 +108,12 @@ class Explainer:
                 alpha: Optional[float] = None, step_size: Optional[float] = None,
                 optimizer: Optional[str] = None, reference: Optional[str] = None,
                 saliency_classifier: str = "baseline", coverage: str = "all",
-                batch_chunks: Optional[int] = None,
+                batch_chunks: Optional[int] = None, precision: str = "fp32",
                 progress: ProgressCallback = no_progress, cancel=None) -> Explanation:
         if method not in METHODS:
             raise ACATInputError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+        if precision not in ("fp32", "bf16"):
+            raise ACATInputError("precision must be 'fp32' or 'bf16'")
         if saliency_classifier not in ("baseline", "acat"):
             raise ACATInputError("saliency_classifier must be 'baseline' or 'acat'")
         if saliency_classifier == "acat" and self.acat is None:
@@ -122,7 +124,7 @@ class Explainer:
                   "step_size": float(step_size if step_size is not None else defaults["step_size"]),
                   "optimizer": optimizer or defaults["optimizer"],
                   "reference": reference or defaults["reference"],
-                  "saliency_classifier": saliency_classifier, "coverage": coverage}
+                  "saliency_classifier": saliency_classifier, "coverage": coverage, "precision": precision}
         target_ids = self._target_ids(targets)
         params["targets"] = [self.labels[t] for t in target_ids]
         timings: dict[str, float] = {}
@@ -216,7 +218,8 @@ class Explainer:
     def _counterfactual(self, classifier, x, target_ids, params, batch_chunks, progress, cancel):
         method = CounterfactualSaliency(classifier, self.autoencoder, alpha=params["alpha"], steps=params["steps"],
                                         step_size=params["step_size"], optimizer=params["optimizer"],
-                                        reference=params["reference"], num_classes=len(self.labels))
+                                        reference=params["reference"], num_classes=len(self.labels),
+                                        autocast_dtype=torch.bfloat16 if params["precision"] == "bf16" else None)
         return method.explain(x, targets=target_ids, normalise="joint", batch_scans=batch_chunks,
                               progress=progress, cancel=cancel)
 

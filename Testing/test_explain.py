@@ -146,3 +146,28 @@ def test_cli_comparison_method(brain_bundle, cranium_series, tmp_path):
     assert "Method:       gradient" in result.stdout
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith("attention")) == \
         ["overview.png", "report.json", "saliency.nrrd"]
+
+
+def test_explain_outputs_hold_no_patient_identity(brain_bundle, cranium_copy, tmp_path):
+    import pydicom
+
+    from conftest import sorted_series_files
+
+    for f in sorted_series_files(cranium_copy):
+        ds = pydicom.dcmread(f)
+        ds.PatientName, ds.PatientID, ds.PatientBirthDate = "Doe^Jane", "MRN0042", "19700101"
+        ds.save_as(f)
+    out = tmp_path / "phi"
+    result = run_acat("explain", str(cranium_copy), "--model", str(brain_bundle), "--out", str(out),
+                      "--coverage", "sampled", "--targets", "none")
+    assert result.returncode == 0, result.stderr
+    for path in out.iterdir():
+        data = path.read_bytes()
+        if path.suffix == ".nrrd":
+            data = data.split(b"\n\n", 1)[0]  # the text header; the rest is compressed voxels
+        elif path.suffix == ".png":
+            assert b"tEXt" not in data and b"iTXt" not in data  # no text chunks at all
+            continue
+        for secret in (b"Doe", b"Jane", b"MRN0042", b"19700101"):
+            assert secret not in data, (path.name, secret)
+    assert all(s not in result.stdout + result.stderr for s in ("Doe", "MRN0042"))

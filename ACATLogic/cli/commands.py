@@ -138,7 +138,8 @@ def explain(args: argparse.Namespace) -> int:
         explanation = explainer.explain(
             volume, method=args.method, targets=targets, steps=args.steps, alpha=args.alpha,
             step_size=args.step_size, optimizer=args.optimizer, reference=args.reference,
-            saliency_classifier=args.saliency_classifier, coverage=args.coverage, progress=progress)
+            saliency_classifier=args.saliency_classifier, coverage=args.coverage, precision=args.precision,
+            progress=progress)
     for warning in explanation.warnings:
         log.warning("warning: %s", warning)
     t1 = time.perf_counter()

@@ -95,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="classifier that drives the counterfactuals shown (default: baseline)")
     explain.add_argument("--coverage", choices=["all", "sampled"], default="all",
                          help="explain every slice (default) or only the model's sampled slices")
+    explain.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                         help="fp32 (default), or bf16 mixed precision for the decoder/classifier passes")
     explain.add_argument("--series", metavar="UID", help="the SeriesInstanceUID to read from a DICOM folder")
     explain.add_argument("--overwrite", action="store_true", help="replace the contents of --out")
     _common(explain)
