@@ -169,7 +169,7 @@ class Explainer:
             # batches), so all chunks go in one batch here.
             result = self._counterfactual(
                 lambda imgs: self.acat(imgs, fixed.repeat(imgs.shape[0] // fixed.shape[0], 1, 1, 1, 1)),
-                x, target_ids, params, None, cf_progress, cancel)
+                x, target_ids, params, x.shape[0], cf_progress, cancel)
             timings["counterfactual_acat_s"] = time.perf_counter() - t3
 
         t4 = time.perf_counter()
@@ -220,6 +220,8 @@ class Explainer:
                                         step_size=params["step_size"], optimizer=params["optimizer"],
                                         reference=params["reference"], num_classes=len(self.labels),
                                         autocast_dtype=torch.bfloat16 if params["precision"] == "bf16" else None)
+        if batch_chunks is None:  # bound memory: about 256 images through decoder + classifier at once
+            batch_chunks = max(1, 256 // (len(target_ids) * x.shape[1]))
         return method.explain(x, targets=target_ids, normalise="joint", batch_scans=batch_chunks,
                               progress=progress, cancel=cancel)
 

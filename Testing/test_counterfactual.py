@@ -54,6 +54,8 @@ def test_loss_decreases_with_paper_defaults(blob_model):
     result = method.explain(x, targets=[0])
     p_none = result.trajectory[0, 0, :, 0]
     assert p_none[0] < 0.01 and p_none[-1] > 0.5  # reached the target class
+    losses = result.losses[0, 0]
+    assert losses.shape == (20,) and losses[-1] < 0.2 * losses[0]  # the objective decreases
     assert result.reached_step[0, 0] >= 1
     # the L1 term keeps z close to E(x): later steps pull back slightly, never past the decision
     assert p_none[result.reached_step[0, 0]:].min() > 0.5

@@ -49,6 +49,7 @@ class CounterfactualResult:
         trajectory: (T, B, steps + 1, C) class probabilities at every step (0 = before any update).
         reached_step: (T, B) first step at which p_target > 0.5, or -1 if never.
         targets: the T target class indices.
+        losses: (T, B, steps) the objective CE + alpha * L1 before each update.
     """
 
     saliency: torch.Tensor
@@ -58,6 +59,7 @@ class CounterfactualResult:
     trajectory: torch.Tensor
     reached_step: torch.Tensor
     targets: list
+    losses: Optional[torch.Tensor] = None
 
 
 @contextlib.contextmanager
@@ -153,11 +155,12 @@ class CounterfactualSaliency:
         ref = torch.cat([p[1] for p in parts], dim=0)
         traj = torch.cat([p[2] for p in parts], dim=1)
         reached = torch.cat([p[3] for p in parts], dim=1)
+        losses = torch.cat([p[4] for p in parts], dim=1)
         diffs = (ref.unsqueeze(0) - cfs).abs()
         dims = (1, 2, 3, 4, 5) if normalise == "joint" else (2, 3, 4, 5)
         saliency = normalise_maps(diffs, dims).mean(dim=0)
         progress(1.0, "counterfactuals done")
-        return CounterfactualResult(saliency, cfs, ref, diffs, traj, reached, targets)
+        return CounterfactualResult(saliency, cfs, ref, diffs, traj, reached, targets, losses)
 
     def _optimise(self, x: torch.Tensor, targets: list, progress: ProgressCallback, cancel):
         b, s, _, h, w = x.shape
@@ -170,7 +173,7 @@ class CounterfactualSaliency:
         z = zt0.clone().requires_grad_(True)
         labels = torch.as_tensor(targets, device=x.device).repeat_interleave(b)  # (T*B,), target-major
         adam = torch.optim.Adam([z], lr=self.step_size) if self.optimizer == "adam" else None
-        trajectory = []
+        trajectory, losses = [], []
         for step in range(self.steps + 1):
             if _is_cancelled(cancel):
                 raise Cancelled("cancelled")
@@ -184,7 +187,9 @@ class CounterfactualSaliency:
                 break
             ce = F.cross_entropy(logits, labels, reduction="none")  # (T*B,)
             l1 = (z - zt0).abs().reshape(t * b, -1).mean(dim=1)  # (T*B,)
-            loss = (ce + self.alpha * l1).sum()  # a sum of independent per-(target, scan) losses
+            per_pair = ce + self.alpha * l1
+            losses.append(per_pair.detach().float())
+            loss = per_pair.sum()  # a sum of independent per-(target, scan) losses
             (grad,) = torch.autograd.grad(loss, z)
             with torch.no_grad():
                 if adam is None:
@@ -200,4 +205,6 @@ class CounterfactualSaliency:
                                .expand(t, b, self.steps + 1, 1))[..., 0]
         hit = p_target > 0.5
         reached = torch.where(hit.any(dim=2), hit.float().argmax(dim=2), torch.full((t, b), -1, device=hit.device))
-        return cfs, ref.detach(), traj, reached.long()
+        loss_traj = (torch.stack(losses, dim=1).reshape(t, b, self.steps) if losses
+                     else torch.zeros(t, b, 0, device=x.device))
+        return cfs, ref.detach(), traj, reached.long(), loss_traj
