@@ -23,5 +23,11 @@ class ACATInputError(ValueError):
         self.path = path
 
 
+def short_reason(exc: BaseException, limit: int = 160) -> str:
+    """A library exception as one short line (for "cannot read ... (reason)" messages)."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 class Cancelled(RuntimeError):
     """The user cancelled a long operation; nothing was written."""

@@ -68,7 +68,8 @@ def test_readme_gives_the_two_setup_commands():
 
 
 def test_no_unsafe_torch_load():
+    needle = "torch." + "load("  # split so this file does not match itself
     for f in list(ROOT.glob("ACATLogic/**/*.py")) + list(ROOT.glob("training/**/*.py")):
         for line in f.read_text().splitlines():
-            if "torch.load(" in line:
+            if needle in line:
                 assert "weights_only=True" in line, f"{f}: {line.strip()}"

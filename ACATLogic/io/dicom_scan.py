@@ -21,7 +21,7 @@ import pydicom
 import pydicom.config
 from pydicom.errors import InvalidDicomError
 
-from ..errors import ACATInputError
+from ..errors import ACATInputError, short_reason
 from ..progress import ProgressCallback, no_progress
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
@@ -239,7 +239,7 @@ def read_header(path: Path) -> pydicom.Dataset:
         except OSError as exc:
             raise ACATInputError(f"cannot read the file ({exc.strerror or exc})", path) from None
         except Exception as exc:  # noqa: BLE001 - pydicom raises many types for damaged files
-            raise ACATInputError(f"damaged DICOM header ({_short(exc)})", path) from None
+            raise ACATInputError(f"damaged DICOM header ({short_reason(exc)})", path) from None
     # pydicom stops quietly at the end of a truncated file: a Part 10 file that announces a stored
     # object but holds no SOP Class in its data set was cut short.
     media_class = str(getattr(ds, "file_meta", {}).get("MediaStorageSOPClassUID", "") or "")
@@ -247,10 +247,6 @@ def read_header(path: Path) -> pydicom.Dataset:
         raise ACATInputError("damaged DICOM header (the file ends inside its header: truncated?)", path)
     return ds
 
-
-def _short(exc: BaseException, limit: int = 160) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def iter_candidate_files(root: Path) -> Iterable[Path]:

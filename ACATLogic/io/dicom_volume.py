@@ -24,7 +24,7 @@ import numpy as np
 import pydicom
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from ..errors import ACATInputError
+from ..errors import ACATInputError, short_reason
 from ..progress import ProgressCallback, no_progress
 from ..volume import CTVolume
 from .dicom_scan import ScanResult, SliceRecord, describe_skipped
@@ -170,7 +170,7 @@ def _read_pixels(path: Path) -> np.ndarray:
         try:
             ds = pydicom.dcmread(path, force=True)
         except Exception as exc:  # noqa: BLE001 - damaged file: any parser error
-            raise ACATInputError(f"cannot read the file ({_short(exc)})", path) from None
+            raise ACATInputError(f"cannot read the file ({short_reason(exc)})", path) from None
         if not any(tag in ds for tag in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
             raise ACATInputError("the file has no pixel data", path)
         meta = ds.file_meta if hasattr(ds, "file_meta") else pydicom.dataset.FileMetaDataset()
@@ -184,7 +184,7 @@ def _read_pixels(path: Path) -> np.ndarray:
             pixels = ds.pixel_array
         except Exception as exc:  # noqa: BLE001 - codecs raise many types
             ts = getattr(meta.get("TransferSyntaxUID"), "name", "unknown transfer syntax")
-            raise ACATInputError(f"cannot decode the pixel data ({ts}): {_short(exc)}", path) from None
+            raise ACATInputError(f"cannot decode the pixel data ({ts}): {short_reason(exc)}", path) from None
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     if pixels.ndim == 2:
         pixels = pixels[None]
@@ -192,10 +192,6 @@ def _read_pixels(path: Path) -> np.ndarray:
         raise ACATInputError(f"unexpected pixel array shape {pixels.shape} (colour or damaged image)", path)
     return pixels
 
-
-def _short(exc: BaseException, limit: int = 160) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _shift_along(image: np.ndarray, shift: float, axis: int, fill: float) -> np.ndarray:
