@@ -78,6 +78,7 @@ class Explanation:
     slice_weights: Optional[list] = None  # ACAT's learned weight of each model slice, per chunk
     trajectory: dict = field(default_factory=dict)  # target label -> per step {label: probability}
     reached_step: dict = field(default_factory=dict)  # target label -> first step p > 0.5, or None
+    latent_l1: dict = field(default_factory=dict)  # target label -> mean |z' - E(x)| (mean over chunks)
     timings: dict = field(default_factory=dict)
     preprocessing: dict = field(default_factory=dict)
     warnings: list = field(default_factory=list)
@@ -238,6 +239,7 @@ class Explainer:
                                              for row in mean_traj]
             hit = torch.nonzero(mean_traj[:, t] > 0.5)
             explanation.reached_step[label] = int(hit[0]) if len(hit) else None
+            explanation.latent_l1[label] = float(result.latent_l1[i].mean())
 
     def _comparison_method(self, method: str, x: torch.Tensor, label_id: int) -> torch.Tensor:
         from .saliency import comparison_method

@@ -44,6 +44,7 @@ def build_report(explanation: Explanation, bundle: ModelBundle, volume: CTVolume
         "method": explanation.method,
         "parameters": explanation.parameters,
         "reached_step": explanation.reached_step,
+        "latent_l1": explanation.latent_l1,
         "trajectory": explanation.trajectory,
         "slice_weights": explanation.slice_weights,
         "timings_s": {**explanation.timings, **(extra_timings or {})},

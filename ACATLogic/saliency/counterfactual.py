@@ -50,6 +50,7 @@ class CounterfactualResult:
         reached_step: (T, B) first step at which p_target > 0.5, or -1 if never.
         targets: the T target class indices.
         losses: (T, B, steps) the objective CE + alpha * L1 before each update.
+        latent_l1: (T, B) mean |z' - z0| over the latent's elements at the end.
     """
 
     saliency: torch.Tensor
@@ -60,6 +61,7 @@ class CounterfactualResult:
     reached_step: torch.Tensor
     targets: list
     losses: Optional[torch.Tensor] = None
+    latent_l1: Optional[torch.Tensor] = None
 
 
 @contextlib.contextmanager
@@ -156,11 +158,12 @@ class CounterfactualSaliency:
         traj = torch.cat([p[2] for p in parts], dim=1)
         reached = torch.cat([p[3] for p in parts], dim=1)
         losses = torch.cat([p[4] for p in parts], dim=1)
+        latent_l1 = torch.cat([p[5] for p in parts], dim=1)
         diffs = (ref.unsqueeze(0) - cfs).abs()
         dims = (1, 2, 3, 4, 5) if normalise == "joint" else (2, 3, 4, 5)
         saliency = normalise_maps(diffs, dims).mean(dim=0)
         progress(1.0, "counterfactuals done")
-        return CounterfactualResult(saliency, cfs, ref, diffs, traj, reached, targets, losses)
+        return CounterfactualResult(saliency, cfs, ref, diffs, traj, reached, targets, losses, latent_l1)
 
     def _optimise(self, x: torch.Tensor, targets: list, progress: ProgressCallback, cancel):
         b, s, _, h, w = x.shape
@@ -207,4 +210,6 @@ class CounterfactualSaliency:
         reached = torch.where(hit.any(dim=2), hit.float().argmax(dim=2), torch.full((t, b), -1, device=hit.device))
         loss_traj = (torch.stack(losses, dim=1).reshape(t, b, self.steps) if losses
                      else torch.zeros(t, b, 0, device=x.device))
-        return cfs, ref.detach(), traj, reached.long(), loss_traj
+        with torch.no_grad():
+            l1 = (z - zt0).abs().reshape(t, b, -1).mean(dim=2)
+        return cfs, ref.detach(), traj, reached.long(), loss_traj, l1
