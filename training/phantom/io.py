@@ -81,12 +81,33 @@ def _npz_bytes(case: PhantomCase) -> bytes:
     return buf.getvalue()
 
 
+def right_handed(case: PhantomCase) -> PhantomCase:
+    """The same case with its slice axis reversed when the grid is left-handed.
+
+    A DICOM reader stacks slices along row x column (the slice normal), so a left-handed grid comes back
+    with its slices reversed; writing it right-handed keeps the NRRD masks on the grid that is read.
+    """
+    v = case.volume
+    if np.linalg.det(v.direction) > 0:
+        return case
+    k = v.voxels_hu.shape[0]
+    direction = v.direction.copy()
+    direction[:, 2] *= -1
+    volume = CTVolume(v.voxels_hu[::-1].copy(), v.spacing_mm, v.index_to_lps([0, 0, k - 1]), direction,
+                      dict(v.metadata), list(v.warnings))
+    flip = lambda m: None if m is None else m[::-1].copy()  # noqa: E731
+    return PhantomCase(volume, flip(case.lesion_mask), flip(case.organ_mask), flip(case.territory_map),
+                       case.label, case.label_name, case.info)
+
+
 def write_case(case: PhantomCase, root: Path, case_id: str, fmt: str) -> dict:
     """Write one case under ``root/cases/case_id``; returns the relative paths for the manifest."""
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}")
     folder = root / "cases" / case_id
     folder.mkdir(parents=True, exist_ok=True)
+    if fmt == "dicom":
+        case = right_handed(case)
     rel = lambda p: str(p.relative_to(root))  # noqa: E731
     paths = {"image": "", "lesion_mask": "", "organ_mask": "", "territory_map": ""}
     # HU are stored as integers in every format (as a scanner would): the phantom is rounded once here.

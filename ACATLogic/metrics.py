@@ -1,0 +1,319 @@
+"""Evaluation metrics of the paper's experiments, in pure numpy (Fontanella et al., ICML 2023).
+
+* Classification (Sec. 4.2-4.3, Table 1): `classification_metrics` - accuracy, recall per class,
+  confusion matrix, sensitivity/specificity for binary tasks, accuracy per group (lesion size class);
+  `mean_and_sem` over training seeds.
+* Saliency localisation (Sec. 4.4): `saliency_hit` / `hit_score` - is the saliency maximum inside
+  one of the scan's lesion territories?
+* Saliency overlap (Appendix H): `top_p_mask` keeps the n most salient voxels, n = the lesion's voxel
+  count; `iou_dice` compares that with the lesion mask.
+* Counterfactual quality (Fig. 5): `counterfactual_success` on an explanation's trajectory,
+  `mean_abs_change_outside_lesion` and `counterfactual_summary`.
+
+Conventions: arrays are (K, J, I) like ``CTVolume.voxels_hu`` (any shape works as long as the arrays
+agree); class labels are indices into ``class_names`` (names are accepted too); a metric that has no
+data (no lesion, no case in a group) is ``nan`` - never a made-up 0 - and writers print it as "n/a".
+Ties are always broken the same way, by C order (the first voxel in ``array.ravel()`` order wins), so
+every number is reproducible across runs and platforms.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Hashable, Iterable, Mapping, Optional, Sequence, Union
+
+import numpy as np
+
+#: a counterfactual "succeeds" when the original class's probability falls below this (paper Fig. 5)
+SUCCESS_PROBABILITY = 0.2
+
+Label = Union[int, str]
+Group = Union[None, Hashable, Sequence[Hashable]]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Classification (Sec. 4.2-4.3, Table 1)
+# ---------------------------------------------------------------------------------------------------------
+def _class_indices(labels: Sequence[Label], class_names: Sequence[str], what: str) -> np.ndarray:
+    """Labels as class indices; names are looked up in ``class_names``. Raises ValueError if out of range."""
+    out = []
+    for value in labels:
+        if isinstance(value, str):
+            if value not in class_names:
+                raise ValueError(f"{what}: unknown class {value!r}; classes are {list(class_names)}")
+            out.append(list(class_names).index(value))
+        else:
+            index = int(value)
+            if index != value or not 0 <= index < len(class_names):
+                raise ValueError(f"{what}: class index {value!r} is not in 0..{len(class_names) - 1}")
+            out.append(index)
+    return np.asarray(out, dtype=np.int64)
+
+
+def _ratio(numerator: float, denominator: float) -> float:
+    """numerator / denominator, or nan when there is nothing to divide (an empty class or group)."""
+    return float(numerator) / float(denominator) if denominator > 0 else math.nan
+
+
+def _group_keys(group: Group) -> list:
+    """The groups one case belongs to: None/"" -> none, a string -> itself, a sequence -> each item.
+
+    A brain scan with two lesions has two size classes ("IS-1;IS-3" in the manifest); it counts once
+    in each of its groups, because Table 1 asks "how often is a scan with a lesion of this size right".
+    """
+    if group is None or (isinstance(group, str) and group == ""):
+        return []
+    if isinstance(group, (str, bytes)) or not isinstance(group, Iterable):
+        return [group]
+    return list(dict.fromkeys(g for g in group if g is not None and g != ""))  # unique, in order
+
+
+def classification_metrics(y_true: Sequence[Label], y_pred: Sequence[Label], class_names: Sequence[str],
+                           groups: Optional[Sequence[Group]] = None) -> dict:
+    """Accuracy, recall per class, confusion matrix (+ sensitivity/specificity, accuracy per group).
+
+    Args:
+        y_true, y_pred: one class index (or class name) per scan.
+        class_names: the model's classes in index order; class 0 is the healthy class.
+        groups: optional, one entry per scan: a group key (e.g. the lesion size class "IS-2"), a list of
+            keys (a scan in several groups counts in each), or None/"" (the scan is in no group).
+
+    Returns a JSON-serialisable dict:
+        ``n``, ``accuracy``, ``class_names``,
+        ``per_class_accuracy``: {name: recall of that class} (nan when the class has no scan),
+        ``per_class_n``: {name: number of scans of that class},
+        ``confusion_matrix``: list of rows, ``[true][predicted]`` counts,
+        binary tasks only: ``sensitivity`` = recall of class 1 (positive = class 1, the finding) and
+        ``specificity`` = recall of class 0,
+        with ``groups``: ``accuracy_by_group``: {key: {"n": scans, "accuracy": fraction}} sorted by key.
+    """
+    names = list(class_names)
+    if len(names) < 2:
+        raise ValueError("classification needs at least two classes")
+    true = _class_indices(y_true, names, "y_true")
+    pred = _class_indices(y_pred, names, "y_pred")
+    if true.shape != pred.shape:
+        raise ValueError(f"y_true has {true.size} labels but y_pred has {pred.size}")
+    n_classes = len(names)
+    confusion = np.zeros((n_classes, n_classes), dtype=np.int64)
+    np.add.at(confusion, (true, pred), 1)
+    correct = true == pred
+    per_class_n = confusion.sum(axis=1)
+    recall = [_ratio(confusion[c, c], per_class_n[c]) for c in range(n_classes)]
+    result: dict = {
+        "n": int(true.size),
+        "accuracy": _ratio(correct.sum(), true.size),
+        "class_names": names,
+        "per_class_accuracy": dict(zip(names, recall)),
+        "per_class_n": {name: int(k) for name, k in zip(names, per_class_n)},
+        "confusion_matrix": confusion.tolist(),
+    }
+    if n_classes == 2:
+        result["sensitivity"] = recall[1]
+        result["specificity"] = recall[0]
+    if groups is not None:
+        if len(groups) != true.size:
+            raise ValueError(f"groups has {len(groups)} entries but there are {true.size} scans")
+        tally: dict = {}
+        for group, ok in zip(groups, correct):
+            for key in _group_keys(group):
+                n, k = tally.get(key, (0, 0))
+                tally[key] = (n + 1, k + int(ok))
+        result["accuracy_by_group"] = {str(key): {"n": n, "accuracy": _ratio(k, n)}
+                                       for key, (n, k) in sorted(tally.items(), key=lambda kv: str(kv[0]))}
+    return result
+
+
+def mean_and_sem(values: Iterable[float]) -> tuple[float, float]:
+    """(mean, standard error of the mean) over seeds: sem = std(ddof=1) / sqrt(n).
+
+    With one value the sem is nan, not 0: one seed says nothing about seed-to-seed spread, and a 0
+    would read as "perfectly reproducible". No value -> (nan, nan). NaN values are not skipped (a
+    failed seed must not silently vanish from a table).
+    """
+    x = np.asarray(list(values), dtype=np.float64)
+    if x.size == 0:
+        return math.nan, math.nan
+    mean = float(x.mean())
+    if x.size == 1:
+        return mean, math.nan
+    return mean, float(x.std(ddof=1) / math.sqrt(x.size))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Saliency localisation (Sec. 4.4): hit score
+# ---------------------------------------------------------------------------------------------------------
+def _same_shape(a: np.ndarray, b: np.ndarray, what: str) -> None:
+    if a.shape != b.shape:
+        raise ValueError(f"{what}: shapes differ, {a.shape} vs {b.shape}")
+
+
+def argmax_voxel(saliency: np.ndarray) -> tuple[int, ...]:
+    """Index of the saliency maximum. Ties: the first in C order; NaN voxels are ignored."""
+    s = np.asarray(saliency, dtype=np.float64)
+    if s.size == 0 or np.isnan(s).all():
+        raise ValueError("the saliency map is empty or entirely NaN")
+    flat = int(np.nanargmax(s))  # nanargmax returns the first maximum in C (ravel) order
+    return tuple(int(i) for i in np.unravel_index(flat, s.shape))
+
+
+def saliency_hit(saliency: np.ndarray, territory_map: np.ndarray, lesion_territory_ids: Iterable[int]) -> bool:
+    """Paper Sec. 4.4: a hit when the saliency maximum lies in one of the scan's lesion territories.
+
+    Args:
+        saliency: (K, J, I) saliency map on the scan's grid.
+        territory_map: (K, J, I) integer territory ids (1..6, `training.phantom.common.TERRITORIES`;
+            0 = outside every territory), on the same grid.
+        lesion_territory_ids: the territories that hold a lesion of this scan. Must not be empty: only
+            scans with a lesion are scored (a scan without one has nothing to hit).
+
+    Ties for the maximum go to the first voxel in C order (`argmax_voxel`): the result is deterministic,
+    and a flat map (all equal) is then scored on voxel (0, 0, 0), which is outside the brain - a miss,
+    as it should be for a map that points nowhere.
+    """
+    ids = {int(t) for t in lesion_territory_ids}
+    if not ids:
+        raise ValueError("the scan has no lesion territory; only scans with a lesion are scored")
+    s = np.asarray(saliency)
+    territories = np.asarray(territory_map)
+    _same_shape(s, territories, "saliency vs territory map")
+    return int(territories[argmax_voxel(s)]) in ids
+
+
+def hit_score(hits: int, misses: int) -> float:
+    """Sec. 4.4: hits / (hits + misses); nan when no scan was scored."""
+    if hits < 0 or misses < 0:
+        raise ValueError("hits and misses must be >= 0")
+    return _ratio(hits, hits + misses)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Saliency overlap (Appendix H): top-p binarisation, IoU and Dice
+# ---------------------------------------------------------------------------------------------------------
+def top_p_mask(saliency: np.ndarray, n_voxels: int) -> np.ndarray:
+    """Appendix H: a bool mask of the ``n_voxels`` most salient voxels (p chosen = the lesion's size).
+
+    Exactly ``min(n_voxels, saliency.size)`` voxels are kept, even when values tie at the cut: among
+    equal values the first in C order win. A threshold ("everything >= the n-th value") would instead
+    keep a variable number of voxels and, for a flat map, the whole volume. NaN voxels rank last.
+    """
+    if n_voxels < 0:
+        raise ValueError("n_voxels must be >= 0")
+    s = np.asarray(saliency, dtype=np.float64)
+    flat = np.where(np.isnan(s), -np.inf, s).ravel()
+    # A stable sort of the negated values ranks ties by ascending flat index, i.e. C order.
+    order = np.argsort(-flat, kind="stable")
+    mask = np.zeros(flat.size, dtype=bool)
+    mask[order[: min(int(n_voxels), flat.size)]] = True
+    return mask.reshape(s.shape)
+
+
+def binary_iou_dice(predicted: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
+    """(IoU, Dice) of two binary masks (nonzero = inside); (nan, nan) when both are empty."""
+    a = np.asarray(predicted) != 0
+    b = np.asarray(truth) != 0
+    _same_shape(a, b, "predicted vs truth")
+    intersection = int(np.count_nonzero(a & b))
+    union = int(np.count_nonzero(a | b))
+    total = int(np.count_nonzero(a)) + int(np.count_nonzero(b))
+    return _ratio(intersection, union), _ratio(2 * intersection, total)
+
+
+def iou_dice(saliency: np.ndarray, lesion_mask: np.ndarray) -> tuple[float, float]:
+    """Appendix H: IoU and Dice between the top-n saliency voxels and the lesion, n = lesion voxel count.
+
+    ``lesion_mask``: nonzero inside any lesion (lesion n labelled n; all lesions count together).
+    A scan without a lesion gives (nan, nan): it is not scored.
+    """
+    lesion = np.asarray(lesion_mask) != 0
+    _same_shape(np.asarray(saliency), lesion, "saliency vs lesion mask")
+    n = int(np.count_nonzero(lesion))
+    if n == 0:
+        return math.nan, math.nan
+    return binary_iou_dice(top_p_mask(saliency, n), lesion)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Counterfactual quality (Fig. 5)
+# ---------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class CounterfactualOutcome:
+    """Whether a counterfactual towards the healthy class flipped the prediction, and how fast.
+
+    ``steps_to_success``: the first trajectory index at which the original class's probability is below
+    the threshold (index 0 = before any optimisation step); None when it never is.
+    """
+
+    success: bool
+    steps_to_success: Optional[int]
+
+
+def counterfactual_success(trajectory: Sequence[Mapping[str, float]], original_class: str,
+                           threshold: float = SUCCESS_PROBABILITY) -> CounterfactualOutcome:
+    """Fig. 5: success when p(original predicted class) drops below ``threshold`` within the steps.
+
+    ``trajectory``: `Explanation.trajectory[healthy class]`, a list over steps (entry 0 = the unchanged
+    scan, entry t = after step t) of {class name: probability}. A scan whose probability is already
+    below the threshold at entry 0 succeeds in 0 steps (the classifier behind the optimisation is not
+    always the one that made the prediction, e.g. an ACAT bundle's baseline).
+    """
+    for step, probabilities in enumerate(trajectory):
+        if original_class not in probabilities:
+            raise ValueError(f"the trajectory has no probability for class {original_class!r}")
+        if float(probabilities[original_class]) < threshold:
+            return CounterfactualOutcome(True, step)
+    return CounterfactualOutcome(False, None)
+
+
+def mean_abs_change_outside_lesion(counterfactual_hu: np.ndarray, input_hu: np.ndarray, lesion_mask: np.ndarray,
+                                   organ_mask: Optional[np.ndarray] = None) -> float:
+    """Mean |counterfactual - input| in HU over voxels outside the lesion (and inside ``organ_mask``).
+
+    A counterfactual should change the lesion, not the skull: this measures collateral change. The
+    organ mask (brain parenchyma, lungs) keeps air and bone out of the mean, where a change would be
+    diluted by thousands of untouched voxels. nan when no voxel is left to measure.
+    """
+    cf = np.asarray(counterfactual_hu, dtype=np.float64)
+    x = np.asarray(input_hu, dtype=np.float64)
+    _same_shape(cf, x, "counterfactual vs input")
+    region = np.asarray(lesion_mask) == 0
+    _same_shape(region, x, "lesion mask vs input")
+    if organ_mask is not None:
+        organ = np.asarray(organ_mask) != 0
+        _same_shape(organ, x, "organ mask vs input")
+        region &= organ
+    if not region.any():
+        return math.nan
+    return float(np.abs(cf - x)[region].mean())
+
+
+def _nanmean(values: Iterable[Optional[float]]) -> float:
+    """Mean of the finite values (None/nan skipped); nan if none."""
+    x = np.asarray([v for v in values if v is not None], dtype=np.float64)
+    x = x[np.isfinite(x)]
+    return float(x.mean()) if x.size else math.nan
+
+
+def counterfactual_summary(outcomes: Sequence[CounterfactualOutcome],
+                           latent_l1: Sequence[Optional[float]] = (),
+                           change_outside_lesion_hu: Sequence[Optional[float]] = ()) -> dict:
+    """Fig. 5 over scans: success rate, mean steps (over successes), mean latent L1 and HU change.
+
+    Returns ``n``, ``successes``, ``success_rate``, ``mean_steps_to_success``, ``mean_latent_l1``,
+    ``mean_abs_change_outside_lesion_hu`` (nan where there is nothing to average).
+    """
+    successes = [o for o in outcomes if o.success]
+    return {
+        "n": len(outcomes),
+        "successes": len(successes),
+        "success_rate": _ratio(len(successes), len(outcomes)),
+        "mean_steps_to_success": _nanmean(o.steps_to_success for o in successes),
+        "mean_latent_l1": _nanmean(latent_l1),
+        "mean_abs_change_outside_lesion_hu": _nanmean(change_outside_lesion_hu),
+    }
+
+
+__all__ = ["SUCCESS_PROBABILITY", "CounterfactualOutcome", "argmax_voxel", "binary_iou_dice",
+           "classification_metrics", "counterfactual_success", "counterfactual_summary", "hit_score", "iou_dice",
+           "mean_abs_change_outside_lesion", "mean_and_sem", "saliency_hit", "top_p_mask"]

@@ -1,0 +1,122 @@
+"""Turn a finished run into a model bundle the Slicer module and ``acat explain`` load.
+
+::
+
+    python -m training.export runs/brain-cpu --out Resources/Models/brain-cpu-demo --version 0.1.0
+
+The bundle (`ACATLogic.bundle.save_bundle`): baseline, autoencoder and ACAT weights as safetensors, and
+a card holding the input spec, the counterfactual parameters the saliency stage used, the data the models
+saw, and every validation and test metric of done.json - each with the exact command line that
+produced it (recorded by train / pipeline in done.json and commands.jsonl). The bundle is loaded back
+(`load_bundle`: sha256, names and shapes checked) before the command reports success.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+from typing import Optional
+
+from ACATLogic.bundle import load_bundle, save_bundle
+from ACATLogic.errors import EXIT_BAD_INPUT, ACATInputError
+
+from .checkpoint import load_weights, sha256_file
+from .config import InputConfig
+from .run_folder import RunFolder, command_line
+
+BUNDLE_TASK = {"brain": "brain_stroke", "lung": "lung_covid"}
+
+
+def _done(run: RunFolder, stage: str) -> dict:
+    done = run.read_done(stage)
+    if done is None:
+        raise ACATInputError(f"the {stage} stage has not finished in this run (no {stage}/done.json); "
+                             "run python -m training.pipeline first", run.root)
+    return done
+
+
+def card_metrics(run: RunFolder, roles: dict[str, str]) -> list[dict]:
+    """One entry per finite validation / test metric of each exported stage, with its command line."""
+    metrics = []
+    for role, stage in roles.items():
+        done = _done(run, stage)
+        for split in ("test", "val"):
+            for name, value in done.get("metrics", {}).get(split, {}).items():
+                if isinstance(value, (int, float)) and math.isfinite(value):
+                    metrics.append({"name": name, "value": float(value), "split": split, "model": role,
+                                    "command": done["command"]})
+    return metrics
+
+
+def export(run_dir, out, *, bundle_id: Optional[str] = None, version: str = "0.1.0", licence: str = "Apache-2.0",
+           description: str = "", overwrite: bool = False, include_acat: bool = True,
+           command: Optional[str] = None) -> Path:
+    """Write the bundle of ``run_dir`` to ``out``; returns ``out``. Raises `ACATInputError`."""
+    run = RunFolder(Path(run_dir))
+    if not run.root.is_dir():
+        raise ACATInputError("no such run folder", run.root)
+    roles = {"baseline": "baseline", "autoencoder": "autoencoder"}
+    if include_acat:
+        roles["acat"] = "acat"
+    models = {}
+    for role, stage in roles.items():
+        done = _done(run, stage)
+        weights = run.weights(stage)
+        if not weights.is_file() or sha256_file(weights) != done["sha256"]:
+            raise ACATInputError(f"the {stage} weights are missing or differ from done.json", weights)
+        models[role] = load_weights(weights).eval()
+    baseline_done = _done(run, "baseline")
+    trained_from = baseline_done["fingerprint"]["config"]
+    task = trained_from["data"]["task"]
+    spec = InputConfig(**trained_from["input"]).spec()
+    saliency_done = run.read_done("saliency") or {}
+    explanation = {k: v for k, v in saliency_done.get("parameters", {}).items()
+                   if k in ("alpha", "steps", "step_size", "optimizer", "reference")}
+    data = baseline_done.get("data", {})
+    source = trained_from["data"]
+    training_data = (f"{source['source']} data {source['path']}: {data.get('train', '?')}/{data.get('val', '?')}/"
+                     f"{data.get('test', '?')} scans (train/val/test), {data.get('skipped', 0)} skipped; "
+                     f"split seed {source['split_seed']}; training seed {trained_from['seed']}")
+    commands = {stage: (run.read_done(stage) or {}).get("command", "") for stage in ("baseline", "autoencoder",
+                                                                                     "saliency", "acat")}
+    if not description:
+        stages = "; ".join(f"{s}: {c}" for s, c in commands.items() if c)
+        description = (f"ACAT {task} models ({models['baseline'].registry_name}) trained with training/ "
+                       f"(Algorithm 1 of Fontanella et al., ICML 2023). Commands - {stages}")
+    save_bundle(out, models=models, bundle_id=bundle_id or Path(out).name, version=version, task=BUNDLE_TASK[task],
+                spec=spec, training_data=training_data, metrics=card_metrics(run, roles), licence=licence,
+                explanation=explanation, description=description, overwrite=overwrite)
+    load_bundle(out)  # refuse to report success for a bundle the application could not open
+    if command:
+        run.record_command(command, "export")
+    return Path(out)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(prog="python -m training.export", description=__doc__.split("\n\n")[0])
+    parser.add_argument("run_dir", help="the run folder (out_dir of the training config)")
+    parser.add_argument("--out", required=True, help="bundle folder, e.g. Resources/Models/brain-demo")
+    parser.add_argument("--id", help="bundle id (default: the --out folder's name)")
+    parser.add_argument("--version", default="0.1.0")
+    parser.add_argument("--licence", default="Apache-2.0")
+    parser.add_argument("--description", default="")
+    parser.add_argument("--without-acat", action="store_true", help="export the baseline and autoencoder only")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing bundle folder")
+    args = parser.parse_args(argv)
+    try:
+        out = export(args.run_dir, args.out, bundle_id=args.id, version=args.version, licence=args.licence,
+                     description=args.description, overwrite=args.overwrite, include_acat=not args.without_acat,
+                     command=command_line("training.export", argv))
+    except (ACATInputError, FileExistsError) as exc:
+        reason = f"{exc}: the bundle folder exists; pass --overwrite" if isinstance(exc, FileExistsError) else exc
+        print(f"error: {reason}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,224 @@
+"""The run folder: where every stage writes, and how a stage knows whether its outputs are still valid.
+
+::
+
+    <out_dir>/
+      config.yaml            resolved config of the latest command
+      commands.jsonl         every train / pipeline / export command line run here (export copies them)
+      cache/                 preprocessed scans (data.py), unless data.cache_dir points elsewhere
+      baseline/ autoencoder/ acat/
+        config.yaml  train.log  metrics.csv  tensorboard/
+        last.pt  best.pt      checkpoints (checkpoint.py)
+        model.safetensors     the best-validation weights
+        done.json             written last: the stage is complete (fingerprint, sha256, metrics, command)
+      saliency/
+        maps/chunk_00000.npy  (n, S, 1, H, W) float32 saliency of cache rows [i*n, (i+1)*n)
+        state.json            progress and fingerprint of the maps being computed
+        done.json
+
+A stage's *fingerprint* is what its outputs depend on: the config keys that matter to it (runtime
+settings such as workers, device or logging do not), the data digest, and the sha256 of its upstream
+outputs (saliency: the baseline's and autoencoder's weights; ACAT: the baseline's weights and the saliency
+maps' fingerprint). A stage is complete when done.json exists, its fingerprint equals the current one and
+its weights' sha256 matches; change the baseline and the saliency maps and ACAT are recomputed.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import os
+import shlex
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+from .checkpoint import sha256_file
+from .config import TrainConfig
+
+STAGE_ORDER = ("baseline", "autoencoder", "saliency", "acat")
+UPSTREAM = {"baseline": (), "autoencoder": (), "saliency": ("baseline", "autoencoder"), "acat": ("baseline", "saliency")}
+
+
+class StageError(RuntimeError):
+    """A stage cannot run as asked (missing upstream stage, a checkpoint from another config, NaN loss).
+
+    The CLI prints it as one line and exits with status 2.
+    """
+
+
+@dataclass
+class RunFolder:
+    root: Path
+
+    def __post_init__(self) -> None:
+        self.root = Path(self.root)
+
+    def stage_dir(self, stage: str) -> Path:
+        return self.root / stage
+
+    def done_path(self, stage: str) -> Path:
+        return self.stage_dir(stage) / "done.json"
+
+    def read_done(self, stage: str) -> Optional[dict]:
+        path = self.done_path(stage)
+        if not path.is_file():
+            return None
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            return None
+
+    def weights(self, stage: str) -> Path:
+        return self.stage_dir(stage) / "model.safetensors"
+
+    def clear_stage(self, stage: str) -> None:
+        """Remove a stage's outputs (done.json first, so a crash mid-way never leaves it 'complete')."""
+        folder = self.stage_dir(stage)
+        if self.done_path(stage).exists():
+            self.done_path(stage).unlink()
+        shutil.rmtree(folder, ignore_errors=True)
+
+    def record_command(self, command: str, what: str, world_size: int = 1) -> None:
+        """Append one line to commands.jsonl (rank 0 only)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        entry = {"time": now(), "what": what, "command": command, "world_size": world_size, "commit": git_commit()}
+        with open(self.root / "commands.jsonl", "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(entry) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    def commands(self) -> list[dict]:
+        path = self.root / "commands.jsonl"
+        if not path.is_file():
+            return []
+        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def git_commit() -> str:
+    """The commit of the code that ran ('' outside a git checkout); '+dirty' when files were modified."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5)
+        if head.returncode != 0:
+            return ""
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=5)
+        return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def command_line(module: str, argv: Sequence[str]) -> str:
+    """The command that started this process, as a user would type it (torchrun when launched by it).
+
+    torchrun's own arguments are not visible to the child processes; they are rebuilt from its
+    environment (processes per node and number of nodes), which is what reproduces the run.
+    """
+    args = shlex.join(list(argv))
+    local = os.environ.get("LOCAL_WORLD_SIZE")
+    world = os.environ.get("WORLD_SIZE")
+    if local and world and "TORCHELASTIC_RUN_ID" in os.environ:
+        nodes = max(1, int(world) // max(1, int(local)))
+        launcher = f"torchrun --nproc-per-node={local}" + (f" --nnodes={nodes}" if nodes > 1 else "")
+        return f"{launcher} -m {module} {args}".strip()
+    return f"python -m {module} {args}".strip()
+
+
+# ---------------------------------------------------------------------------------------------------
+# fingerprints
+
+
+def _common(cfg: TrainConfig) -> dict:
+    d = cfg.data
+    return {"seed": cfg.seed, "input": cfg.to_dict()["input"],
+            "data": {"source": d.source, "path": d.path, "task": d.task, "mosmed_classes": d.mosmed_classes,
+                     "split_fractions": d.split_fractions, "split_seed": d.split_seed, "on_error": d.on_error}}
+
+
+def stage_config(cfg: TrainConfig, stage: str) -> dict:
+    """The config keys a stage's results depend on (runtime settings excluded)."""
+    full = cfg.to_dict()
+    out = _common(cfg)
+    if stage == "baseline":
+        out.update(model={"baseline": cfg.model.baseline, "baseline_config": cfg.model.baseline_config},
+                   baseline=full["baseline"], bf16=cfg.bf16)
+    elif stage == "autoencoder":
+        out.update(model={"autoencoder_config": cfg.model.autoencoder_config}, autoencoder=full["autoencoder"],
+                   bf16=cfg.bf16)
+    elif stage == "saliency":
+        sal = dict(full["saliency"])
+        sal.pop("batch_size")  # memory only
+        out = {"input": out["input"], "saliency": sal, "bf16": cfg.bf16}
+    elif stage == "acat":
+        out.update(model={"baseline": cfg.model.baseline, "baseline_config": cfg.model.baseline_config,
+                          "acat_config": cfg.model.acat_config}, acat=full["acat"], bf16=cfg.bf16)
+    else:
+        raise ValueError(stage)
+    return out
+
+
+def digest(value) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
+
+
+def upstream_inputs(run: RunFolder, stage: str) -> dict:
+    """sha256 of each upstream output; StageError naming the command to run when one is missing."""
+    inputs = {}
+    for up in UPSTREAM[stage]:
+        done = run.read_done(up)
+        if done is None:
+            raise StageError(f"the {up} stage has not finished in {run.root}; run it first "
+                             f"(python -m training.train --config ... stage={up}, or training.pipeline)")
+        if up == "saliency":
+            inputs["saliency"] = digest(done["fingerprint"])
+        else:
+            weights = run.weights(up)
+            if not weights.is_file() or sha256_file(weights) != done["sha256"]:
+                raise StageError(f"{weights} is missing or differs from its done.json; run the {up} stage again")
+            inputs[up] = done["sha256"]
+    return inputs
+
+
+def fingerprint(cfg: TrainConfig, stage: str, run: RunFolder, data_digest: str) -> dict:
+    return {"config": stage_config(cfg, stage), "data": data_digest, "inputs": upstream_inputs(run, stage)}
+
+
+def differences(old, new, prefix: str = "") -> list[str]:
+    """'key: old -> new' for every leaf that differs between two nested dicts."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for key in sorted(set(old) | set(new), key=str):
+            out += differences(old.get(key, "<absent>"), new.get(key, "<absent>"), f"{prefix}{key}.")
+        return out
+    return [] if old == new else [f"{prefix[:-1]}: {old!r} -> {new!r}"]
+
+
+def stage_status(cfg: TrainConfig, stage: str, run: RunFolder, data_digest: str) -> tuple[bool, str]:
+    """(complete and valid?, why not) for one stage of this run."""
+    done = run.read_done(stage)
+    if done is None:
+        return False, "not finished"
+    try:
+        current = fingerprint(cfg, stage, run, data_digest)
+    except StageError as exc:
+        return False, str(exc)
+    diff = differences(done.get("fingerprint", {}), current)
+    if diff:
+        return False, "changed since it ran: " + "; ".join(diff[:4])
+    if stage == "saliency":
+        from .stages.saliency import maps_complete
+
+        return (True, "") if maps_complete(run, done) else (False, "saliency maps missing or damaged")
+    weights = run.weights(stage)
+    if not weights.is_file() or sha256_file(weights) != done.get("sha256"):
+        return False, "model.safetensors is missing or differs from done.json"
+    return True, ""
+
