@@ -161,6 +161,27 @@ def test_lesions_are_mostly_peripheral(name, request):
     assert _fraction_more_peripheral_than_median(lesion, lung, depth) > 0.5
 
 
+@pytest.mark.parametrize("name", ["ct2", "ct3"])
+def test_lesions_are_mostly_posterior(name, request):
+    """COVID-19 opacities favour the dependent (posterior) lung: most lesion voxels lie behind the median."""
+    _, lesion, lung = _canonical(request.getfixturevalue(name))
+    hits = total = 0
+    for side in (LEFT_LUNG, RIGHT_LUNG):
+        j_lung = np.argwhere(lung == side)[:, 1]  # canonical j grows towards the patient's back
+        j_lesion = np.argwhere((lesion > 0) & (lung == side))[:, 1]
+        hits += int(np.sum(j_lesion > np.median(j_lung)))
+        total += j_lesion.size
+    assert hits / total > 0.55
+
+
+def test_ct2_shows_distinct_patches(ct2):
+    """Moderate disease: several separate opacities with aerated lung between them, not one block."""
+    _, lesion, _ = _canonical(ct2)
+    components = sitk.ConnectedComponent(sitk.GetImageFromArray((lesion > 0).astype(np.uint8)))
+    assert int(sitk.GetArrayFromImage(components).max()) >= 3
+    assert len(ct2.info["lesions"]) >= 6
+
+
 def test_lesions_are_peripheral_to_every_pleura_when_asked():
     """With the mediastinal pleura counted as periphery, the plain distance to any non-lung voxel."""
     case = generate_lung_case(SEED, 3, 1, LungParams(vary_orientation=False, exclude_mediastinal_pleura=False),
@@ -202,6 +223,28 @@ def test_lesion_hu_lies_between_lung_and_soft_tissue_and_the_rest_is_unchanged(c
     template = lung_template()
     original = float(np.median(template.volume.voxels_hu[template.lung_mask > 0]))
     assert abs(float(np.median(hu[outside])) - original) < 60
+
+
+def test_ground_glass_is_mottled_keeps_vessels_visible_and_fades_out(ct2, twin):
+    """Ground glass adds to the lung instead of painting over it, unevenly, with a soft margin."""
+    sick, lesion, lung = _canonical(ct2)
+    healthy, _, _ = _canonical(twin)
+    hu, hu0 = sick.voxels_hu, healthy.voxels_hu
+    kinds = {f["id"]: f["kind"] for f in ct2.info["lesions"]}
+    ggo = np.isin(lesion, [n for n, k in kinds.items() if k == "ggo"])
+    # vessels and bronchial walls (dense before) stay clearly brighter than the ground glass around them
+    vessels = ggo & (hu0 > -300)
+    assert vessels.sum() > 20
+    assert hu[vessels].mean() > np.median(hu[ggo]) + 200
+    # mottled: the HU added varies across a lesion far more than the scanner noise does
+    added = (hu - hu0)[ggo & (hu0 <= -300)]
+    assert added.std() > 50 and np.percentile(added, 90) - np.percentile(added, 10) > 150
+    # the soft margin reaches past the mask's boundary, but not far: beyond edge_mm the lung is untouched
+    distance = _distance_inside_mm(lesion == 0, sick.spacing_mm)
+    rim = (lung > 0) & (lesion == 0) & (distance > 0) & (distance <= sick.spacing_mm[:2].min())
+    assert np.mean(hu[rim] > hu0[rim]) > 0.5
+    far = (lung > 0) & (lesion == 0) & (distance > ct2.info["params"]["edge_mm"])
+    assert far.sum() > 1000 and np.array_equal(hu[far], hu0[far])
 
 
 # -- geometry ------------------------------------------------------------------------------------

@@ -7,9 +7,13 @@ cannot be obtained here. Every case is built from one real scan, Slicer's CTChes
 1. template (built once): the CT in canonical LPS layout (i -> Left, j -> Posterior, k -> Superior)
    and a lung label map (1 = left lung, 2 = right lung) mapped onto the CT grid in physical space;
 2. patient: a random rigid + elastic deformation and a new voxel spacing (`deform`);
-3. lesions (covid19 only): a MosMed severity (fraction of the lung volume involved), several smooth
-   irregular foci seeded mostly near the pleura and grown together until their union covers exactly
-   that fraction, painted as ground-glass opacity (GGO) or consolidation with soft edges;
+3. lesions (covid19 only): a MosMed severity (fraction of the lung volume involved) and many rounded,
+   lobulated foci seeded mostly near the pleura, posteriorly and in the lower zones, grown together until
+   their union covers exactly that fraction (distinct patches in CT-1/CT-2, confluent in CT-3/CT-4). They
+   are painted as ground-glass opacity (GGO) added to the lung, not replacing it: mottled attenuation
+   (smooth noise), vessels and bronchial walls still visible through it, ill-defined margins, a
+   "crazy-paving" reticulation on some foci and a denser, uniform consolidated core, mostly dependent, in
+   some foci (more of them in CT-3/CT-4);
 4. scanner: correlated noise and a HU calibration jitter;
 5. storage: optionally another axis order / axis flips with the matching direction matrix (the same
    anatomy in patient coordinates).
@@ -77,31 +81,63 @@ class LungParams:
             that the achieved value (exact up to one voxel) is never ambiguous between two classes.
         max_involvement: upper bound for CT-4 (a lung entirely opacified is not a useful case).
 
-    Lesions:
-        n_foci_range: number of foci (inclusive); COVID-19 pneumonia is typically multifocal and bilateral,
-            so CT-2+ always gets at least one focus in each lung.
-        focus_radius_mm_range: distance over which a focus's growth score falls by one unit: larger foci
-            take a larger share of the involved volume.
+    Lesions (COVID-19 pneumonia on CT: multifocal, bilateral, peripheral and posterior-predominant
+    ground-glass opacities with soft margins, mottled or crazy-paving texture, consolidation in some foci):
+        n_foci_range: bounds (inclusive) on the number of foci; COVID-19 pneumonia is typically multifocal
+            and bilateral, so CT-2+ always gets at least one focus in each lung.
+        focus_volume_ml_range: the number of foci is the involved volume divided by a mean focus volume
+            drawn from this range (then clipped to ``n_foci_range``): about 20-40 foci of 4-6 cm in a CT-2
+            case of these 6-7 litre lungs, fewer and smaller ones in CT-1, more in CT-3/CT-4, where they
+            merge.
+        focus_radius_mm_range: distance over which a focus's growth score falls by one unit: its size
+            relative to the other foci (all grow to the same score level).
         peripheral_seed_probability: probability that a focus is seeded in the outer ``peripheral_depth``
             of its lung; COVID-19 GGO is mostly subpleural. Depth is ranked within each lung (0 = on the
             pleura, 1 = deepest voxel, 0.5 = the lung's median depth), so "outer third" means the third
             of the lung's volume nearest to the pleura, whatever the lung's shape.
         peripheral_depth: that outer fraction (1/3).
         peripheral_weight: growth penalty per unit of depth rank, so that foci spread along the pleura
-            before they grow towards the hilum. With 4, 70-85 % of a CT-2 case's lesion volume (60-70 %
-            for CT-3) lies in the outer half of its lung; 8 turns every case into one continuous
-            subpleural rind (no longer multifocal), 1.5 leaves the foci about as central as the lung.
+            before they grow towards the hilum. With 2, about 75 % of a CT-2 case's lesion volume (60-65 %
+            for CT-3, 55 % for CT-4) lies in the outer half of its lung; 4 and more flattens the foci
+            into a continuous subpleural rind.
         exclude_mediastinal_pleura: measure depth from the costal, diaphragmatic and apical pleura only
             (the lungs' boundary with the mediastinum is not "periphery" in radiology reports).
+        posterior_seed_bias, inferior_seed_bias: seeds are drawn with weight
+            ``exp(posterior_seed_bias * posterior_rank + inferior_seed_bias * inferior_rank)`` (ranks in
+            (0, 1) within each lung: 1 = most posterior / lowest): posterior, lower-zone predominance.
+        posterior_weight, inferior_weight: growth penalty per unit of anterior / superior rank (the same
+            predominance in how the foci grow). With the defaults about 65 % of a CT-2 case's lesion
+            volume lies in the posterior half of its lung.
         shape_noise_amplitude / shape_noise_scale_mm: smooth random field (cubic B-spline on a lattice of
             that spacing) added to the growth score: irregular, lobulated foci instead of spheres.
-        edge_mm: width of the soft edge: the lesion fades from full strength to 0 over about this distance,
-            and the mask's boundary is its half-strength level (as partial volume would make it).
+        edge_mm: width of the soft margin: the lesion's strength rises from 0 at ``edge_mm / 4`` outside
+            the mask to 1/2 on its boundary (the mask is the half-strength level, as partial volume would
+            make it) and 1 at ``2 * edge_mm / 3`` inside (mostly inside, so that the aerated lung next to
+            a lesion keeps its voxels beyond the first in-plane neighbour). Measured from the boundary with
+            aerated lung only: a lesion that reaches the pleura stays at full strength there.
         min_island_mm3: lesion fragments smaller than this (about a 1 cm ball) are dropped: a few thin
             lung edges score high by chance and would leave specks of one or two voxels.
-        ggo_hu_range: target HU of ground-glass opacity, between aerated lung (about -850) and soft tissue.
-        consolidation_hu_range: target HU of consolidation (airless lung, about soft tissue).
-        consolidation_probability: per focus, consolidation instead of GGO.
+        ggo_hu_range: HU of a focus's ground glass at full strength, between aerated lung (about -850)
+            and soft tissue; the texture makes most of it fainter (a GGO focus averages -600 to -500 HU).
+        texture_range / texture_scale_mm: mottled attenuation: the lesion's strength is multiplied by a
+            smooth random field (two scales: ``texture_scale_mm`` and three times that) mapped to this
+            range.
+        crazy_paving_probability / crazy_paving_scale_mm / crazy_paving_hu: per focus, a network of thin
+            curved lines (the zero level of a smooth field at that scale, cells about twice as wide) that
+            adds up to ``crazy_paving_hu`` on top of the ground glass.
+        consolidation_hu_range: HU of consolidation (airless lung, about soft tissue).
+        consolidation_probability: for CT-1, CT-2, CT-3, CT-4, the probability that a focus gets a
+            consolidated core (its "kind" is then "consolidation", else "ggo").
+        consolidation_core_mm_range: in such a focus, consolidation starts this deep inside the lesion
+            (measured from aerated lung) ...
+        consolidation_patch_level: ... where a smooth field plus a posterior (dependent) gradient exceeds
+            this level (higher = fewer, smaller consolidated patches).
+        blend_softness: foci that touch blend their HU and texture over a score difference of about this
+            (a softmax of their scores), so confluent foci show no seams.
+        The lesion is added to the lung, not painted over it: aerated lung gains a HU increment (its own
+            texture stays), denser voxels (vessels, bronchial walls) the partial-volume fill that gives
+            that increment at the lung's median HU, so they stay visible through ground glass and vanish
+            only in consolidation.
 
     Patient and scanner:
         max_rotation_deg (about x, y, z), scale_range, max_translation_mm, elastic_mm_range: the
@@ -122,19 +158,32 @@ class LungParams:
     involvement_margin: float = 0.03
     max_involvement: float = 0.92
 
-    n_foci_range: tuple[int, int] = (2, 8)
-    focus_radius_mm_range: tuple[float, float] = (15.0, 45.0)
+    n_foci_range: tuple[int, int] = (4, 40)
+    focus_volume_ml_range: tuple[float, float] = (40.0, 100.0)
+    focus_radius_mm_range: tuple[float, float] = (8.0, 25.0)
     peripheral_seed_probability: float = 0.85
     peripheral_depth: float = 1.0 / 3.0
-    peripheral_weight: float = 4.0
+    peripheral_weight: float = 2.0
     exclude_mediastinal_pleura: bool = True
-    shape_noise_amplitude: float = 0.8
-    shape_noise_scale_mm: float = 20.0
-    edge_mm: float = 4.0
+    posterior_seed_bias: float = 1.5
+    inferior_seed_bias: float = 1.0
+    posterior_weight: float = 0.5
+    inferior_weight: float = 0.3
+    shape_noise_amplitude: float = 0.6
+    shape_noise_scale_mm: float = 15.0
+    edge_mm: float = 8.0
     min_island_mm3: float = 500.0
-    ggo_hu_range: tuple[float, float] = (-700.0, -350.0)
+    ggo_hu_range: tuple[float, float] = (-600.0, -250.0)
     consolidation_hu_range: tuple[float, float] = (-100.0, 40.0)
-    consolidation_probability: float = 0.2
+    consolidation_probability: tuple[float, float, float, float] = (0.0, 0.15, 0.35, 0.5)
+    consolidation_core_mm_range: tuple[float, float] = (3.0, 12.0)
+    consolidation_patch_level: float = 0.6
+    texture_range: tuple[float, float] = (0.4, 1.0)
+    texture_scale_mm: float = 6.0
+    crazy_paving_probability: float = 0.3
+    crazy_paving_scale_mm: float = 7.0
+    crazy_paving_hu: float = 120.0
+    blend_softness: float = 0.3
 
     deformation_strength: float = 1.0
     max_rotation_deg: tuple[float, float, float] = (4.0, 4.0, 6.0)
@@ -359,49 +408,78 @@ def _choose_severity(rng: np.random.Generator, label: int, severity: Optional[st
 
 @dataclass
 class _Lesions:
-    mask: np.ndarray  # (K, J, I) uint8 focus ids
-    alpha: np.ndarray  # (K, J, I) float32 lesion strength 0..1 (soft edges)
-    fill: np.ndarray  # (K, J, I) float32 fraction of the remaining air replaced by tissue at strength 1
+    mask: np.ndarray  # (K, J, I) uint8 focus ids (where ``alpha`` >= 1/2)
+    alpha: np.ndarray  # (K, J, I) float32 lesion envelope 0..1 (soft margins)
+    delta: np.ndarray  # (K, J, I) float32 HU the lesion adds to aerated lung (at the lung's median HU)
     target: float
     foci: list  # the foci that own voxels, "id" = their value in ``mask``
     dropped: list  # foci drawn but left without voxels
 
 
-def _depth_rank(lung: np.ndarray, depth: np.ndarray) -> np.ndarray:
-    """(K, J, I) float32 in (0, 1) inside each lung: the fraction of that lung's volume nearer the pleura.
-
-    A rank rather than depth / max depth: "the outer third" then holds a third of the lung whatever its
-    shape, and 0.5 is the lung's median depth.
-    """
-    out = np.zeros(lung.size, dtype=np.float32)
-    flat_lung, flat_depth = lung.ravel(), depth.ravel()
+def _rank_in_lungs(lung_flat: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """float32 in (0, 1) per lung voxel: the fraction of its own lung's voxels with a smaller value."""
+    out = np.zeros(values.size, dtype=np.float32)
     for side in LUNG_NAMES:
-        sel = np.flatnonzero(flat_lung == side)
-        order = np.argsort(flat_depth[sel], kind="stable")
+        sel = np.flatnonzero(lung_flat == side)
+        order = np.argsort(values[sel], kind="stable")
         rank = np.empty(sel.size, dtype=np.float32)
         rank[order] = (np.arange(sel.size, dtype=np.float32) + 0.5) / max(sel.size, 1)
         out[sel] = rank
-    return out.reshape(lung.shape)
+    return out
+
+
+def _smoothstep(x: np.ndarray) -> np.ndarray:
+    x = np.clip(x, 0.0, 1.0)
+    return x * x * (3 - 2 * x)
 
 
 def _grow_lesions(rng: np.random.Generator, lung: np.ndarray, volume: CTVolume, severity: str,
                   lung_hu: float, params: LungParams) -> _Lesions:
+    """`_grow_lesions_in_box` on the lungs' bounding box (plus a margin of 2 voxels), pasted back.
+
+    About half the work of the whole grid; the margin keeps every distance to the lungs' outside exact and
+    leaves room for the lesions' spill into the partial-volume voxels next to the lung mask.
+    """
+    nonzero = [np.flatnonzero(lung.any(axis=axes)) for axes in ((1, 2), (0, 2), (0, 1))]
+    start = [max(int(n[0]) - 2, 0) for n in nonzero]
+    stop = [min(int(n[-1]) + 3, size) for n, size in zip(nonzero, lung.shape)]
+    box = tuple(slice(a, b) for a, b in zip(start, stop))
+    sub = CTVolume(np.ascontiguousarray(volume.voxels_hu[box]), volume.spacing_mm,
+                   volume.index_to_lps(start[::-1]), volume.direction, {})
+    lesions = _grow_lesions_in_box(rng, np.ascontiguousarray(lung[box]), sub, severity, lung_hu, params)
+    out = []
+    for part, dtype in ((lesions.mask, np.uint8), (lesions.alpha, np.float32), (lesions.delta, np.float32)):
+        full = np.zeros(lung.shape, dtype=dtype)
+        full[box] = part
+        out.append(full)
+    return _Lesions(*out, lesions.target, lesions.foci, lesions.dropped)
+
+
+def _grow_lesions_in_box(rng: np.random.Generator, lung: np.ndarray, volume: CTVolume, severity: str,
+                         lung_hu: float, params: LungParams) -> _Lesions:
     """Seed foci, grow them together to the target involvement, and describe how they change HU.
 
     Args:
         lung: (K, J, I) uint8 lung labels on ``volume``'s canonical grid (identity direction).
-        lung_hu: the lung's median HU before lesions (the "aerated lung" end point of the fill).
+        lung_hu: the lung's median HU before lesions (aerated lung, where ``delta`` is added in full).
 
     Growth is a level set of one score per lung voxel x and focus f:
 
-        score_f(x) = b(x) - |x - seed_f| / R_f,   b = shape_noise_amplitude * noise
-                                                        - peripheral_weight * depth_rank
+        score_f(x) = b(x) - |x - seed_f| / R_f,
+        b = shape_noise_amplitude * noise - peripheral_weight * depth_rank
+            - posterior_weight * (1 - posterior_rank) - inferior_weight * (1 - inferior_rank)
 
     The lesion is {x : max_f score_f(x) > t}, with t chosen so that exactly round(target * lung voxels)
-    voxels are above it: all foci grow at once until their union covers the target fraction. Each
-    voxel belongs to the focus with the largest score (a weighted Voronoi partition), so every focus
-    owns at least the neighbourhood of its seed. Fragments under ``min_island_mm3`` are then dropped
-    and the surviving foci renumbered 1..n.
+    voxels are above it: all foci grow at once until their union covers the target fraction (rounded,
+    lobulated foci that stay apart in mild disease and become confluent in severe disease). Each voxel
+    belongs to the focus with the largest score, so every focus owns at least the neighbourhood of its
+    seed. Fragments under ``min_island_mm3`` are then dropped and the surviving foci renumbered 1..n.
+
+    Appearance: an envelope (1/2 on the mask's boundary, 1 at ``2/3 edge_mm`` inside, 0 at ``edge_mm / 4``
+    outside) times a mottled texture (``texture_range``: smooth noise at two scales), with a reticular
+    "crazy-paving" network on some foci and a consolidated core (deeper than ``consolidation_core_mm_range``
+    inside the lesion) in consolidation foci. Per-focus attenuations are blended across the boundaries
+    between touching foci (softmax of their scores), so confluent foci show no seams.
     """
     lo, hi = SEVERITY_RANGES[severity]
     hi = min(hi, params.max_involvement)
@@ -411,63 +489,87 @@ def _grow_lesions(rng: np.random.Generator, lung: np.ndarray, volume: CTVolume, 
     inside = lung > 0
     depth = _depth_mm(_thoracic_cavity(inside) if params.exclude_mediastinal_pleura else inside, spacing)
     depth = np.where(inside, depth, 0.0).astype(np.float32)
-    rank = _depth_rank(lung, depth)
-    noise = _smooth_field(rng, shape, spacing, params.shape_noise_scale_mm)
 
     flat = np.flatnonzero(inside)  # lung voxels, C order of (K, J, I)
     k, j, i = np.unravel_index(flat, shape)
-    pos = np.stack([i * spacing[0], j * spacing[1], k * spacing[2]], axis=1).astype(np.float32)  # mm
+    pos = [(a * s).astype(np.float32) for a, s in zip((i, j, k), spacing)]  # x, y, z in mm
     lung_flat = lung.ravel()[flat]
-    rank_flat = rank.ravel()[flat]
+    rank_flat = _rank_in_lungs(lung_flat, depth.ravel()[flat])
+    posterior = _rank_in_lungs(lung_flat, j.astype(np.float32))  # 0 = most anterior, 1 = most posterior
+    inferior = _rank_in_lungs(lung_flat, -k.astype(np.float32))  # 0 = apex, 1 = base
+    noise = _smooth_field(rng, shape, spacing, params.shape_noise_scale_mm)
     base_flat = (params.shape_noise_amplitude * noise.ravel()[flat]
-                 - params.peripheral_weight * rank_flat).astype(np.float32)
+                 - params.peripheral_weight * rank_flat
+                 - params.posterior_weight * (1 - posterior)
+                 - params.inferior_weight * (1 - inferior)).astype(np.float32)
+    seed_weight = np.exp(params.posterior_seed_bias * posterior + params.inferior_seed_bias * inferior)
 
-    n_foci = int(rng.integers(params.n_foci_range[0], params.n_foci_range[1] + 1))
+    # as many foci as the involved volume needs for foci of about focus_volume_ml each
+    lung_ml = flat.size * float(np.prod(spacing)) / 1000.0
+    focus_ml = float(rng.uniform(*params.focus_volume_ml_range))
+    n_foci = int(np.clip(round(target * lung_ml / focus_ml), params.n_foci_range[0], params.n_foci_range[1]))
     volumes = np.array([np.sum(lung_flat == s) for s in LUNG_NAMES], dtype=np.float64)
     sides = [int(v) for v in rng.choice(list(LUNG_NAMES), size=n_foci, p=volumes / volumes.sum())]
     if severity != "CT-1" and n_foci >= 2:
         sides[:2] = [LEFT_LUNG, RIGHT_LUNG]  # COVID-19 pneumonia is bilateral: a focus in each lung
+    p_consolidation = dict(zip(COVID_SEVERITIES, params.consolidation_probability))[severity]
     drawn = []
     best = np.full(flat.size, -np.inf, dtype=np.float32)
     owner = np.zeros(flat.size, dtype=np.int64)
-    radii = np.zeros(n_foci + 1, dtype=np.float32)
-    fills = np.zeros(n_foci + 1, dtype=np.float32)
+    # softmax over foci of their per-voxel attributes (streamed): ggo HU, consolidation flag,
+    # flag * consolidation HU, flag * core depth, crazy paving flag
+    soft_sum = np.zeros(flat.size, dtype=np.float32)
+    soft = np.zeros((5, flat.size), dtype=np.float32)
+    inv_tau = np.float32(1.0 / params.blend_softness)
     for n, side in enumerate(sides, start=1):
         peripheral = bool(rng.random() < params.peripheral_seed_probability)
         candidates = np.flatnonzero((lung_flat == side) & (rank_flat < params.peripheral_depth)) \
             if peripheral else np.flatnonzero(lung_flat == side)
-        seed_at = int(candidates[rng.integers(candidates.size)])
+        w = seed_weight[candidates]
+        seed_at = int(candidates[min(int(np.searchsorted(np.cumsum(w), rng.random() * w.sum())),
+                                     candidates.size - 1)])
         radius = float(rng.uniform(*params.focus_radius_mm_range))
-        consolidation = bool(rng.random() < params.consolidation_probability)
-        target_hu = float(rng.uniform(*(params.consolidation_hu_range if consolidation else params.ggo_hu_range)))
-        # fraction of the remaining air that the lesion replaces by tissue: lung at lung_hu -> target_hu
-        fill = float(np.clip((target_hu - lung_hu) / (TISSUE_HU - lung_hu), 0.0, 1.0))
-        dist = np.sqrt(np.sum((pos - pos[seed_at]) ** 2, axis=1))
-        score = base_flat - dist / np.float32(radius)
+        consolidation = bool(rng.random() < p_consolidation)
+        crazy = bool(rng.random() < params.crazy_paving_probability)
+        g_hu = float(rng.uniform(*params.ggo_hu_range))
+        c_hu = float(rng.uniform(*params.consolidation_hu_range))
+        c_mm = float(rng.uniform(*params.consolidation_core_mm_range))
+        dist = np.square(pos[0] - pos[0][seed_at])
+        dist += np.square(pos[1] - pos[1][seed_at])
+        dist += np.square(pos[2] - pos[2][seed_at])
+        score = base_flat - np.sqrt(dist) * np.float32(1.0 / radius)
         better = score > best
+        # streamed softmax: rescale the running sums where the maximum moves up
+        if n > 1:
+            rescale = np.exp(np.minimum(best - score, 0) * inv_tau)
+            soft_sum *= rescale
+            soft *= rescale
         best[better] = score[better]
         owner[better] = n
-        radii[n], fills[n] = radius, fill
+        e = np.exp((score - best) * inv_tau)
+        soft_sum += e
+        attributes = (g_hu, float(consolidation), c_hu * consolidation, c_mm * consolidation, float(crazy))
+        for a, value in enumerate(attributes):
+            if value:
+                soft[a] += e * np.float32(value)
+        peak_hu = c_hu if consolidation else g_hu
         drawn.append({
             "lung": LUNG_NAMES[side], "kind": "consolidation" if consolidation else "ggo",
-            "target_hu": target_hu, "fill_fraction": fill, "radius_mm": radius,
+            "target_hu": peak_hu, "ggo_hu": g_hu, "consolidation_hu": c_hu if consolidation else None,
+            "consolidation_core_mm": c_mm if consolidation else None, "crazy_paving": crazy,
+            "fill_fraction": float(np.clip((peak_hu - lung_hu) / (TISSUE_HU - lung_hu), 0.0, 1.0)),
+            "radius_mm": radius,
             "seed_lps_mm": [float(v) for v in volume.index_to_lps([i[seed_at], j[seed_at], k[seed_at]])],
             "seed_depth_mm": float(depth.ravel()[flat[seed_at]]),
-            "seed_depth_rank": float(rank_flat[seed_at]), "peripheral_seed": peripheral,
+            "seed_depth_rank": float(rank_flat[seed_at]), "seed_posterior_rank": float(posterior[seed_at]),
+            "peripheral_seed": peripheral,
         })
+    soft /= soft_sum
     n_lesion = int(round(target * flat.size))
     in_lesion = np.zeros(flat.size, dtype=bool)
-    threshold = np.inf
     if n_lesion > 0:
         chosen = np.argpartition(-best, n_lesion - 1)[:n_lesion]
         in_lesion[chosen] = True
-        threshold = float(best[chosen].min())
-    # soft edge: strength 1/2 on the mask's boundary, 1 at edge_mm / 2 inside, 0 at edge_mm / 2 outside
-    # (the score falls by 1 per R_f mm away from a seed)
-    ramp = np.clip(0.5 + (best - threshold) * radii[owner] / np.float32(params.edge_mm), 0.0, 1.0)
-    strength = ramp * ramp * (3 - 2 * ramp)  # smoothstep
-    strength = np.where(in_lesion, np.maximum(strength, 0.5), np.minimum(strength, 0.5))
-
     mask = np.zeros(lung.size, dtype=np.uint8)
     mask[flat[in_lesion]] = owner[in_lesion]
     mask = mask.reshape(shape)
@@ -477,14 +579,56 @@ def _grow_lesions(rng: np.random.Generator, lung: np.ndarray, volume: CTVolume, 
         components = sitk.ConnectedComponent(sitk.GetImageFromArray((mask > 0).astype(np.uint8)))
         kept = sitk.GetArrayFromImage(sitk.RelabelComponent(components, minimumObjectSize=min_voxels)) > 0
         mask[~kept] = 0
+    in_mask = mask.ravel()[flat] > 0
+
+    # soft margin from the distance (mm) to the boundary between lesion and aerated lung (the pleura is no
+    # boundary: a subpleural lesion stays dense up to the chest wall): > 0 inside the mask, < 0 outside,
+    # shifted by half an in-plane voxel so that the mask's boundary (half strength) is at 0
+    if in_mask.any():
+        lesion_img = sitk.GetImageFromArray((mask > 0).astype(np.uint8))
+        lesion_img.SetSpacing([float(v) for v in spacing])
+        open_img = sitk.GetImageFromArray(((mask > 0) | ~inside).astype(np.uint8))
+        open_img.SetSpacing([float(v) for v in spacing])
+        kwargs = dict(insideIsPositive=True, squaredDistance=False, useImageSpacing=True)
+        into = sitk.GetArrayFromImage(sitk.SignedMaurerDistanceMap(open_img, **kwargs)).ravel()[flat]
+        out_of = sitk.GetArrayFromImage(sitk.SignedMaurerDistanceMap(lesion_img, **kwargs)).ravel()[flat]
+        signed = np.where(in_mask, into, out_of).astype(np.float32) + np.float32(0.5 * float(np.min(spacing[:2])))
+    else:
+        signed = np.full(flat.size, -np.inf, dtype=np.float32)
+    edge = np.float32(params.edge_mm)
+    strength = np.where(signed >= 0, 0.5 + 0.5 * _smoothstep(signed / (edge * 2 / 3)),
+                        0.5 * _smoothstep(1 + signed / (edge / 4)))
+    strength = np.where(in_mask, np.maximum(strength, 0.5), np.minimum(strength, 0.49)).astype(np.float32)
+
+    # texture: mottled attenuation (fine + medium smooth noise -> texture_range), a reticular network
+    # (thin ridges along the zero level of another smooth field: "crazy paving"), and a consolidated
+    # core in consolidation foci (denser, more uniform: vessels no longer visible)
+    s = params.texture_scale_mm
+    coarse = _smooth_field(rng, shape, spacing, 3 * s).ravel()[flat]
+    mottle = 0.8 * _smooth_field(rng, shape, spacing, s).ravel()[flat] + 0.6 * coarse
+    u = 1.0 / (1.0 + np.exp(-1.7 * mottle))  # ~ normal CDF: about uniform in (0, 1)
+    tex = (params.texture_range[0] + (params.texture_range[1] - params.texture_range[0]) * u).astype(np.float32)
+    reticular = _smooth_field(rng, shape, spacing, params.crazy_paving_scale_mm).ravel()[flat]
+    lines = np.exp(-(reticular / np.float32(0.35)) ** 2)
+    ggo, cons_w, cons_hu_w, core_w, paving = soft
+    cons_hu = cons_hu_w / np.maximum(cons_w, np.float32(1e-6))
+    core_mm = core_w / np.maximum(cons_w, np.float32(1e-6))
+    # consolidation: deeper than core_mm inside the lesion, in patches, more often in the dependent (posterior) lung
+    patches = _smooth_field(rng, shape, spacing, params.shape_noise_scale_mm).ravel()[flat] + 2.0 * (posterior - 0.5)
+    c = (cons_w * _smoothstep((signed + np.float32(4.0) * coarse - core_mm) / np.float32(6.0))
+         * _smoothstep(patches - np.float32(params.consolidation_patch_level) + np.float32(0.5)))
+    peak = ggo + c * (cons_hu - ggo)
+    tex = tex + c * (1 - tex) * np.float32(0.7)
+    d = (peak - np.float32(lung_hu)) * tex + paving * (1 - c) * lines * np.float32(params.crazy_paving_hu)
+    delta = np.zeros(lung.size, dtype=np.float32)
+    delta[flat] = strength * np.maximum(d, 0.0)
+    delta = delta.reshape(shape)
+    # air-containing voxels just outside the (nearest-neighbour) lung mask are partly lung: they take the
+    # lesion of their neighbours, else they show as a dark dotted rim along a dense subpleural lesion
+    spilled = sitk.GetArrayFromImage(sitk.GrayscaleDilate(sitk.GetImageFromArray(delta), [1, 1, 1]))
+    delta = np.where(~inside & (volume.voxels_hu < -200), spilled, delta)
     alpha = np.zeros(lung.size, dtype=np.float32)
     alpha[flat] = strength
-    alpha = alpha.reshape(shape)
-    # the soft edge outside the mask only next to a lesion that was kept (not around dropped specks)
-    near = _depth_mm(mask == 0, spacing) <= params.edge_mm
-    alpha = np.where(mask > 0, alpha, np.where(near, alpha, 0.0)).astype(np.float32)
-    fill_map = np.zeros(lung.size, dtype=np.float32)
-    fill_map[flat] = fills[owner]
 
     # renumber the foci that own voxels 1..n (a focus can vanish: a deep seed, or a dropped speck)
     counts = np.bincount(mask.ravel(), minlength=n_foci + 1)
@@ -495,7 +639,20 @@ def _grow_lesions(rng: np.random.Generator, lung: np.ndarray, volume: CTVolume, 
             renumber[n] = len(foci) + 1
             foci.append({"id": len(foci) + 1, **drawn[n - 1], "voxels": int(counts[n])})
     dropped = [dict(d) for n, d in enumerate(drawn, start=1) if counts[n] == 0]
-    return _Lesions(renumber[mask], alpha, fill_map.reshape(shape), target, foci, dropped)
+    return _Lesions(renumber[mask], alpha.reshape(shape), delta.astype(np.float32), target, foci, dropped)
+
+
+def _apply_lesions(hu: np.ndarray, delta: np.ndarray, lung_hu: float) -> np.ndarray:
+    """HU with the lesions added: ground glass adds to the lung, it does not replace it.
+
+    Aerated lung (at or below the lung's median HU) gets ``delta`` in full, so its own texture stays;
+    denser voxels (vessels, bronchial walls, dependent lung) get the partial-volume fill that gives
+    ``delta`` at the median, ``f * (TISSUE_HU - hu)`` with ``f = delta / (TISSUE_HU - lung_hu)``: they stay
+    brighter than the ground glass around them (visible through it), and are hidden only where the
+    lesion reaches soft-tissue HU (consolidation). Monotone in ``hu``, never negative.
+    """
+    fill = delta / np.float32(max(TISSUE_HU - lung_hu, 1.0))
+    return hu + np.minimum(delta, fill * np.maximum(np.float32(TISSUE_HU) - hu, 0))
 
 
 # -- the generator -------------------------------------------------------------------------------
@@ -556,9 +713,8 @@ def generate_lung_case(seed: int, index: int, label: int, params: LungParams = L
 
     if label == 1:
         lesions = _grow_lesions(lesion_rng, lung, patient, sev, lung_hu, params)
-        # fill part of the air with tissue: aerated lung moves to the target HU, while vessels (already
-        # near tissue HU) stay as they are, as they remain visible through ground glass
-        hu = hu + lesions.alpha * lesions.fill * np.maximum(np.float32(TISSUE_HU) - hu, 0)
+        # add tissue to the aerated lung; vessels and bronchial walls stay visible through ground glass
+        hu = _apply_lesions(hu, lesions.delta, lung_hu)
         lesion_mask = lesions.mask
         info["lesions"] = lesions.foci
         info["lesions_dropped"] = lesions.dropped

@@ -78,8 +78,9 @@ def case_tiles(case, task: str) -> list[Image.Image]:
         third[_outline(lesion[k] > 0)] = (1, 0.2, 0.2)
         third_name = "lung mask"
     detail = case.label_name
-    if case.info.get("lesions"):
-        detail += " " + ",".join(str(les.get("size_class") or les.get("territory") or "") for les in case.info["lesions"])
+    sizes = [str(les["size_class"]) for les in case.info.get("lesions", []) if les.get("size_class")]
+    if sizes:
+        detail += " " + ",".join(sizes)
     if case.info.get("severity"):
         detail += f" {case.info['severity']}"
     return [_tile(base, spacing_ji, f"{detail} slice {k}"), _tile(outlined, spacing_ji, "lesion outline"),
