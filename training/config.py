@@ -9,7 +9,8 @@
 Overrides use dotted keys into the dataclass tree (``data.num_workers=4``) and free-form keys inside the
 dict fields (``model.baseline_config.widths=[8,16,16,32,32,64,64]``); values are parsed as YAML, then
 converted to the field's type, so ``1e-4`` is a float even though YAML 1.1 reads it as a string.
-Unknown keys are errors: a typo must never train with a default silently.
+Unknown keys are errors: a typo must never train with a default silently. Relative paths (data.path,
+out_dir, data.cache_dir) are relative to the working directory, normally the repository root.
 
 ``batch_size`` is the *global* batch: on N processes each takes ``batch_size / N`` scans, so the same
 config gives the same optimisation on 1 GPU or 8 (see train.py).
@@ -29,6 +30,8 @@ import yaml
 
 from ACATLogic.errors import ACATInputError
 from ACATLogic.preprocess import InputSpec
+
+from .checkpoint import atomic_write_text
 
 STAGES = ("baseline", "autoencoder", "saliency", "acat")
 TASKS = ("brain", "lung")
@@ -342,6 +345,4 @@ def config_yaml(cfg: TrainConfig) -> str:
 
 def save_config(cfg: TrainConfig, path: Path) -> None:
     """The resolved config as YAML, written atomically."""
-    from .checkpoint import atomic_write_text
-
     atomic_write_text(Path(path), "# resolved training config (defaults + YAML + overrides)\n" + config_yaml(cfg))

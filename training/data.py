@@ -34,7 +34,7 @@ import multiprocessing
 import os
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -170,10 +170,10 @@ def read_csv_manifest(cfg: TrainConfig) -> tuple[list[CaseRecord], list[DataProb
             except ValueError as exc:
                 problems.append(DataProblem(image, f"{exc} ({where})", case_id))
                 continue
+            territory = (row.get("territory") or row.get("territory_map") or "").strip()
             rows.append(CaseRecord(case_id, image, label, (row.get("split") or "").strip().lower(),
                                    _resolve(path.parent, (row.get("lesion_mask") or "").strip()),
-                                   _resolve(path.parent, (row.get("territory") or row.get("territory_map") or "").strip()),
-                                   where))
+                                   _resolve(path.parent, territory), where))
     _finish_rows(rows, problems, cfg, path)
     return rows, problems
 
@@ -187,7 +187,8 @@ def read_phantom_manifest(cfg: TrainConfig) -> tuple[list[CaseRecord], list[Data
     for n, row in enumerate(read_manifest(path), start=2):
         where = f"{path.name} line {n}"
         image = _resolve(path.parent, row["image"])
-        task = _PHANTOM_TASKS.get(str(row.get("task", "")).strip(), cfg.data.task) if row.get("task") else cfg.data.task
+        raw_task = str(row.get("task") or "").strip()
+        task = _PHANTOM_TASKS.get(raw_task, raw_task) if raw_task else cfg.data.task
         if task != cfg.data.task:
             problems.append(DataProblem(image, f"a {row.get('task')} case in a {cfg.data.task} run ({where})",
                                         row["case_id"]))
@@ -351,7 +352,8 @@ def build_cache(cfg: TrainConfig, records: Sequence[CaseRecord], folder: Path,
             os.fsync(fh.fileno())
         index = {"format": CACHE_FORMAT, "spec": spec.to_dict(), "source": cfg.data.source,
                  "rows": {records[i].case_id: i for i in ok},
-                 "problems": [asdict(DataProblem(records[i].image, p, records[i].case_id)) for i, p in problems.items()]}
+                 "problems": [asdict(DataProblem(records[i].image, p, records[i].case_id))
+                              for i, p in problems.items()]}
         atomic_write_json(tmp / "index.json", index)
         try:
             os.replace(tmp, folder)
@@ -372,6 +374,7 @@ class ScanData:
         rows: cache row of each record.
         problems: every scan left out, with its path and reason.
         key: the cache key (part of every stage's fingerprint).
+        n_rows: rows of images.npy, skipped scans included (their rows stay zero).
     """
 
     images_path: Path
@@ -382,7 +385,6 @@ class ScanData:
     spec: InputSpec
     task: str
     n_rows: int = 0
-    _split_cache: dict = field(default_factory=dict, repr=False)
 
     def split(self, name: str) -> tuple[list[int], list[int]]:
         """(cache rows, labels) of one split, in manifest order."""

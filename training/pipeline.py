@@ -82,7 +82,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                         help="redo stages from scratch: all (no value) or a comma-separated list")
     parser.add_argument("--stages", default=",".join(STAGE_ORDER), help="which stages to run (default: all four)")
     parser.add_argument("overrides", nargs="*", help="key=value")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # options and key=value overrides in any order
     ctx: Optional[DistContext] = None
     if "=" in args.fresh:  # `--fresh key=value`: argparse took an override for the option's value
         args.overrides.insert(0, args.fresh)

@@ -40,7 +40,8 @@ from .checkpoint import sha256_file
 from .config import TrainConfig
 
 STAGE_ORDER = ("baseline", "autoencoder", "saliency", "acat")
-UPSTREAM = {"baseline": (), "autoencoder": (), "saliency": ("baseline", "autoencoder"), "acat": ("baseline", "saliency")}
+UPSTREAM = {"baseline": (), "autoencoder": (), "saliency": ("baseline", "autoencoder"),
+            "acat": ("baseline", "saliency")}
 
 
 class StageError(RuntimeError):
@@ -116,19 +117,36 @@ def git_commit() -> str:
         return ""
 
 
-def command_line(module: str, argv: Sequence[str]) -> str:
-    """The command that started this process, as a user would type it (torchrun when launched by it).
+def _launcher_command() -> Optional[str]:
+    """torchrun's own command line, read from the parent process (Linux /proc), or None."""
+    try:
+        raw = Path(f"/proc/{os.getppid()}/cmdline").read_bytes()
+    except OSError:
+        return None
+    argv = [a.decode("utf-8", "replace") for a in raw.split(b"\0") if a]
+    for i, arg in enumerate(argv):
+        if Path(arg).name == "torchrun":
+            return shlex.join(["torchrun", *argv[i + 1:]])
+        if arg == "-m" and i + 1 < len(argv) and argv[i + 1] == "torch.distributed.run":
+            return shlex.join(["python", "-m", "torch.distributed.run", *argv[i + 2:]])
+    return None
 
-    torchrun's own arguments are not visible to the child processes; they are rebuilt from its
-    environment (processes per node and number of nodes), which is what reproduces the run.
+
+def command_line(module: str, argv: Sequence[str]) -> str:
+    """The command that started this run, as typed (the interpreter's path shortened to "python").
+
+    Under torchrun the launcher's own command line is read from the parent process; where that is not
+    possible it is rebuilt from torchrun's environment (processes per node, number of nodes).
     """
     args = shlex.join(list(argv))
-    local = os.environ.get("LOCAL_WORLD_SIZE")
-    world = os.environ.get("WORLD_SIZE")
-    if local and world and "TORCHELASTIC_RUN_ID" in os.environ:
+    if "TORCHELASTIC_RUN_ID" in os.environ:
+        launcher = _launcher_command()
+        if launcher is not None:
+            return launcher
+        local, world = os.environ.get("LOCAL_WORLD_SIZE", "1"), os.environ.get("WORLD_SIZE", "1")
         nodes = max(1, int(world) // max(1, int(local)))
-        launcher = f"torchrun --nproc-per-node={local}" + (f" --nnodes={nodes}" if nodes > 1 else "")
-        return f"{launcher} -m {module} {args}".strip()
+        rebuilt = f"torchrun --nproc-per-node={local}" + (f" --nnodes={nodes}" if nodes > 1 else "")
+        return f"{rebuilt} -m {module} {args}".strip()
     return f"python -m {module} {args}".strip()
 
 

@@ -141,25 +141,36 @@ def load_data(cfg: TrainConfig, ctx: DistContext, log: Callable[[str], None]) ->
 
 def _resume_point(cfg: TrainConfig, ctx: DistContext, run: RunFolder, fp: dict, resume: bool,
                   say: Callable[[str], None]) -> Optional[dict]:
-    """The checkpoint to continue from, None to start afresh; StageError on a config mismatch."""
+    """The checkpoint to continue from, None to start afresh; StageError on a config mismatch.
+
+    Rank 0 decides and tells the others, so no process reads a checkpoint rank 0 is removing.
+    """
     last = run.stage_dir(cfg.stage) / "last.pt"
-    if not last.is_file():
-        if resume:
-            raise StageError(f"--resume: there is no checkpoint {last}")
-        return None
-    ckpt = load_checkpoint(last, CHECKPOINT_KIND)
-    diff = differences(ckpt["fingerprint"], fp)
-    if not diff:
-        return ckpt
-    if all(d.startswith("inputs.") for d in diff):
-        # only an upstream stage changed (say a retrained baseline): this stage's old work is void
-        say(f"{cfg.stage}: upstream outputs changed ({'; '.join(diff[:2])}); training it again from scratch")
+    decision: tuple = ("start", "")
+    if ctx.is_main:
+        if not last.is_file():
+            decision = ("error", f"--resume: there is no checkpoint {last}") if resume else ("start", "")
+        else:
+            diff = differences(load_checkpoint(last, CHECKPOINT_KIND)["fingerprint"], fp)
+            if not diff:
+                decision = ("resume", "")
+            elif all(d.startswith("inputs.") for d in diff):
+                # only an upstream stage changed (say a retrained baseline): this stage's old work is void
+                decision = ("restart", f"{cfg.stage}: upstream outputs changed ({'; '.join(diff[:2])}); "
+                                       "training it again from scratch")
+            else:
+                decision = ("error", f"{last} was trained with other settings ({'; '.join(diff[:4])}); pass "
+                                     f"--fresh to train the {cfg.stage} stage again from scratch, or choose "
+                                     "another out_dir")
+    action, message = distributed.broadcast_object(decision, ctx)
+    if action == "error":
+        raise StageError(message)
+    if action == "restart":
+        say(message)
         if ctx.is_main:
             run.clear_stage(cfg.stage)
         distributed.barrier(ctx)
-        return None
-    raise StageError(f"{last} was trained with other settings ({'; '.join(diff[:4])}); pass --fresh to train "
-                     f"the {cfg.stage} stage again from scratch, or choose another out_dir")
+    return load_checkpoint(last, CHECKPOINT_KIND) if action == "resume" else None
 
 
 def train_stage(cfg: TrainConfig, ctx: DistContext, run: RunFolder, data: ScanData, *, command: str,
@@ -169,7 +180,8 @@ def train_stage(cfg: TrainConfig, ctx: DistContext, run: RunFolder, data: ScanDa
     optim_cfg = cfg.stage_optim()
     folder = run.stage_dir(cfg.stage)
     fp = fingerprint(cfg, cfg.stage, run, data.digest())
-    complete, _ = stage_status(cfg, cfg.stage, run, data.digest())
+    complete = distributed.broadcast_object(
+        stage_status(cfg, cfg.stage, run, data.digest())[0] if ctx.is_main else None, ctx)
     if complete:
         say(f"{cfg.stage}: already complete in {folder} (--fresh trains it again)")
         return run.read_done(cfg.stage)
@@ -240,8 +252,12 @@ def train_stage(cfg: TrainConfig, ctx: DistContext, run: RunFolder, data: ScanDa
         n_params = sum(p.numel() for p in model.parameters())
         log.info(f"{cfg.stage}: {model.registry_name} ({n_params:,} parameters) on {world} x {ctx.device}; "
                  f"{data.describe(cfg)}; {steps_per_epoch} steps of {optim_cfg.batch_size} scans per epoch")
-    last_saved = (f"{folder / 'last.pt'} (epoch {progress['epoch']}, step {progress['global_step']})"
-                  if ckpt is not None else None)
+    def saved_at() -> str:
+        at = (f"end of epoch {progress['epoch']}" if progress["batches_done"] == 0
+              else f"epoch {progress['epoch'] + 1}, batch {progress['batches_done']}")
+        return f"{folder / 'last.pt'} (step {progress['global_step']}, {at})"
+
+    last_saved = saved_at() if ckpt is not None else None
 
     def write_checkpoint() -> str:
         rng = distributed.all_gather_objects(capture_rng(), ctx)  # every process's generators
@@ -253,7 +269,7 @@ def train_stage(cfg: TrainConfig, ctx: DistContext, run: RunFolder, data: ScanDa
                 "history": list(history), "rng": rng, "world_size": world, "fingerprint": fp,
                 "config": cfg.to_dict(), "torch_version": str(torch.__version__)})
             log.write_csv(history)
-        return f"{folder / 'last.pt'} (epoch {progress['epoch']}, step {progress['global_step']})"
+        return saved_at()
 
     # ---- the loop
     for epoch in range(progress["epoch"], optim_cfg.epochs):
@@ -272,8 +288,8 @@ def train_stage(cfg: TrainConfig, ctx: DistContext, run: RunFolder, data: ScanDa
                 kept = (f"the last good checkpoint {last_saved} is kept" if last_saved
                         else "no checkpoint had been written yet")
                 raise StageError(f"{cfg.stage}: the loss is {value} at epoch {epoch + 1}, step "
-                                 f"{progress['global_step'] + 1}; training stopped and {kept}. Lower "
-                                 f"{cfg.stage}.lr, or check the data and the model settings")
+                                 f"{progress['global_step'] + 1}; training stopped and {kept}. Check the data, "
+                                 f"or lower {cfg.stage}.lr (or set {cfg.stage}.grad_clip) and pass --fresh")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if optim_cfg.grad_clip > 0:
@@ -365,7 +381,7 @@ def parse_args(argv: list[str], prog: str = "python -m training.train") -> argpa
     parser.add_argument("--fresh", action="store_true", help="discard this stage's outputs and start over")
     parser.add_argument("--prepare-only", action="store_true", help="build the data cache and stop")
     parser.add_argument("overrides", nargs="*", help="key=value")
-    return parser.parse_args(argv)
+    return parser.parse_intermixed_args(argv)  # options and key=value overrides in any order
 
 
 def main(argv: Optional[list[str]] = None) -> int:

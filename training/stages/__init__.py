@@ -2,7 +2,7 @@
 
 baseline, autoencoder and acat are trained by the same loop (train.py) and differ only in what a
 `TrainableStage` gives it: the model, the training loss, and per-scan evaluation outputs with the
-metrics computed from them. saliency is not trained; `saliency.run` computes the maps.
+metrics computed from them. saliency is not trained; `saliency.run_saliency` computes the maps.
 """
 
 from __future__ import annotations

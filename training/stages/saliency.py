@@ -104,10 +104,11 @@ def run_saliency(cfg: TrainConfig, ctx: DistContext, run: RunFolder, data: ScanD
             (folder / "maps").mkdir(parents=True, exist_ok=True)
             atomic_write_json(state_path, {"fingerprint": fp, "chunk_scans": cs, "n_rows": n_rows,
                                            "map_shape": list(shape), "started_at": now()})
-        todo = [i for i in range(n_chunks) if not _chunk_ok(chunk_path(run, i), len(_chunk_rows(i, cs, n_rows)), shape)]
+        todo = [i for i in range(n_chunks)
+                if not _chunk_ok(chunk_path(run, i), len(_chunk_rows(i, cs, n_rows)), shape)]
         log(f"saliency: {n_chunks - len(todo)}/{n_chunks} chunks already computed")
-    todo = broadcast_object(todo, ctx)
-    previous = run.read_done("saliency")
+    previous = run.read_done("saliency") if ctx.is_main else None
+    todo, previous = broadcast_object((todo, previous), ctx)
     if not todo and previous is not None and previous.get("fingerprint") == fp:
         log("saliency: every map is up to date")
         return previous

@@ -1,0 +1,238 @@
+"""The whole of Algorithm 1 on a tiny dataset: pipeline, skipping, recomputation, export, NaN, resume flags.
+
+Runs in this process on real files: 16 small NRRD head volumes, tiny models (32 x 32 input, 4 slices).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ACATLogic.bundle import load_bundle
+from test_training_toy import head_volume, tiny_config, write_brain_toy
+from training import export as export_cli
+from training import pipeline, train
+from training.checkpoint import CHECKPOINT_KIND, load_checkpoint, load_weights
+from training.config import load_config
+from training.stages.baseline import ClassificationLoss
+
+STAGES = ("baseline", "autoencoder", "saliency", "acat")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # the test machine is shared; two OpenMP threads fighting other jobs are slower than one
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory) -> Path:
+    return write_brain_toy(tmp_path_factory.mktemp("toy"), n=16)
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, toy) -> tuple[Path, Path]:
+    """(config, run folder) of one complete pipeline run (TensorBoard on)."""
+    root = tmp_path_factory.mktemp("pipeline")
+    cfg = tiny_config(root / "tiny.yaml", toy, root / "run", cache_dir=root / "cache", tensorboard=True)
+    assert pipeline.main(["--config", str(cfg)]) == 0
+    return cfg, root / "run"
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def read_done(run: Path, stage: str) -> dict:
+    return json.loads((run / stage / "done.json").read_text())
+
+
+def test_pipeline_writes_every_stage(finished):
+    cfg_path, run = finished
+    cfg = load_config(cfg_path)
+    command = f"python -m training.pipeline --config {cfg_path}"
+    for stage, epochs in (("baseline", 2), ("autoencoder", 1), ("acat", 1)):
+        folder = run / stage
+        for name in ("config.yaml", "train.log", "metrics.csv", "last.pt", "best.pt", "model.safetensors"):
+            assert (folder / name).is_file(), f"{stage}/{name}"
+        assert list((folder / "tensorboard").glob("events.out.tfevents.*"))
+        done = read_done(run, stage)
+        assert done["sha256"] == sha256(folder / "model.safetensors") and done["command"] == command
+        assert done["data"] == {"train": 8, "val": 4, "test": 4, "skipped": 0}
+        rows = list(csv.DictReader(open(folder / "metrics.csv")))
+        assert [int(r["epoch"]) for r in rows] == list(range(1, epochs + 1))
+        assert all(math.isfinite(float(r["train_loss"])) and math.isfinite(float(r["val_loss"])) for r in rows)
+        assert load_checkpoint(folder / "last.pt", CHECKPOINT_KIND)["progress"]["epoch"] == epochs
+        assert math.isfinite(done["metrics"]["test"]["loss"])
+    rows = list(csv.DictReader(open(run / "baseline" / "metrics.csv")))
+    assert list(rows[0]) == ["epoch", "step", "lr", "train_loss", "val_loss", "val_accuracy", "val_balanced_accuracy",
+                             "val_auc"]
+    # Adam at lr, then cosine annealing towards min_lr over the 2 epochs
+    assert float(rows[0]["lr"]) == pytest.approx(1e-3)
+    assert float(rows[1]["lr"]) == pytest.approx(1e-5 + (1e-3 - 1e-5) / 2)
+    assert [int(r["step"]) for r in rows] == [2, 4]  # 8 training scans, global batch 4
+    test = read_done(run, "baseline")["metrics"]["test"]
+    assert 0 <= test["accuracy"] <= 1 and test["accuracy"] * 4 == round(test["accuracy"] * 4)
+
+    # saliency maps: 16 rows in chunks of 5, per-scan maps in [0, 1]
+    chunks = sorted((run / "saliency" / "maps").glob("chunk_*.npy"))
+    assert [np.load(c).shape[0] for c in chunks] == [5, 5, 5, 1]
+    maps = np.concatenate([np.load(c) for c in chunks])
+    assert maps.shape == (16, 4, 1, 32, 32) and maps.dtype == np.float32
+    assert maps.min() >= 0 and maps.max() <= 1 and (maps.reshape(16, -1).max(axis=1) > 0).all()
+    done = read_done(run, "saliency")
+    assert done["fingerprint"]["inputs"] == {"baseline": read_done(run, "baseline")["sha256"],
+                                             "autoencoder": read_done(run, "autoencoder")["sha256"]}
+    assert read_done(run, "acat")["fingerprint"]["inputs"]["baseline"] == read_done(run, "baseline")["sha256"]
+
+    # the resolved config and the command line are saved next to the results
+    assert load_config(run / "config.yaml") == cfg
+    commands = [json.loads(line) for line in (run / "commands.jsonl").read_text().splitlines()]
+    assert commands[0]["command"] == command and commands[0]["what"] == "pipeline"
+
+
+def test_second_run_skips_every_stage(finished):
+    cfg_path, run = finished
+    outputs = [p for p in run.rglob("*") if p.suffix in (".safetensors", ".npy", ".pt") or p.name == "done.json"]
+    before = {p: p.stat().st_mtime_ns for p in outputs}
+    assert pipeline.main(["--config", str(cfg_path)]) == 0
+    assert {p: p.stat().st_mtime_ns for p in outputs} == before
+    log = (run / "run.log").read_text()
+    for stage in STAGES:
+        assert f"pipeline: {stage} is complete and valid; skipped" in log
+
+
+def test_a_new_baseline_recomputes_the_saliency_maps_and_acat(finished, tmp_path):
+    cfg_path, original = finished
+    run = tmp_path / "run"
+    shutil.copytree(original, run)
+    where = f"out_dir={run}"
+    old_maps = np.load(run / "saliency" / "maps" / "chunk_00000.npy")
+    old_sha = read_done(run, "baseline")["sha256"]
+    autoencoder_mtime = (run / "autoencoder" / "model.safetensors").stat().st_mtime_ns
+
+    assert train.main(["--config", str(cfg_path), where, "stage=baseline", "baseline.lr=3e-3", "--fresh"]) == 0
+    new_sha = read_done(run, "baseline")["sha256"]
+    assert new_sha != old_sha
+    assert train.main(["--config", str(cfg_path), where, "stage=saliency", "baseline.lr=3e-3"]) == 0
+    assert "saliency: inputs changed (inputs.baseline:" in (run / "run.log").read_text()
+    assert read_done(run, "saliency")["fingerprint"]["inputs"]["baseline"] == new_sha
+    new_maps = np.load(run / "saliency" / "maps" / "chunk_00000.npy")
+    assert np.abs(new_maps - old_maps).max() > 1e-3
+
+    assert pipeline.main(["--config", str(cfg_path), where, "baseline.lr=3e-3"]) == 0
+    log = (run / "run.log").read_text().split("pipeline: baseline is complete")[-1]
+    assert "autoencoder is complete and valid; skipped" in log and "saliency is complete and valid; skipped" in log
+    assert "pipeline: acat: changed since it ran: inputs.baseline" in log
+    assert read_done(run, "acat")["fingerprint"]["inputs"]["baseline"] == new_sha
+    assert (run / "autoencoder" / "model.safetensors").stat().st_mtime_ns == autoencoder_mtime
+
+
+def test_export_writes_a_bundle_with_the_metrics_and_commands(finished, tmp_path):
+    cfg_path, run = finished
+    out = tmp_path / "Models" / "toy-brain"
+    assert export_cli.main([str(run), "--out", str(out), "--version", "0.0.1"]) == 0
+    bundle = load_bundle(out)
+    card = bundle.card
+    assert card["id"] == "toy-brain" and card["task"] == "brain_stroke" and set(bundle.models) == {
+        "baseline", "autoencoder", "acat"}
+    assert card["labels"] == ["none", "left", "right", "both"]
+    assert card["input"]["size"] == [32, 32] and card["input"]["slices"] == 4
+    assert card["explanation"]["steps"] == 3 and card["explanation"]["alpha"] == 100
+    assert "8/4/4 scans" in card["training_data"]
+    command = f"python -m training.pipeline --config {cfg_path}"
+    metrics = {(m["model"], m["split"], m["name"]): m for m in card["metrics"]}
+    for role in ("baseline", "acat"):
+        done = read_done(run, role)
+        for name in ("accuracy", "balanced_accuracy", "loss"):
+            assert metrics[(role, "test", name)]["value"] == done["metrics"]["test"][name]
+            assert metrics[(role, "test", name)]["command"] == command
+    assert metrics[("autoencoder", "test", "mse")]["value"] == read_done(run, "autoencoder")["metrics"]["test"]["mse"]
+    assert command in card["description"]
+    # the bundle's models are the run's models
+    x = torch.from_numpy(np.stack([np.load(c)[:1] for c in sorted((run / "saliency" / "maps").glob("*.npy"))[:1]])[0])
+    for role in ("baseline", "autoencoder"):
+        twin = load_weights(run / role / "model.safetensors").eval()
+        with torch.no_grad():
+            assert torch.equal(bundle.models[role](x), twin(x))
+    assert "export" in [json.loads(line)["what"] for line in (run / "commands.jsonl").read_text().splitlines()]
+    # and the application explains a scan with it
+    from ACATLogic.explain import Explainer
+
+    explanation = Explainer(bundle, device="cpu").explain(head_volume(1), steps=2)
+    assert explanation.label in card["labels"] and explanation.classifier == "acat"
+    assert explanation.saliency.voxels_hu.shape == (8, 48, 48)
+    # an existing bundle is never replaced without --overwrite
+    assert export_cli.main([str(run), "--out", str(out)]) == 2
+
+
+def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(toy, tmp_path, monkeypatch, capsys):
+    cfg = tiny_config(tmp_path / "c.yaml", toy, tmp_path / "run", cache_dir=tmp_path / "cache",
+                      checkpoint_every_steps=1)
+    original = ClassificationLoss.forward
+    calls = {"n": 0}
+
+    def third_step_is_nan(self, batch):
+        calls["n"] += 1
+        loss = original(self, batch)
+        return loss * float("nan") if calls["n"] == 3 else loss
+
+    monkeypatch.setattr(ClassificationLoss, "forward", third_step_is_nan)
+    assert train.main(["--config", str(cfg), "stage=baseline"]) == 2
+    last = tmp_path / "run" / "baseline" / "last.pt"
+    message = capsys.readouterr().err.strip().splitlines()[-1]
+    assert message.startswith("error: baseline: the loss is nan at epoch 2, step 3; training stopped")
+    assert f"the last good checkpoint {last} (step 2, end of epoch 1) is kept" in message
+    ckpt = load_checkpoint(last, CHECKPOINT_KIND)
+    assert ckpt["progress"] == {"epoch": 1, "batches_done": 0, "global_step": 2, "loss_sum": 0.0, "loss_count": 0}
+    assert all(torch.isfinite(v).all() for v in ckpt["model"]["state_dict"].values() if v.is_floating_point())
+    assert not (tmp_path / "run" / "baseline" / "done.json").exists()
+
+    # the settings of a checkpoint are binding: another lr needs --fresh ...
+    monkeypatch.setattr(ClassificationLoss, "forward", original)
+    assert train.main(["--config", str(cfg), "stage=baseline", "baseline.lr=1e-4"]) == 2
+    err = capsys.readouterr().err
+    assert "was trained with other settings (config.baseline.lr: 0.001 -> 0.0001); pass --fresh" in err
+    # ... and the same settings resume from the last good checkpoint
+    assert train.main(["--config", str(cfg), "stage=baseline", "--resume"]) == 0
+    assert "resumed from" in (tmp_path / "run" / "baseline" / "train.log").read_text()
+    assert read_done(tmp_path / "run", "baseline")["best"]["epoch"] in (1, 2)
+
+
+def test_resume_flag_needs_a_checkpoint_and_acat_needs_its_upstream(toy, tmp_path, capsys):
+    cfg = tiny_config(tmp_path / "c.yaml", toy, tmp_path / "run", cache_dir=tmp_path / "cache")
+    assert train.main(["--config", str(cfg), "stage=baseline", "--resume"]) == 2
+    assert "--resume: there is no checkpoint" in capsys.readouterr().err
+    assert train.main(["--config", str(cfg), "stage=acat"]) == 2
+    assert "the baseline stage has not finished" in capsys.readouterr().err
+
+
+def test_baseline_learns_the_side_of_the_lesion_with_random_flips(tmp_path):
+    """32 training scans, half of them mirrored each epoch: the model can only learn where the blob is
+    if a mirrored 'left' scan is labelled 'right' (and vice versa) - a wrong swap would cap accuracy."""
+    manifest = write_brain_toy(tmp_path / "toy", n=40)
+    rows = list(csv.DictReader(open(manifest)))
+    for i, row in enumerate(rows):
+        row["split"] = "train" if i < 32 else "val"
+    with open(manifest, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    cfg = tiny_config(tmp_path / "c.yaml", manifest, tmp_path / "run",
+                      baseline={"epochs": 15, "batch_size": 8, "lr": 1e-2, "min_lr": 1e-5, "flip_lr": 0.5})
+    assert train.main(["--config", str(cfg), "stage=baseline"]) == 0
+    history = list(csv.DictReader(open(tmp_path / "run" / "baseline" / "metrics.csv")))
+    assert float(history[0]["val_accuracy"]) <= 0.5  # it starts at chance ...
+    assert float(history[-1]["val_accuracy"]) >= 0.875  # ... and ends knowing none / left / right / both
+    assert float(history[-1]["train_loss"]) < 0.5 * float(history[0]["train_loss"])
