@@ -36,17 +36,23 @@ def _diverging(delta: np.ndarray, scale: float) -> np.ndarray:
     return np.concatenate([np.clip(d, 0, 1), np.zeros_like(d), np.clip(-d, 0, 1)], axis=-1)
 
 
-def _tile(rgb: np.ndarray, spacing_ji: tuple[float, float]) -> Image.Image:
+def tile(rgb: np.ndarray, spacing_ji: tuple[float, float], caption: str = "", *, size: int = TILE,
+         smooth: bool = True) -> Image.Image:
+    """An RGB slice on a square black tile with its physical aspect ratio, labelled R (left edge) and
+    L (right edge): radiological view of a canonical slice. Shared with the phantom picture sheets."""
     h, w = rgb.shape[:2]
     aspect = (h * spacing_ji[0]) / (w * spacing_ji[1])  # physical height / width
-    size = (TILE, max(1, int(round(TILE * aspect)))) if aspect <= 1 else (max(1, int(round(TILE / aspect))), TILE)
-    img = Image.fromarray((rgb * 255).astype(np.uint8)).resize(size, Image.BILINEAR)
-    canvas = Image.new("RGB", (TILE, TILE))
-    canvas.paste(img, ((TILE - size[0]) // 2, (TILE - size[1]) // 2))
+    shape = (size, max(1, int(round(size * aspect)))) if aspect <= 1 else (max(1, int(round(size / aspect))), size)
+    img = Image.fromarray((np.clip(rgb, 0, 1) * 255).astype(np.uint8)).resize(
+        shape, Image.BILINEAR if smooth else Image.NEAREST)
+    canvas = Image.new("RGB", (size, size))
+    canvas.paste(img, ((size - shape[0]) // 2, (size - shape[1]) // 2))
     draw = ImageDraw.Draw(canvas)
     font = ImageFont.load_default()
-    draw.text((4, TILE // 2 - 6), "R", fill=(255, 255, 0), font=font)
-    draw.text((TILE - 12, TILE // 2 - 6), "L", fill=(255, 255, 0), font=font)
+    draw.text((4, size // 2 - 6), "R", fill=(255, 255, 0), font=font)
+    draw.text((size - 12, size // 2 - 6), "L", fill=(255, 255, 0), font=font)
+    if caption:
+        draw.text((4, size - 14), caption, fill=(200, 200, 200), font=font)
     return canvas
 
 
@@ -91,9 +97,7 @@ def write_overview(path: Path, ct: CTVolume, saliency: CTVolume, counterfactual:
             tiles.append(_grey(cf_c.voxels_hu[k], window))
             tiles.append(_diverging(cf_c.voxels_hu[k] - ct_c.voxels_hu[k], max(window[1] / 4, 1.0)))
         for c, rgb in enumerate(tiles):
-            tile = _tile(rgb, spacing_ji)
-            ImageDraw.Draw(tile).text((4, TILE - 14), f"slice {k}", fill=(180, 180, 180), font=font)
-            sheet.paste(tile, (c * TILE, header + 16 + r * TILE))
+            sheet.paste(tile(rgb, spacing_ji, f"slice {k}"), (c * TILE, header + 16 + r * TILE))
     with atomic_path(Path(path), overwrite=overwrite) as tmp:
         sheet.save(tmp, format="PNG")
     return slices

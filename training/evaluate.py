@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import hashlib
 import json
 import math
 import platform
@@ -51,7 +50,7 @@ import numpy as np
 import torch
 
 from ACATLogic import __version__ as acat_version
-from ACATLogic.bundle import load_bundle, resolve_model
+from ACATLogic.bundle import load_bundle, resolve_model, sha256_file
 from ACATLogic.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_OK, ACATInputError
 from ACATLogic.explain import METHODS, Explainer, Explanation
 from ACATLogic.io.atomic import atomic_path
@@ -97,14 +96,6 @@ def command_line(bundle_path, manifest_path, methods: Sequence[str], out_dir, sp
     argv += ["--limit", str(limit)] if limit is not None else []
     argv += ["--steps", str(steps)] if steps is not None else []
     return f"{PROG} {shlex.join(argv)}"
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _json_safe(value):
@@ -385,7 +376,7 @@ def evaluate(bundle_path, manifest_path, methods: Union[str, Sequence[str]], out
                      "numpy": np.__version__},
         "bundle": {"id": bundle.id, "version": bundle.card.get("version", ""), "task": task,
                    "path": str(bundle_folder), "labels": bundle.labels, "sha256": bundle.sha256()},
-        "dataset": {"manifest": str(manifest_path), "manifest_sha256": _sha256(manifest_path), "split": split,
+        "dataset": {"manifest": str(manifest_path), "manifest_sha256": sha256_file(manifest_path), "split": split,
                     "limit": limit, "n_cases": len(cases)},
         "settings": {"methods": methods, "device": str(explainer.device), "coverage": coverage,
                      "steps": effective_steps, "success_probability": SUCCESS_PROBABILITY, "warmup": True},

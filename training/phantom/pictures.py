@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from ACATLogic.io.atomic import atomic_path
+from ACATLogic.overview import tile
 from ACATLogic.volume import to_canonical
 
 from .common import BRAIN_LABELS, LUNG_LABELS
@@ -34,21 +35,6 @@ def _outline(mask: np.ndarray) -> np.ndarray:
     inner = m.copy()
     inner[1:-1, 1:-1] = m[1:-1, 1:-1] & m[:-2, 1:-1] & m[2:, 1:-1] & m[1:-1, :-2] & m[1:-1, 2:]
     return m & ~inner
-
-
-def _tile(rgb: np.ndarray, spacing_ji, text: str) -> Image.Image:
-    h, w = rgb.shape[:2]
-    aspect = (h * spacing_ji[0]) / (w * spacing_ji[1])
-    size = (TILE, max(1, int(TILE * aspect))) if aspect <= 1 else (max(1, int(TILE / aspect)), TILE)
-    img = Image.fromarray((np.clip(rgb, 0, 1) * 255).astype(np.uint8)).resize(size, Image.NEAREST)
-    canvas = Image.new("RGB", (TILE, TILE))
-    canvas.paste(img, ((TILE - size[0]) // 2, (TILE - size[1]) // 2))
-    draw = ImageDraw.Draw(canvas)
-    font = ImageFont.load_default()
-    draw.text((4, TILE // 2 - 6), "R", fill=(255, 255, 0), font=font)
-    draw.text((TILE - 12, TILE // 2 - 6), "L", fill=(255, 255, 0), font=font)
-    draw.text((4, TILE - 14), text, fill=(220, 220, 220), font=font)
-    return canvas
 
 
 def case_tiles(case, task: str) -> list[Image.Image]:
@@ -83,8 +69,8 @@ def case_tiles(case, task: str) -> list[Image.Image]:
         detail += " " + ",".join(sizes)
     if case.info.get("severity"):
         detail += f" {case.info['severity']}"
-    return [_tile(base, spacing_ji, f"{detail} slice {k}"), _tile(outlined, spacing_ji, "lesion outline"),
-            _tile(third, spacing_ji, third_name)]
+    return [tile(t, spacing_ji, caption, size=TILE, smooth=False)
+            for t, caption in ((base, f"{detail} slice {k}"), (outlined, "lesion outline"), (third, third_name))]
 
 
 def sheet(task: str, per_class: int, seed: int) -> Image.Image:
