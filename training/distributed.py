@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import sys
 from dataclasses import dataclass
 from typing import Any, Iterator, Optional
 
@@ -69,6 +70,14 @@ def setup(device: str = "auto", timeout_minutes: int = 120) -> DistContext:
     # BatchNorm reductions get a group of their own, so they never queue behind DDP's gradient buckets
     bn_group = dist.new_group(backend="gloo") if not use_cuda else None
     return DistContext(rank, local_rank, world, dev, True, bn_group)
+
+
+def report_error(exc: BaseException, ctx, *, stage_error: bool) -> None:
+    """Print a bad-input or stage error once: by rank 0 for a stage error every rank raises together,
+    by whichever rank saw it otherwise (prefixed with its rank)."""
+    if ctx is None or ctx.is_main or not stage_error:
+        prefix = "" if ctx is None or ctx.is_main else f"[rank {ctx.rank}] "
+        print(f"{prefix}error: {exc}", file=sys.stderr, flush=True)
 
 
 def cleanup(ctx: DistContext) -> None:

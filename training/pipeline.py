@@ -102,8 +102,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             run_pipeline(run_cfg, ctx, command=command, fresh=fresh, stages=stages)
         return 0
     except (ACATInputError, StageError) as exc:
-        if ctx is None or ctx.is_main or not isinstance(exc, StageError):
-            print(f"error: {exc}", file=sys.stderr, flush=True)
+        distributed.report_error(exc, ctx, stage_error=isinstance(exc, StageError))
         return EXIT_BAD_INPUT
     finally:
         if ctx is not None:

@@ -405,9 +405,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         execute_stage(cfg, ctx, run, data, command=command, resume=args.resume, fresh=args.fresh, say=say)
         return 0
     except (ACATInputError, StageError) as exc:
-        if ctx is None or ctx.is_main or not isinstance(exc, StageError):
-            prefix = "" if ctx is None or ctx.is_main else f"[rank {ctx.rank}] "
-            print(f"{prefix}error: {exc}", file=sys.stderr, flush=True)
+        distributed.report_error(exc, ctx, stage_error=isinstance(exc, StageError))
         return EXIT_BAD_INPUT
     finally:
         if ctx is not None:
