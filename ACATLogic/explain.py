@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from .bundle import ModelBundle
 from .errors import ACATInputError, Cancelled
 from .preprocess import PreparedScan, prepare
-from .progress import ProgressCallback, no_progress, scaled
+from .progress import ProgressCallback, is_cancelled, no_progress, scaled
 from .saliency.counterfactual import CounterfactualSaliency, frozen, normalise_maps
 from .volume import CTVolume
 
@@ -131,7 +131,7 @@ class Explainer:
         timings: dict[str, float] = {}
 
         def check_cancel():
-            if cancel is not None and (cancel.is_set() if hasattr(cancel, "is_set") else cancel()):
+            if is_cancelled(cancel):
                 raise Cancelled("cancelled")
 
         t0 = time.perf_counter()

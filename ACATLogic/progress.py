@@ -24,3 +24,13 @@ def scaled(progress: Optional[ProgressCallback], start: float, stop: float) -> P
         progress(start + (stop - start) * min(max(fraction, 0.0), 1.0), message)
 
     return report
+
+
+def is_cancelled(cancel) -> bool:
+    """True when ``cancel`` (None, an object with ``is_set()`` such as threading.Event, or a callable
+    returning bool) asks the loop to stop."""
+    if cancel is None:
+        return False
+    if hasattr(cancel, "is_set"):
+        return bool(cancel.is_set())
+    return bool(cancel())

@@ -34,7 +34,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import Cancelled
-from ..progress import ProgressCallback, no_progress
+from ..progress import ProgressCallback, is_cancelled, no_progress
 
 
 @dataclass
@@ -81,14 +81,6 @@ def frozen(*modules: nn.Module) -> Iterator[None]:
             m.train(training)
             for p, flag in params:
                 p.requires_grad_(flag)
-
-
-def _is_cancelled(cancel) -> bool:
-    if cancel is None:
-        return False
-    if hasattr(cancel, "is_set"):
-        return bool(cancel.is_set())
-    return bool(cancel())
 
 
 def normalise_maps(maps: torch.Tensor, dims: Sequence[int]) -> torch.Tensor:
@@ -178,7 +170,7 @@ class CounterfactualSaliency:
         adam = torch.optim.Adam([z], lr=self.step_size) if self.optimizer == "adam" else None
         trajectory, losses = [], []
         for step in range(self.steps + 1):
-            if _is_cancelled(cancel):
+            if is_cancelled(cancel):
                 raise Cancelled("cancelled")
             with (torch.autocast(device_type=x.device.type, dtype=self.autocast_dtype)
                   if self.autocast_dtype is not None else contextlib.nullcontext()):
