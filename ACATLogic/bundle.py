@@ -217,7 +217,10 @@ def save_bundle(folder, *, models: dict, bundle_id: str, version: str, task: str
                 raise ValueError(f"unknown role {role!r}")
             name = f"{role}.safetensors"
             state = {k: v.detach().cpu().contiguous() for k, v in unique_state(model)[0].items()}
-            save_file(state, str(tmp / name), metadata={"role": role, "bundle": bundle_id})
+            # One metadata entry: safetensors keeps metadata in a hash map whose order changes from
+            # process to process, and the same weights must give the same file (and sha256).
+            metadata = {"acat_bundle": json.dumps({"bundle": bundle_id, "role": role}, sort_keys=True)}
+            save_file(state, str(tmp / name), metadata=metadata)
             card["models"][role] = {"architecture": model.registry_name, "config": model.config,
                                     "weights": name, "sha256": sha256_file(tmp / name)}
         (tmp / CARD_NAME).write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")

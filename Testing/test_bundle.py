@@ -110,3 +110,22 @@ def test_resolve_model(bundle_dir, monkeypatch, tmp_path):
     assert resolve_model("brain") == bundle_dir
     with pytest.raises(ACATInputError, match="no model bundle 'nope'"):
         resolve_model("nope")
+
+
+def test_the_same_weights_give_the_same_files_in_every_process(tmp_path):
+    """sha256 in cards and the reproduction table's caching rely on byte-identical exports. (safetensors
+    stores metadata in a hash map whose order is random per process: with two metadata keys, four
+    processes agree by chance one time in eight.)"""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    testing = Path(__file__).resolve().parent
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); from pathlib import Path; "
+            "from bundles import make_random_bundle; make_random_bundle(Path(sys.argv[2]), size=32, slices=3)")
+    digests = set()
+    for n in range(4):
+        subprocess.run([sys.executable, "-c", code, str(testing), str(tmp_path / f"b{n}")], check=True)
+        digests.add(tuple(sha256_file(tmp_path / f"b{n}" / f"{role}.safetensors")
+                          for role in ("baseline", "autoencoder", "acat")))
+    assert len(digests) == 1

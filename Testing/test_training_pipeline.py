@@ -102,6 +102,21 @@ def test_pipeline_writes_every_stage(finished):
     assert commands[0]["command"] == command and commands[0]["what"] == "pipeline"
 
 
+def test_test_predictions_match_the_test_metrics(finished, toy):
+    _, run = finished
+    manifest = {r["case_id"]: r for r in csv.DictReader(open(toy))}
+    test_ids = [cid for cid, r in manifest.items() if r["split"] == "test"]
+    for stage in ("baseline", "acat"):
+        rows = list(csv.DictReader(open(run / stage / "test_predictions.csv")))
+        assert [r["case_id"] for r in rows] == test_ids  # the test split, in manifest order
+        assert [int(r["label"]) for r in rows] == [int(manifest[c]["label"]) for c in test_ids]
+        probs = np.array([[float(r[f"p_{c}"]) for c in range(4)] for r in rows])
+        assert np.allclose(probs.sum(axis=1), 1, atol=1e-4)
+        assert [int(r["predicted"]) for r in rows] == probs.argmax(axis=1).tolist()
+        correct = [int(r["predicted"]) == int(r["label"]) for r in rows]
+        assert np.mean(correct) == pytest.approx(read_done(run, stage)["metrics"]["test"]["accuracy"])
+
+
 def test_second_run_skips_every_stage(finished):
     cfg_path, run = finished
     outputs = [p for p in run.rglob("*") if p.suffix in (".safetensors", ".npy", ".pt") or p.name == "done.json"]

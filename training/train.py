@@ -56,8 +56,8 @@ from ACATLogic.errors import EXIT_BAD_INPUT, ACATInputError
 
 from . import distributed
 from .augment import augment_batch
-from .checkpoint import (BEST_KIND, CHECKPOINT_KIND, FORMAT_VERSION, atomic_write_json, capture_rng,
-                         load_checkpoint, model_entry, restore_rng, save_checkpoint, save_weights)
+from .checkpoint import (BEST_KIND, CHECKPOINT_KIND, FORMAT_VERSION, atomic_write_json, atomic_write_text,
+                         capture_rng, load_checkpoint, model_entry, restore_rng, save_checkpoint, save_weights)
 from .config import BEST_METRICS, TrainConfig, load_config, save_config
 from .data import ScanData, ScanDataset, open_data
 from .distributed import DistContext, ResumableDistributedSampler
@@ -90,8 +90,12 @@ def make_loader(dataset, *, batch_size: int, cfg: TrainConfig, ctx: DistContext,
 
 
 def evaluate_split(stage: TrainableStage, model: torch.nn.Module, data: ScanData, split: str, cfg: TrainConfig,
-                   ctx: DistContext, saliency=None) -> dict:
-    """Metrics of ``model`` on a split; the scans are shared among the processes, outputs gathered."""
+                   ctx: DistContext, saliency=None, outputs_out: Optional[dict] = None) -> dict:
+    """Metrics of ``model`` on a split; the scans are shared among the processes, outputs gathered.
+
+    ``outputs_out``, when given, receives the merged per-scan outputs (``probs`` (N, C), ``labels`` (N,))
+    in the split's manifest order.
+    """
     rows, labels = data.split(split)
     if not rows:
         return {}
@@ -112,7 +116,29 @@ def evaluate_split(stage: TrainableStage, model: torch.nn.Module, data: ScanData
     order = np.argsort(positions, kind="stable")
     names = sorted({name for _, out in parts for name in out})
     merged = {name: np.concatenate([a for _, out in parts for a in out.get(name, [])])[order] for name in names}
+    if outputs_out is not None:
+        outputs_out.update(merged)
     return stage.summarise(merged, cfg)
+
+
+def write_predictions(path, data: ScanData, split: str, outputs: dict) -> None:
+    """One CSV row per scan of ``split``: case_id, label, predicted, p_<class index>... (atomic).
+
+    What the reproduction table needs beyond the summary metrics: accuracy by lesion size class or
+    severity comes from joining these rows with the dataset manifest.
+    """
+    probs = outputs.get("probs")
+    if probs is None:
+        return
+    records = [r for r in data.records if r.split == split]
+    if len(records) != len(probs):
+        raise StageError(f"{len(probs)} predictions for {len(records)} {split} scans")
+    header = ["case_id", "label", "predicted"] + [f"p_{c}" for c in range(probs.shape[1])]
+    lines = [",".join(header)]
+    for record, label, p in zip(records, outputs["labels"], probs):
+        lines.append(",".join([record.case_id, str(int(label)), str(int(np.argmax(p)))]
+                              + [f"{float(v):.6g}" for v in p]))
+    atomic_write_text(path, "\n".join(lines) + "\n")
 
 
 def improved(value: Optional[float], best: Optional[float], mode: str) -> bool:
@@ -336,7 +362,8 @@ def train_stage(cfg: TrainConfig, ctx: DistContext, run: RunFolder, data: ScanDa
     best_path = folder / "best.pt"
     if best_path.is_file():
         model.load_state_dict(load_checkpoint(best_path, BEST_KIND)["model"]["state_dict"])
-    test = evaluate_split(stage, model, data, "test", cfg, ctx, saliency)
+    test_outputs: dict = {}
+    test = evaluate_split(stage, model, data, "test", cfg, ctx, saliency, outputs_out=test_outputs)
     best_row = next((r for r in history if r["epoch"] == best["epoch"]), {})
     done = {"stage": cfg.stage, "fingerprint": fp, "weights": "model.safetensors", "sha256": None,
             "architecture": model.registry_name, "config": dict(model.config), "epochs": optim_cfg.epochs,
@@ -345,6 +372,7 @@ def train_stage(cfg: TrainConfig, ctx: DistContext, run: RunFolder, data: ScanDa
             "data": data.counts(), "command": command, "world_size": world, "finished_at": now()}
     if ctx.is_main:
         done["sha256"] = save_weights(model, run.weights(cfg.stage), {"stage": cfg.stage})
+        write_predictions(folder / "test_predictions.csv", data, "test", test_outputs)
         atomic_write_json(run.done_path(cfg.stage), done)
         shown = " ".join(f"{k} {v:.4g}" for k, v in test.items())
         log.info(f"{cfg.stage}: done; best epoch {best['epoch']} ({best['metric']} {best['value']}); test {shown}")

@@ -1,0 +1,115 @@
+"""`training.reproduce`: two seeds of the whole pipeline on a tiny phantom dataset, then the tables."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from test_evaluate import _head
+from test_training_toy import tiny_config
+from training import reproduce
+from training.phantom.common import BRAIN_LABELS
+from training.phantom.io import write_case, write_manifest
+
+LESIONS = {0: [], 1: ["MCA_left"], 2: ["MCA_right"], 3: ["ACA_left", "PCA_right"]}
+SIZES = {0: "", 1: "IS-1", 2: "IS-2", 3: "IS-1;IS-3"}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
+
+
+@pytest.fixture(scope="module")
+def manifest(tmp_path_factory) -> Path:
+    """16 cases, every class in every split: 8 train, 4 val, 4 test."""
+    root = tmp_path_factory.mktemp("phantom")
+    rows = []
+    splits = ["train"] * 8 + ["val"] * 4 + ["test"] * 4
+    for n, split in enumerate(splits):
+        label = n % 4
+        case_id = f"case-{n:02d}"
+        paths = write_case(_head(label, LESIONS[label], seed=n), root, case_id, "npz")
+        rows.append({"case_id": case_id, "task": "brain_stroke", "split": split, "label": label,
+                     "label_name": BRAIN_LABELS[label], "size_class": SIZES[label],
+                     "lesion_territories": ";".join(LESIONS[label]), **paths})
+    return write_manifest(root, rows, {"note": "SIMULATED test data"})
+
+
+@pytest.fixture(scope="module")
+def reproduced(tmp_path_factory, manifest):
+    root = tmp_path_factory.mktemp("reproduce")
+    cfg = tiny_config(root / "tiny.yaml", manifest, root / "runs", cache_dir=root / "cache",
+                      saliency={"steps": 2, "chunk_scans": 8, "batch_size": 4})
+    argv = ["--config", str(cfg), "--seeds", "0,1", "--out", str(root / "table"),
+            "--methods", "counterfactual,gradient"]
+    assert reproduce.main(argv) == 0
+    return root, argv
+
+
+def test_tables_hold_the_per_seed_numbers(reproduced, manifest):
+    root, _ = reproduced
+    report = json.loads((root / "table" / "reproduction.json").read_text())
+    assert report["benchmark"].startswith("SIMULATED") and report["seeds"] == [0, 1]
+    assert report["task"] == "brain_stroke" and report["n_test"] == 4
+    sizes = {r["case_id"]: r["size_class"] for r in csv.DictReader(open(manifest))}
+    for model in ("baseline", "acat"):
+        accuracies = []
+        by_size = {"IS-1": [], "IS-2": [], "IS-3": []}
+        for seed in (0, 1):
+            run = root / "runs" / f"seed_{seed}"
+            done = json.loads((run / model / "done.json").read_text())
+            assert done["fingerprint"]["config"]["seed"] == seed
+            accuracies.append(done["metrics"]["test"]["accuracy"])
+            preds = list(csv.DictReader(open(run / model / "test_predictions.csv")))
+            for size in by_size:  # recomputed by hand from the predictions and the manifest
+                hits = [int(p["predicted"]) == int(p["label"]) for p in preds if size in sizes[p["case_id"]].split(";")]
+                by_size[size].append(np.mean(hits))
+        row = report["summary"]["classification"][model]
+        assert row["accuracy"]["values"] == pytest.approx(accuracies)
+        assert row["accuracy"]["mean"] == pytest.approx(np.mean(accuracies))
+        assert row["accuracy"]["sem"] == pytest.approx(np.std(accuracies, ddof=1) / math.sqrt(2))
+        assert set(row["accuracy_by_group"]) == set(by_size)
+        for size, values in by_size.items():
+            assert row["accuracy_by_group"][size]["values"] == pytest.approx(values)
+
+    methods = report["summary"]["methods"]
+    assert list(methods) == ["counterfactual", "gradient"]
+    for method, entry in methods.items():
+        per_seed = [json.loads((root / "runs" / f"seed_{s}" / "evaluation" / "metrics.json").read_text())
+                    for s in (0, 1)]
+        assert entry["hit_score"]["values"] == pytest.approx([p["methods"][method]["hit_score"] for p in per_seed])
+        assert 0 <= entry["hit_score"]["mean"] <= 1
+    assert "success_rate" in methods["counterfactual"] and "success_rate" not in methods["gradient"]
+
+    text = (root / "table" / "reproduction.md").read_text()
+    assert "SIMULATED" in text and "python -m training.reproduce" in text
+    assert "| Baseline |" in text and "| ACAT |" in text and "| ACAT counterfactual |" in text
+    assert "acc. IS-3" in text
+
+
+def test_a_second_run_recomputes_nothing(reproduced):
+    root, argv = reproduced
+    kept = [p for p in (root / "runs").rglob("*") if p.name in ("model.safetensors", "metrics.json")]
+    assert len(kept) == 2 * (3 + 1)  # per seed: three trained models and one evaluation
+    before = {p: p.stat().st_mtime_ns for p in kept}
+    assert reproduce.main(argv) == 0
+    assert {p: p.stat().st_mtime_ns for p in kept} == before
+
+
+def test_bad_arguments_fail_with_one_line(reproduced, capsys, tmp_path):
+    root, _ = reproduced
+    assert reproduce.main(["--config", str(root / "tiny.yaml"), "--seeds", "a", "--out", str(tmp_path)]) == 2
+    assert "--seeds" in capsys.readouterr().err
+    assert reproduce.main(["--config", str(tmp_path / "missing.yaml"), "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "missing.yaml" in err

@@ -1,0 +1,284 @@
+"""The reproduction table: baseline vs ACAT and the saliency localisation table, over seeds (SIMULATED).
+
+::
+
+    python -m training.reproduce --config training/configs/brain_cpu.yaml --seeds 0,1,2 \\
+        data.path=data/phantom/brain/manifest.csv out_dir=runs/brain-cpu --out docs/results/brain
+
+For each seed N: Algorithm 1 (`training.pipeline`, run folder ``<out_dir>/seed_N``, finished stages
+skipped), the run exported to ``<out_dir>/seed_N/bundle`` (`training.export`) and evaluated on the
+held-out test split with every saliency method (`training.evaluate`, ``<out_dir>/seed_N/evaluation``;
+kept while the bundle's sha256 is unchanged). Then, over the seeds (mean ± standard error):
+
+* classification (paper Tables 1 and 2): baseline vs ACAT accuracy on the test split, from each stage's
+  ``test_predictions.csv`` joined with the manifest: accuracy by lesion size class for the brain task,
+  sensitivity / specificity for the lung task;
+* saliency localisation (paper Sec. 4.4 and appendix H): hit score, IoU and Dice of every method, with
+  the counterfactual success rate and steps (paper Fig. 5).
+
+Writes ``OUT/reproduction.json`` (every per-seed number, the commands, versions) and
+``OUT/reproduction.md`` (the tables), atomically. Re-running the same command recomputes nothing that
+is complete, so a crashed run is resumed by running it again.
+
+Exit codes: 0 success, 2 bad input (one line on stderr), 1 internal error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import json
+import math
+import platform
+import shlex
+import sys
+import traceback
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+
+from ACATLogic import __version__ as acat_version
+from ACATLogic.bundle import load_bundle, read_card, sha256_file
+from ACATLogic.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_OK, ACATInputError
+from ACATLogic.io.atomic import atomic_path
+from ACATLogic.metrics import classification_metrics, mean_and_sem
+
+from . import evaluate as evaluate_cli
+from . import export as export_cli
+from . import pipeline
+from .config import load_config
+from .phantom.io import read_manifest
+
+PROG = "python -m training.reproduce"
+NOTICE = "SIMULATED phantom benchmark"
+DEFAULT_METHODS = "counterfactual,latent-shift,gradient,gradcam,integrated-gradients"
+MODELS = {"baseline": "Baseline", "acat": "ACAT"}
+
+
+def _json_safe(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def read_predictions(path: Path) -> list[dict]:
+    if not path.is_file():
+        raise ACATInputError("no test predictions (the stage finished before they were recorded: "
+                             "re-run the stage with --fresh)", path)
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def seed_classification(run: Path, manifest: Path, class_names: Sequence[str], group_column: Optional[str]) -> dict:
+    """{model: classification_metrics(...)} of the baseline and ACAT stages of one seed's run folder."""
+    rows = {r["case_id"]: r for r in read_manifest(manifest)}
+    out = {}
+    for model in MODELS:
+        preds = read_predictions(run / model / "test_predictions.csv")
+        missing = [p["case_id"] for p in preds if p["case_id"] not in rows]
+        if missing:
+            raise ACATInputError(f"test case {missing[0]} is not in the manifest", manifest)
+        groups = None
+        if group_column:
+            groups = [[g for g in (rows[p["case_id"]].get(group_column) or "").split(";") if g] for p in preds]
+        out[model] = classification_metrics([int(p["label"]) for p in preds], [int(p["predicted"]) for p in preds],
+                                            class_names, groups=groups)
+    return out
+
+
+def _stat(values: Sequence[float]) -> dict:
+    mean, sem = mean_and_sem(values)
+    return {"mean": mean, "sem": sem, "values": list(values)}
+
+
+def summarise(per_seed: list[dict], task: str) -> dict:
+    """Mean ± SEM over seeds of every number the tables show."""
+    classification: dict = {}
+    for model in MODELS:
+        results = [s["classification"][model] for s in per_seed]
+        row = {"accuracy": _stat([r["accuracy"] for r in results])}
+        if task == "lung_covid":
+            row["sensitivity"] = _stat([r["sensitivity"] for r in results])
+            row["specificity"] = _stat([r["specificity"] for r in results])
+        groups = sorted({g for r in results for g in r.get("accuracy_by_group", {})})
+        row["accuracy_by_group"] = {
+            g: _stat([r["accuracy_by_group"].get(g, {}).get("accuracy", math.nan) for r in results]) for g in groups}
+        row["per_class_accuracy"] = {
+            c: _stat([r["per_class_accuracy"][c] for r in results]) for c in results[0]["per_class_accuracy"]}
+        classification[model] = row
+    methods: dict = {}
+    for method in per_seed[0]["evaluation"]["methods"]:
+        rows = [s["evaluation"]["methods"][method] for s in per_seed]
+        entry = {"hit_score": _stat([r["hit_score"] for r in rows]), "iou": _stat([r["mean_iou"] for r in rows]),
+                 "dice": _stat([r["mean_dice"] for r in rows]),
+                 "time_per_scan_s": _stat([r["time_per_scan_s"] for r in rows])}
+        if "counterfactual" in rows[0]:
+            cf = [r["counterfactual"] for r in rows]
+            entry["success_rate"] = _stat([c["success_rate"] for c in cf])
+            entry["mean_steps"] = _stat([c["mean_steps_to_success"] for c in cf])
+            entry["mean_abs_change_outside_lesion_hu"] = _stat([c["mean_abs_change_outside_lesion_hu"] for c in cf])
+        methods[method] = entry
+    return {"classification": classification, "methods": methods}
+
+
+def _fmt(stat: dict, digits: int = 3) -> str:
+    mean, sem = stat["mean"], stat["sem"]
+    if mean is None or not math.isfinite(mean):
+        return "–"
+    if sem is None or not math.isfinite(sem):
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ± {sem:.{digits}f}"
+
+
+def render_markdown(report: dict) -> str:
+    s = report["summary"]
+    task = report["task"]
+    lines = [f"# Reproduction table ({NOTICE}: {task})", "",
+             f"- command: `{report['command']}`", f"- date: {report['date']}",
+             f"- versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items()),
+             f"- data: `{report['manifest']}` (sha256 {report['manifest_sha256'][:12]}…), held-out test split "
+             f"of {report['n_test']} scans; seeds {', '.join(map(str, report['seeds']))}; mean ± standard error "
+             "over seeds", ""]
+    lines += ["## Classification (test split)", ""]
+    groups = sorted({g for m in s["classification"].values() for g in m["accuracy_by_group"]})
+    head = ["model", "accuracy"]
+    if task == "lung_covid":
+        head += ["sensitivity", "specificity"]
+    head += [f"acc. {g}" for g in groups]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for model, name in MODELS.items():
+        row = s["classification"][model]
+        cells = [name, _fmt(row["accuracy"])]
+        if task == "lung_covid":
+            cells += [_fmt(row["sensitivity"]), _fmt(row["specificity"])]
+        cells += [_fmt(row["accuracy_by_group"].get(g, {"mean": math.nan, "sem": math.nan})) for g in groups]
+        lines.append("| " + " | ".join(cells) + " |")
+    if groups:
+        column = report.get("group_column")
+        lines += ["", f"Accuracy by `{column}` counts each scan with a lesion of that class (paper Table 1)."]
+    lines += ["", "## Saliency localisation (test split, the baseline explained)", "",
+              "| method | hit score | IoU | Dice | counterfactual success | steps to success | time / scan (s) |",
+              "|---|---|---|---|---|---|---|"]
+    for method, row in s["methods"].items():
+        cells = [evaluate_cli.DISPLAY_NAMES.get(method, method), _fmt(row["hit_score"]), _fmt(row["iou"]),
+                 _fmt(row["dice"]),
+                 _fmt(row["success_rate"]) if "success_rate" in row else "–",
+                 _fmt(row["mean_steps"], 1) if "mean_steps" in row else "–",
+                 _fmt(row["time_per_scan_s"], 2)]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "Hit: the saliency maximum in the lesion's territory out of six (paper Sec. 4.4; brain only). "
+              "IoU / Dice: the top-n voxels, n = the lesion's size (appendix H). Counterfactual success: the "
+              "original class's probability below 0.2 within the steps (Fig. 5).", ""]
+    return "\n".join(lines)
+
+
+def run_seed(config: str, overrides: Sequence[str], seed: int, out_dir: Path, methods: str,
+             eval_limit: Optional[int], coverage: str) -> Path:
+    """Pipeline, export and evaluation of one seed; returns its run folder. Complete parts are skipped."""
+    run = out_dir / f"seed_{seed}"
+    cfg_args = ["--config", config, *overrides, f"seed={seed}", f"seeds=[{seed}]", f"out_dir={run}"]
+    if pipeline.main(cfg_args) != 0:
+        raise RuntimeError(f"the pipeline of seed {seed} failed (see {run}/run.log)")
+    # Exporting is cheap and deterministic (same weights -> same files -> same sha256), so it is always
+    # redone; the evaluation, which is not cheap, is kept while the bundle's sha256 is unchanged.
+    bundle = run / "bundle"
+    export_cli.export(run, bundle, bundle_id=f"reproduce-seed{seed}", overwrite=True,
+                      command=f"python -m training.export {run} --out {bundle} --id reproduce-seed{seed} "
+                              "--overwrite")
+    evaluation = run / "evaluation" / "metrics.json"
+    previous_sha = None
+    if evaluation.is_file():
+        previous_sha = json.loads(evaluation.read_text()).get("bundle", {}).get("sha256")
+    if previous_sha != load_bundle(bundle).sha256():
+        cfg = load_config(config, [*overrides])
+        evaluate_cli.evaluate(bundle, cfg.data.path, methods, evaluation.parent, limit=eval_limit,
+                              coverage=coverage, overwrite=True, device=cfg.device, progress=False)
+    return run
+
+
+def reproduce(config: str, overrides: Sequence[str], seeds: Sequence[int], out: Path, *, methods: str,
+              eval_limit: Optional[int] = None, coverage: str = "sampled", command: str = "") -> dict:
+    cfg = load_config(config, overrides)  # validates the config and overrides before any work
+    if cfg.data.source != "phantom":
+        raise ACATInputError("the reproduction table needs a phantom manifest (data.source=phantom): the "
+                             "localisation metrics need lesion masks", cfg.data.path)
+    manifest = Path(cfg.data.path)
+    out_dir = Path(cfg.out_dir)
+    per_seed = []
+    task = labels = None
+    for seed in seeds:
+        run = run_seed(config, overrides, seed, out_dir, methods, eval_limit, coverage)
+        card = read_card(run / "bundle")
+        task, labels = card["task"], card["labels"]
+        evaluation = json.loads((run / "evaluation" / "metrics.json").read_text())
+        per_seed.append({"seed": seed, "run": str(run), "bundle_sha256": evaluation["bundle"]["sha256"],
+                         "classification": seed_classification(run, manifest, labels,
+                                                               evaluate_cli.GROUP_COLUMN.get(task)),
+                         "evaluation": {"methods": evaluation["methods"], "n_cases": evaluation["dataset"]["n_cases"],
+                                        "settings": evaluation["settings"]}})
+    report = {"benchmark": NOTICE, "task": task, "labels": labels, "command": command,
+              "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+              "versions": {"acat": acat_version, "torch": torch.__version__, "python": platform.python_version(),
+                           "numpy": np.__version__},
+              "manifest": str(manifest), "manifest_sha256": sha256_file(manifest), "seeds": list(seeds),
+              "group_column": evaluate_cli.GROUP_COLUMN.get(task),
+              "n_test": per_seed[0]["classification"]["acat"]["n"],
+              "summary": summarise(per_seed, task), "per_seed": per_seed}
+    report = _json_safe(report)
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out / "reproduction.json", overwrite=True) as tmp:
+        tmp.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+    with atomic_path(out / "reproduction.md", overwrite=True) as tmp:
+        tmp.write_text(render_markdown(report), encoding="utf-8")
+    return report
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", required=True, help="YAML config (training/configs/*_cpu.yaml)")
+    parser.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds (default 0,1,2)")
+    parser.add_argument("--out", required=True, help="folder for reproduction.json and reproduction.md")
+    parser.add_argument("--methods", default=DEFAULT_METHODS, help=f"saliency methods (default {DEFAULT_METHODS})")
+    parser.add_argument("--eval-limit", type=int, help="evaluate only the first N test scans")
+    parser.add_argument("--coverage", choices=["sampled", "all"], default="sampled",
+                        help="slices the saliency methods see (training.evaluate; default sampled)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="tracebacks of internal errors")
+    parser.add_argument("overrides", nargs="*", help="key=value config overrides (data.path=..., out_dir=...)")
+    args = parser.parse_intermixed_args(argv)
+    try:
+        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    except ValueError:
+        seeds = []
+    if not seeds:
+        print(f"{PROG}: error: --seeds must be comma-separated integers, e.g. 0,1,2", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    try:
+        report = reproduce(args.config, args.overrides, seeds, Path(args.out), methods=args.methods,
+                           eval_limit=args.eval_limit, coverage=args.coverage, command=f"{PROG} {shlex.join(argv)}")
+    except ACATInputError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted (run the same command again to resume)", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - one line, exit 1
+        if args.verbose:
+            traceback.print_exc()
+        print(f"{PROG}: internal error: {type(exc).__name__}: {' '.join(str(exc).split())[:200]}", file=sys.stderr)
+        return EXIT_INTERNAL
+    acc = report["summary"]["classification"]
+    print(f"{NOTICE}: test accuracy baseline {_fmt(acc['baseline']['accuracy'])}, "
+          f"ACAT {_fmt(acc['acat']['accuracy'])}; wrote {Path(args.out) / 'reproduction.md'}")
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())
