@@ -227,6 +227,10 @@ def save_bundle(folder, *, models: dict, bundle_id: str, version: str, task: str
     return folder
 
 
+#: the bundle ``acat explain`` uses without --model: the 4-class brain stroke model (SIMULATED training data)
+DEFAULT_MODEL = "brain-stroke-phantom"
+
+
 def models_dirs() -> list[Path]:
     """Where bundled models are looked up by id: ``$ACAT_MODELS_DIR``, then the repository's
     ``Resources/Models`` (installed with the extension)."""
@@ -255,7 +259,7 @@ def resolve_model(name_or_path: Optional[str]) -> Path:
     if name_or_path is None:
         if not available:
             raise ACATInputError("no bundled model is installed yet; pass --model PATH to a model bundle folder")
-        return next(iter(available.values()))
+        return available.get(DEFAULT_MODEL) or next(iter(available.values()))
     path = Path(name_or_path)
     if path.exists():
         return path

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from ACATLogic import ACATInputError
-from ACATLogic.bundle import load_bundle, read_card, resolve_model, sha256_file
+from ACATLogic.bundle import DEFAULT_MODEL, load_bundle, read_card, resolve_model, sha256_file
 
 from bundles import make_random_bundle
 
@@ -110,6 +110,14 @@ def test_resolve_model(bundle_dir, monkeypatch, tmp_path):
     assert resolve_model("brain") == bundle_dir
     with pytest.raises(ACATInputError, match="no model bundle 'nope'"):
         resolve_model("nope")
+
+
+def test_without_a_name_the_brain_model_is_the_default(bundle_dir, monkeypatch, tmp_path):
+    for name in ("aaa-lung", DEFAULT_MODEL, "zzz"):  # the default is not merely the first by name
+        shutil.copytree(bundle_dir, tmp_path / name)
+    monkeypatch.setenv("ACAT_MODELS_DIR", str(tmp_path))
+    assert DEFAULT_MODEL == "brain-stroke-phantom"
+    assert resolve_model(None) == tmp_path / DEFAULT_MODEL
 
 
 def test_the_same_weights_give_the_same_files_in_every_process(tmp_path):
