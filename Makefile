@@ -15,7 +15,7 @@ DEMO_OUT ?= demo-output
 $(STAMP): pyproject.toml Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet $(TORCH_SPEC)
-	$(PY) -m pip install --quiet --editable ".[test,train]"
+	$(PY) -m pip install --quiet --editable ".[test,train,slicer]"
 	@touch $@
 
 venv: $(STAMP)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -11,9 +12,10 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import EXIT_INTERNAL, ACATInputError
+from ..progress import no_progress
 from ..io import read_volume, write_volume
 from ..volume import CTVolume
-from .terminal import progress_bar
+from .terminal import jsonl_line, progress_reporter
 
 log = logging.getLogger("acat")
 
@@ -39,8 +41,24 @@ def _source(args: argparse.Namespace):
     return args.input[0] if len(args.input) == 1 else list(args.input)
 
 
+# ``--progress-format jsonl``: the share of the whole ``acat explain`` run that each stage reports into.
+_STAGES = {"reading": (0.0, 0.05), "loading": (0.05, 0.1), "explaining": (0.1, 0.95), "writing": (0.95, 1.0)}
+
+
+_BAR_STAGES = ("reading", "explaining")  # the default terminal output shows bars for these two only
+
+
+def _progress(args: argparse.Namespace, stage: str):
+    fmt = getattr(args, "progress_format", "bar")
+    if fmt != "jsonl" and stage not in _BAR_STAGES:
+        return contextlib.nullcontext(no_progress)
+    return progress_reporter(fmt, not args.quiet, stage, *_STAGES[stage])
+
+
 def _read(args: argparse.Namespace) -> CTVolume:
-    with progress_bar(not args.quiet, "reading") as progress:
+    with _progress(args, "reading") as progress:
+        if getattr(args, "progress_format", "bar") == "jsonl":
+            progress(0.0, "reading the scan")
         volume = read_volume(_source(args), series_uid=args.series, progress=progress)
     for warning in volume.warnings:
         log.warning("warning: %s", warning)
@@ -128,13 +146,17 @@ def explain(args: argparse.Namespace) -> int:
                                  "folder - choose another location", out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.overwrite:
         raise ACATInputError("the output folder is not empty; choose another or add --overwrite", out)
+    jsonl = args.progress_format == "jsonl"
     bundle = load_bundle(resolve_model(args.model))
     t0 = time.perf_counter()
     volume = _read(args)
     read_s = time.perf_counter() - t0
-    explainer = Explainer(bundle, device=args.device)
+    with _progress(args, "loading") as progress:
+        progress(0.0, f"loading the model {bundle.id}")
+        explainer = Explainer(bundle, device=args.device)
+        progress(1.0, f"model on {explainer.device.type}")
     targets = [t.strip() for t in args.targets.split(",")] if args.targets else None
-    with progress_bar(not args.quiet, "explaining") as progress:
+    with _progress(args, "explaining") as progress:
         explanation = explainer.explain(
             volume, method=args.method, targets=targets, steps=args.steps, alpha=args.alpha,
             step_size=args.step_size, optimizer=args.optimizer, reference=args.reference,
@@ -143,9 +165,17 @@ def explain(args: argparse.Namespace) -> int:
     for warning in explanation.warnings:
         log.warning("warning: %s", warning)
     t1 = time.perf_counter()
-    files = write_explanation(explanation, out, bundle=bundle, volume=volume, overwrite=args.overwrite,
-                              extra_timings={"read_s": round(read_s, 4)})
+    with _progress(args, "writing") as progress:
+        progress(0.0, "writing the results")
+        files = write_explanation(explanation, out, bundle=bundle, volume=volume, overwrite=args.overwrite,
+                                  extra_timings={"read_s": round(read_s, 4)})
+        progress(1.0, "done")
     write_s = time.perf_counter() - t1
+    if jsonl:
+        jsonl_line("result", out=os.fspath(out), prediction=explanation.label,
+                   probabilities=explanation.probabilities, classifier=explanation.classifier, model=bundle.id,
+                   method=explanation.method, files=[f.name for f in files], write_s=round(write_s, 3))
+        return 0
     probs = ", ".join(f"{k} {v:.3f}" for k, v in explanation.probabilities.items())
     print(f"Prediction:   {explanation.label} ({probs}) by the {explanation.classifier} classifier of {bundle.id}")
     print(f"Method:       {explanation.method}")

@@ -99,6 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
                          help="fp32 (default), or bf16 mixed precision for the decoder/classifier passes")
     explain.add_argument("--series", metavar="UID", help="the SeriesInstanceUID to read from a DICOM folder")
     explain.add_argument("--overwrite", action="store_true", help="replace the contents of --out")
+    explain.add_argument("--progress-format", choices=["bar", "jsonl"], default="bar",
+                         help="bar (default): a progress bar on a terminal only; jsonl: one JSON object per "
+                              "line on stdout - progress events, then the result - for programs such as the "
+                              "Slicer module")
     _common(explain)
     explain.set_defaults(handler=commands.explain)
 

@@ -1,8 +1,10 @@
-"""Terminal plumbing shared by the commands: logging levels and a tqdm progress callback."""
+"""Terminal plumbing shared by the commands: logging levels, a tqdm progress callback, and the
+machine-readable progress lines (``--progress-format jsonl``) that the Slicer module reads."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import shutil
 import sys
@@ -42,3 +44,28 @@ def progress_bar(enabled: bool, description: str) -> Iterator[ProgressCallback]:
             bar.refresh()
 
         yield report
+
+
+def jsonl_line(event: str, **fields) -> None:
+    """One JSON object on one stdout line, flushed at once (a reader sees it while the run goes on)."""
+    sys.stdout.write(json.dumps({"event": event, **fields}, separators=(",", ":")) + "\n")
+    sys.stdout.flush()
+
+
+@contextlib.contextmanager
+def progress_reporter(progress_format: str, enabled: bool, description: str,
+                      start: float = 0.0, stop: float = 1.0) -> Iterator[ProgressCallback]:
+    """``bar``: `progress_bar` (a terminal bar, silent elsewhere). ``jsonl``: one line per call,
+    ``{"event": "progress", "stage": description, "fraction": f, "message": m}`` on stdout, where ``f``
+    is the fraction of the whole command: the stage's own fraction mapped into [start, stop]. Written
+    whatever ``--quiet`` says: the caller asked for it explicitly."""
+    if progress_format != "jsonl":
+        with progress_bar(enabled, description) as progress:
+            yield progress
+        return
+
+    def report(fraction: float, message: str) -> None:
+        overall = start + (stop - start) * min(max(float(fraction), 0.0), 1.0)
+        jsonl_line("progress", stage=description, fraction=round(overall, 6), message=message)
+
+    yield report

@@ -1,0 +1,26 @@
+"""MRML-side helpers of the ACAT Slicer module, shared with the web viewer.
+
+Only MRML, VTK and numpy (what `slicer-core` gives without the Slicer GUI): no ``qt``, ``ctk`` or
+``slicer.app`` here, so every helper runs and is tested headless (Testing/test_slicer_*.py). One idea
+per file:
+
+* `volume_nodes`  - vtkMRMLScalarVolumeNode <-> `ACATLogic.CTVolume` (RAS <-> LPS geometry)
+* `nrrd_exchange` - the NRRD files exchanged with the background ``acat explain`` process
+* `settings`      - the explanation settings as a dataclass that becomes command-line arguments
+* `runner`        - the background process: progress lines, ETA, cancel (kills the process tree)
+* `session`       - one Explain: input file -> runner -> result nodes, scene untouched until success
+* `results`       - result nodes from an output folder (saliency, counterfactuals, differences, masks)
+* `hierarchy`     - the subject-hierarchy folder of one input + model + method (replaced on rerun)
+* `display`       - the saliency overlay: heat colours, opacity, percentile threshold
+* `layout`        - original vs counterfactual side by side, slices linked
+* `tables`        - prediction and per-class probabilities as a table node
+* `localisation`  - hit / IoU / Dice of the saliency against a lesion segmentation or labelmap
+* `export`        - results to a folder (NRRD + report.json)
+* `dependencies`  - which Python packages the explanation needs and which are missing
+* `paths`         - where ACATLogic lives (repository checkout or installed extension)
+* `selftest_case` - a generated CT and a tiny random model for the module's self-test
+
+Modules that need ACATLogic import it inside functions: ACATLogic needs packages (torch, pydicom's
+JPEG plugins) that a fresh Slicer lacks until the user accepts the install, and the module must load
+before that to offer it.
+"""

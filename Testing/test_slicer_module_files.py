@@ -1,0 +1,232 @@
+"""The Slicer module's files, checked without the Slicer GUI: CMake lists, the .ui bindings, imports,
+the template order, user-facing strings, the icon and the dependency list."""
+
+from __future__ import annotations
+
+import ast
+import re
+import sys
+import tomllib
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+MODULE = ROOT / "ACATSlicer"
+MODULE_PY = MODULE / "ACATSlicer.py"
+UI = MODULE / "Resources" / "UI" / "ACATSlicer.ui"
+# what a stock Slicer provides to a scripted module, plus this project's packages and the PyTorch extension
+PROVIDED = {"slicer", "vtk", "qt", "ctk", "numpy", "ACATLogic", "ACATSlicerLib", "PyTorchUtils"}
+
+
+def _tree(path: Path) -> ast.Module:
+    return ast.parse(path.read_text(), filename=str(path))
+
+
+def _imports(tree: ast.AST) -> set[str]:
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(a.name.split(".")[0] for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def _cmake_list(text: str, variable: str) -> list[str]:
+    block = re.search(rf"set\({variable}\s+(.*?)\)", text, re.S).group(1)
+    return [line.strip().replace("${MODULE_NAME}", "ACATSlicer") for line in block.splitlines() if line.strip()]
+
+
+def test_cmake_lists_every_script_and_resource_and_nothing_else():
+    text = (MODULE / "CMakeLists.txt").read_text()
+    assert "slicerMacroBuildScriptedModule(" in text and "set(MODULE_NAME ACATSlicer)" in text
+    scripts, resources = _cmake_list(text, "MODULE_PYTHON_SCRIPTS"), _cmake_list(text, "MODULE_PYTHON_RESOURCES")
+    on_disk_py = sorted(str(p.relative_to(MODULE)) for p in MODULE.rglob("*.py") if "__pycache__" not in p.parts)
+    on_disk_res = sorted(str(p.relative_to(MODULE)) for p in (MODULE / "Resources").rglob("*") if p.is_file())
+    assert sorted(scripts) == on_disk_py
+    assert sorted(resources) == on_disk_res
+    assert len(set(scripts)) == len(scripts)
+
+
+def test_top_level_cmake_has_real_metadata_and_adds_the_module():
+    text = (ROOT / "CMakeLists.txt").read_text()
+    assert re.search(r"^add_subdirectory\(ACATSlicer\)$", text, re.M)
+    assert 'set(EXTENSION_CATEGORY "Quantification")' in text
+    for key in ("HOMEPAGE", "CONTRIBUTORS", "DESCRIPTION", "ICONURL"):
+        value = re.search(rf'set\(EXTENSION_{key} "([^"]*)"\)', text).group(1)
+        assert value, key
+    assert (ROOT / re.search(r'set\(EXTENSION_ICONURL "([^"]*)"\)', text).group(1)).is_file()
+    assert (ROOT / re.search(r'set\(EXTENSION_HOMEPAGE "([^"]*)"\)', text).group(1)).is_file()
+    assert "Fontanella" in text and "ICML 2023" in text
+
+
+# -- the .ui file -----------------------------------------------------------------------------
+def _ui_widgets() -> dict[str, ET.Element]:
+    root = ET.parse(UI).getroot()
+    return {w.get("name"): w for w in root.iter("widget")}
+
+
+def _parameter_fields() -> dict[str, ast.expr]:
+    tree = _tree(MODULE_PY)
+    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "ACATSlicerParameterNode")
+    assert any(isinstance(d, ast.Name) and d.id == "parameterNodeWrapper" for d in cls.decorator_list)
+    return {s.target.id: s.annotation for s in cls.body if isinstance(s, ast.AnnAssign)}
+
+
+def _parameter_name(widget: ET.Element):
+    for p in widget.findall("property"):
+        if p.get("name") == "SlicerParameterName":
+            return p.find("string").text
+    return None
+
+
+def test_every_widget_the_code_uses_exists_in_the_ui():
+    used = {n.attr for n in ast.walk(_tree(MODULE_PY))
+            if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Attribute) and n.value.attr == "ui"}
+    assert {"explainButton", "cancelButton", "progressBar", "statusLabel", "modelSelector"} <= used
+    missing = used - set(_ui_widgets())
+    assert not missing, f"ACATSlicer.py uses widgets that the .ui lacks: {sorted(missing)}"
+
+
+def test_every_parameter_name_binds_to_a_field_of_a_matching_type():
+    fields = _parameter_fields()
+    bound = {}
+    for name, widget in _ui_widgets().items():
+        param = _parameter_name(widget)
+        if param is None:
+            continue
+        assert param in fields, f"{name}: SlicerParameterName {param!r} is not a parameter-node field"
+        assert param not in bound, f"{param!r} is bound twice"
+        bound[param] = widget.get("class")
+        annotation = ast.unparse(fields[param])
+        cls = widget.get("class")
+        if "Choice(" in annotation:
+            assert cls == "QComboBox", (param, cls)
+        elif annotation.startswith("Annotated[float"):
+            assert cls in ("ctkSliderWidget", "QDoubleSpinBox"), (param, cls)
+            assert "WithinRange" in annotation or cls == "QDoubleSpinBox"
+        elif annotation.startswith("Annotated[int"):
+            assert cls in ("QSpinBox", "QSlider"), (param, cls)
+        elif annotation == "str":
+            assert cls == "QLineEdit", (param, cls)
+        else:  # MRML node types
+            assert cls == "qMRMLNodeComboBox", (param, cls)
+            types = [s.text for s in widget.find("property[@name='nodeTypes']").iter("string")]
+            assert sorted(types) == sorted(re.findall(r"vtkMRML\w+", annotation)), param
+    expected = {"inputVolume", "method", "device", "steps", "alpha", "stepSize", "targets", "reference",
+                "opacity", "thresholdPercentile", "lesionMask"}
+    assert set(bound) == expected
+    assert set(fields) - set(bound) == {"model"}  # the model selector is filled from the bundles found
+
+
+def test_node_selectors_get_the_scene():
+    root = ET.parse(UI).getroot()
+    connected = {c.findtext("receiver") for c in root.iter("connection")
+                 if c.findtext("signal") == "mrmlSceneChanged(vtkMRMLScene*)"
+                 and c.findtext("slot") == "setMRMLScene(vtkMRMLScene*)" and c.findtext("sender") == "ACATSlicer"}
+    combos = {n for n, w in _ui_widgets().items() if w.get("class") == "qMRMLNodeComboBox"}
+    assert combos == connected == {"inputVolumeSelector", "lesionMaskSelector"}
+    assert root.find("widget").get("class") == "qMRMLWidget"
+
+
+def test_panel_has_advanced_section_and_research_use_line():
+    widgets = _ui_widgets()
+    assert widgets["advancedCollapsibleButton"].get("class") == "ctkCollapsibleButton"
+    advanced = {w.get("name") for w in widgets["advancedCollapsibleButton"].iter("widget")}
+    assert {"stepsSpinBox", "alphaSpinBox", "stepSizeSpinBox", "targetsLineEdit", "referenceComboBox"} <= advanced
+    label = widgets["researchUseLabel"].find("property[@name='text']/string").text
+    assert "Research use only" in label and "not for diagnosis" in label
+
+
+# -- the module file ------------------------------------------------------------------------------
+def test_module_follows_the_template_order():
+    tree = _tree(MODULE_PY)
+    classes = [n.name for n in tree.body if isinstance(n, ast.ClassDef)]
+    assert classes == ["ACATSlicer", "ACATSlicerParameterNode", "ACATSlicerWidget", "ACATSlicerLogic", "ACATSlicerTest"]
+    bases = {n.name: [ast.unparse(b) for b in n.bases] for n in tree.body if isinstance(n, ast.ClassDef)}
+    assert bases["ACATSlicerTest"] == ["ScriptedLoadableModuleTest"]
+    assert bases["ACATSlicerLogic"] == ["ScriptedLoadableModuleLogic"]
+
+
+def test_help_and_acknowledgement_cite_the_paper_and_say_research_use():
+    tree = _tree(MODULE_PY)
+    constants = {n.targets[0].id: n.value for n in tree.body if isinstance(n, ast.Assign)
+                 and isinstance(n.targets[0], ast.Name)}
+    paper = ast.literal_eval(constants["PAPER"])
+    assert "ACAT: Adversarial Counterfactual Attention for Classification and Detection in Medical Imaging" in paper
+    assert paper.startswith("Fontanella") and "ICML 2023" in paper
+    research = ast.literal_eval(constants["RESEARCH_USE"])
+    assert "Research use only" in research and "not for diagnosis" in research
+    assigned = {ast.unparse(n.targets[0]): ast.unparse(n.value) for n in ast.walk(tree) if isinstance(n, ast.Assign)}
+    assert "RESEARCH_USE" in assigned["self.parent.helpText"] and "PAPER" in assigned["self.parent.helpText"]
+    assert "PAPER" in assigned["self.parent.acknowledgementText"]
+
+
+def test_user_facing_strings_are_translatable_and_errors_go_through_slicer():
+    tree = _tree(MODULE_PY)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in (
+                "tryWithErrorDisplay", "errorDisplay", "confirmOkCancelDisplay"):
+            first = node.args[0]
+            ok = (isinstance(first, ast.Call) and ast.unparse(first.func) in ("_", "_(...).format")) or (
+                isinstance(first, ast.Call) and isinstance(first.func, ast.Attribute) and first.func.attr == "format"
+                and isinstance(first.func.value, ast.Call) and ast.unparse(first.func.value.func) == "_")
+            assert ok, f"line {node.lineno}: {ast.unparse(first)} is not wrapped in _()"
+        if isinstance(node, ast.Assign) and ast.unparse(node.targets[0]).endswith(".text"):
+            value = node.value
+            assert not (isinstance(value, ast.Constant) and value.value), f"line {node.lineno}: untranslated text"
+    assert "tryWithErrorDisplay" in MODULE_PY.read_text()
+
+
+def _module_level_imports(tree: ast.Module) -> set[str]:
+    return _imports(ast.Module(body=[n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))],
+                               type_ignores=[]))
+
+
+def test_module_imports_only_what_slicer_provides():
+    files = [MODULE_PY] + sorted((MODULE / "ACATSlicerLib").glob("*.py"))
+    for path in files:
+        tree = _tree(path)
+        foreign = {n for n in _imports(tree) if n not in PROVIDED and n not in sys.stdlib_module_names}
+        assert not foreign, f"{path.relative_to(ROOT)} imports {foreign}, which Slicer does not provide"
+        if path.parent.name == "ACATSlicerLib":
+            assert not _imports(tree) & {"qt", "ctk", "PyTorchUtils"}, path.name
+            # ACATLogic needs torch & co., which a fresh Slicer lacks: only imported inside functions
+            assert "ACATLogic" not in _module_level_imports(tree), path.name
+            used = {ast.unparse(n) for n in ast.walk(tree) if isinstance(n, ast.Attribute)}
+            assert not {"slicer.app", "slicer.modules", "slicer.mrmlScene"} & used, path.name
+
+
+# -- icon and dependencies ----------------------------------------------------------------------
+def test_icon_is_the_generated_drawing():
+    from PIL import Image
+
+    sys.path.insert(0, str(ROOT / "Utilities"))
+    try:
+        from make_slicer_icon import ICON, draw_icon
+    finally:
+        sys.path.remove(str(ROOT / "Utilities"))
+    assert ICON == MODULE / "Resources" / "Icons" / "ACATSlicer.png"
+    committed = Image.open(ICON)
+    assert committed.size == (128, 128)
+    np.testing.assert_array_equal(np.asarray(committed.convert("RGBA")), np.asarray(draw_icon()))
+
+
+def test_dependency_list_mirrors_pyproject():
+    sys.path.insert(0, str(MODULE))
+    from ACATSlicerLib.dependencies import NOT_NEEDED_IN_SLICER, REQUIREMENTS, installPlan, missingRequirements
+
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    declared = {}
+    for spec in deps:
+        name, _, minimum = re.match(r"([A-Za-z0-9_.-]+)\s*(>=\s*([0-9.]+))?", spec).groups()
+        declared[name.lower()] = minimum
+    listed = {r.distribution.lower(): r.minimum for r in REQUIREMENTS}
+    assert set(listed) | set(NOT_NEEDED_IN_SLICER) == set(declared)
+    assert listed == {k: v for k, v in declared.items() if k in listed}
+    assert missingRequirements() == []  # this environment has them all
+    torch_missing = [r for r in REQUIREMENTS if r.module in ("torch", "safetensors")]
+    assert installPlan(torch_missing, pyTorchUtilsAvailable=True) == (True, ["safetensors>=0.4"])
+    assert installPlan(torch_missing, pyTorchUtilsAvailable=False) == (False, ["torch>=2.4", "safetensors>=0.4"])

@@ -1,0 +1,268 @@
+"""Result nodes, display, layout, subject hierarchy, localisation and export in a real MRML scene.
+
+The output folder is written the way ``acat explain`` writes it, with a known saliency: a hot blob in
+the patient's LEFT hemisphere of a generated head CT, so that positions can be checked by value.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+pytest.importorskip("slicer", reason="the slicer-core wheel is not installed (pip install -e '.[slicer]')")
+
+import slicer  # noqa: E402
+from slicer_scene import slicer_scene_fixture  # noqa: E402
+
+from ACATSlicerLib import display, export, hierarchy, layout, localisation, results, session, tables  # noqa: E402
+from ACATSlicerLib.selftest_case import syntheticHeadCT  # noqa: E402
+from ACATSlicerLib.volume_nodes import addVolumeNode, geometryFromIjkToRas, ijkToRasArray  # noqa: E402
+from ACATLogic.io.itk_files import read_itk_file, write_itk_file  # noqa: E402
+from ACATLogic.volume import CTVolume  # noqa: E402
+
+slicer_scene = pytest.fixture(slicer_scene_fixture)
+LABELS = ["none", "left", "right", "both"]
+
+
+def _blob(shape, centre_ijk, radius):
+    k, j, i = np.indices(shape)
+    ci, cj, ck = centre_ijk
+    return ((i - ci) ** 2 + (j - cj) ** 2 + (k - ck) ** 2) <= radius ** 2
+
+
+@pytest.fixture
+def case(slicer_scene):
+    voxels, ijk_to_ras = syntheticHeadCT()
+    scene = slicer_scene.scene
+    node = addVolumeNode(scene, voxels, "Head CT", ijkToRas=ijk_to_ras)
+    node.GetDisplayNode().SetAutoWindowLevel(False)
+    node.GetDisplayNode().SetWindowLevelMinMax(-100, 200)
+    # put the input in a patient/study, as a DICOM load does
+    sh = hierarchy.subjectHierarchy(scene)
+    patient = sh.CreateSubjectItem(sh.GetSceneItemID(), "Subject 1")
+    study = sh.CreateStudyItem(patient, "Study 1")
+    sh.CreateItem(study, node)  # the Slicer GUI's subject-hierarchy plugins do this for every new node
+    K, J, I = voxels.shape
+    centre = (int(I * 0.7), J // 2, K // 2)  # i > I/2: towards the patient's LEFT (LPS identity)
+    hot = _blob(voxels.shape, centre, 4)
+    return {"node": node, "voxels": voxels, "hot": hot, "centre": centre, "study": study, "ijk_to_ras": ijk_to_ras}
+
+
+def write_output(folder, case, method="counterfactual", prediction="left", model="test-model"):
+    """An output folder as ``acat explain`` writes it (NRRDs on the input grid + report.json)."""
+    spacing, origin, direction = geometryFromIjkToRas(case["ijk_to_ras"])
+    grid = CTVolume(case["voxels"], spacing, origin, direction)
+    rng = np.random.default_rng(0)
+    saliency = (0.2 * rng.random(case["voxels"].shape)).astype(np.float32)
+    saliency[case["hot"]] = 1.0
+    folder.mkdir(parents=True)
+    write_itk_file(grid.with_voxels(saliency), folder / "saliency.nrrd")
+    files = ["saliency.nrrd"]
+    if method == "counterfactual":
+        for label in LABELS:
+            cf = case["voxels"].copy()
+            cf[case["hot"]] -= 35.0 if label == "none" else 5.0
+            write_itk_file(grid.with_voxels(cf), folder / f"counterfactual_{label}.nrrd")
+            files.append(f"counterfactual_{label}.nrrd")
+        for mask in ("early", "fused"):
+            write_itk_file(grid.with_voxels(saliency * 0.5), folder / f"attention_{mask}.nrrd")
+            files.append(f"attention_{mask}.nrrd")
+    probabilities = {"none": 0.1, "left": 0.7, "right": 0.15, "both": 0.05}
+    report = {"prediction": prediction, "probabilities": probabilities, "model": {"id": model, "version": "0"},
+              "method": method, "trajectory": {"none": [probabilities, {"none": 0.6, "left": 0.2, "right": 0.1,
+                                                                          "both": 0.1}]}, "files": files}
+    (folder / "report.json").write_text(json.dumps(report))
+    return folder
+
+
+def test_result_nodes_have_the_input_geometry_and_values(slicer_scene, case, tmp_path):
+    scene = slicer_scene.scene
+    result = results.loadExplanationResults(scene, case["node"], write_output(tmp_path / "out", case))
+    expected = ijkToRasArray(case["node"])
+    nodes = result.volumeNodes()
+    assert set(nodes) == {"saliency", *(f"counterfactual_{k}" for k in LABELS), *(f"difference_{k}" for k in LABELS),
+                          "attention_early", "attention_fused"}
+    for stem, node in nodes.items():
+        np.testing.assert_array_equal(ijkToRasArray(node), expected, err_msg=stem)
+        assert node.GetImageData().GetDimensions() == case["node"].GetImageData().GetDimensions()
+        assert node.GetName().startswith("Head CT test-model counterfactual ")
+    # the difference map is counterfactual - input, exactly
+    diff = slicer.util.arrayFromVolume(result.differences["none"])
+    assert diff[case["hot"]].tolist() == [-35.0] * int(case["hot"].sum())
+    assert np.count_nonzero(diff[~case["hot"]]) == 0
+    assert slicer.util.arrayFromVolume(result.saliency)[case["hot"]].min() == 1.0
+    # towards "none" (healthy) is what is shown beside a "left" prediction
+    assert result.shownCounterfactual() is result.counterfactuals["none"]
+    rows = tables.tableRows(result.probabilityTable)
+    assert [(r["Class"], r["Probability"], r["Predicted"]) for r in rows] == [
+        ("none", 0.1, ""), ("left", 0.7, "yes"), ("right", 0.15, ""), ("both", 0.05, "")]
+    trajectory = tables.tableRows(result.trajectoryTable)
+    assert [r["towards none: p(none)"] for r in trajectory] == [0.1, 0.6]
+    assert json.loads(result.reportNode.GetText())["prediction"] == "left"
+
+
+def test_results_are_grouped_under_the_study_and_replaced_on_rerun(slicer_scene, case, tmp_path):
+    scene = slicer_scene.scene
+    sh = hierarchy.subjectHierarchy(scene)
+    before = slicer_scene.nodeCount()
+    first = results.loadExplanationResults(scene, case["node"], write_output(tmp_path / "a", case))
+    after_first = slicer_scene.nodeCount()
+    assert after_first > before
+    assert sh.GetItemParent(first.folderItem) == case["study"]
+    assert sh.GetItemName(first.folderItem) == "Head CT - ACAT test-model counterfactual"
+    folder_nodes = hierarchy.nodesInFolder(scene, first.folderItem)
+    assert {n.GetID() for n in folder_nodes} == {n.GetID() for n in first.allNodes()}
+    old_ids = [n.GetID() for n in first.allNodes()]
+
+    second = results.loadExplanationResults(scene, case["node"], write_output(tmp_path / "b", case))
+    assert slicer_scene.nodeCount() == after_first  # replaced, not duplicated
+    assert all(scene.GetNodeByID(i) is None for i in old_ids)
+    assert hierarchy.findResultFolders(scene) == [second.folderItem]
+    rebuilt = results.explanationFromFolder(scene, second.folderItem)
+    assert rebuilt.saliency.GetID() == second.saliency.GetID()
+    assert set(rebuilt.counterfactuals) == set(LABELS) and rebuilt.prediction == "left"
+
+    third = results.loadExplanationResults(scene, case["node"], write_output(tmp_path / "c", case, method="gradient"))
+    assert sorted(hierarchy.findResultFolders(scene)) == sorted([second.folderItem, third.folderItem])
+    assert not third.counterfactuals and third.saliency.GetName() == "Head CT test-model gradient saliency"
+
+
+def test_bad_output_folder_leaves_the_scene_unchanged(slicer_scene, case, tmp_path):
+    out = write_output(tmp_path / "out", case)
+    spacing, origin, direction = geometryFromIjkToRas(case["ijk_to_ras"])
+    wrong = CTVolume(np.zeros((3, 4, 5), np.float32), spacing, origin, direction)
+    write_itk_file(wrong, out / "attention_late.nrrd")
+    before = slicer_scene.nodeCount()
+    with pytest.raises(ValueError, match="attention_late.nrrd is not on the grid of 'Head CT'"):
+        results.loadExplanationResults(slicer_scene.scene, case["node"], out)
+    assert slicer_scene.nodeCount() == before
+
+
+def test_overlay_in_every_slice_view_with_heat_colours_and_threshold(slicer_scene, case, tmp_path):
+    scene = slicer_scene.scene
+    result = results.loadExplanationResults(scene, case["node"], write_output(tmp_path / "out", case))
+    session.showResults(scene, result, session.ViewOptions(opacity=0.7, sideBySide=False))
+    composites = display.sliceCompositeNodes(scene)
+    assert len(composites) == 3
+    for composite in composites:
+        assert composite.GetBackgroundVolumeID() == case["node"].GetID()
+        assert composite.GetForegroundVolumeID() == result.saliency.GetID()
+        assert composite.GetForegroundOpacity() == pytest.approx(0.7)
+    shown = result.saliency.GetDisplayNode()
+    assert shown.GetColorNode().GetName() == "PET-Heat"
+    saliency = slicer.util.arrayFromVolume(result.saliency)
+    p95 = float(np.percentile(saliency, 95))
+    assert shown.GetApplyThreshold() and shown.GetLowerThreshold() == pytest.approx(p95)
+    margin = 0.5 * (1.0 - p95)  # the window keeps the shown range off the black and white ends of PET-Heat
+    assert shown.GetWindowLevelMin() == pytest.approx(p95 - margin)
+    assert shown.GetWindowLevelMax() == pytest.approx(1.0 + margin)
+    # the default shows the top 5%: about 5% of the voxels pass the lower threshold
+    assert np.mean(saliency >= shown.GetLowerThreshold()) == pytest.approx(0.05, abs=0.005)
+    assert display.applySaliencyThreshold(result.saliency, 50.0) == pytest.approx(float(np.percentile(saliency, 50)))
+    display.setOverlayOpacity(scene, 0.25, result.saliency)
+    assert [c.GetForegroundOpacity() for c in composites] == pytest.approx([0.25] * 3)
+    # the attention masks and counterfactuals are coloured too
+    assert result.attention["fused"].GetDisplayNode().GetColorNode().GetName() == "PET-Heat"
+    assert result.counterfactuals["none"].GetDisplayNode().GetWindowLevelMin() == pytest.approx(-100)
+    assert result.differences["none"].GetDisplayNode().GetWindowLevelMin() == pytest.approx(-35.0)
+
+
+def _pixel_of(slicer_scene, ras, view="Red"):
+    """(row, column) in the composited slice image of the RAS point ``ras`` (on the current slice)."""
+    slice_node = slicer_scene.sliceLogics[view].GetSliceNode()
+    xy_to_ras = slicer.util.arrayFromVTKMatrix(slice_node.GetXYToRAS())
+    x, y, _, _ = np.linalg.inv(xy_to_ras) @ [*ras, 1.0]
+    return int(round(y)), int(round(x))
+
+
+def test_composited_slice_image_shows_the_overlay_on_the_left_only(slicer_scene, case, tmp_path):
+    """Slicer's own slice pipeline (background + thresholded heat foreground): colour at the hot blob in
+    the patient's left hemisphere, plain grey at the mirror point in the right hemisphere."""
+    scene = slicer_scene.scene
+    result = results.loadExplanationResults(scene, case["node"], write_output(tmp_path / "out", case))
+    session.showResults(scene, result, session.ViewOptions(opacity=1.0, sideBySide=False))
+    ci, cj, ck = case["centre"]
+    I = case["voxels"].shape[2]
+    hot_ras = (case["ijk_to_ras"] @ [ci, cj, ck, 1])[:3]
+    mirror_ras = (case["ijk_to_ras"] @ [I - 1 - ci, cj, ck, 1])[:3]
+    assert hot_ras[0] < 0 < mirror_ras[0]  # RAS x < 0 is the patient's left
+    red = slicer_scene.sliceLogics["Red"]
+    red.FitSliceToAll()
+    red.SetSliceOffset(hot_ras[2])
+    image = slicer_scene.compositeImage("Red")
+    hot = image[_pixel_of(slicer_scene, hot_ras)][:3].astype(int)
+    mirror = image[_pixel_of(slicer_scene, mirror_ras)][:3].astype(int)
+    assert hot[0] > 200 and hot[0] - hot[2] > 60  # the hot end of PET-Heat: yellow, less blue
+    assert mirror[0] == mirror[1] == mirror[2]  # grey: the CT alone
+    # brain at 35 HU in a -100..200 window
+    assert mirror[0] == pytest.approx(255 * 135 / 300, abs=3)
+    # with the overlay hidden (opacity 0) the hot point is grey as well
+    display.setOverlayOpacity(scene, 0.0)
+    hot_off = slicer_scene.compositeImage("Red")[_pixel_of(slicer_scene, hot_ras)][:3].astype(int)
+    assert hot_off[0] == hot_off[1] == hot_off[2]
+
+
+def test_side_by_side_layout_links_original_and_counterfactual(slicer_scene, case, tmp_path):
+    scene = slicer_scene.scene
+    result = results.loadExplanationResults(scene, case["node"], write_output(tmp_path / "out", case))
+    session.showResults(scene, result, session.ViewOptions(opacity=0.4))
+    layout_node = layout.layoutNode(scene)
+    assert layout_node.GetViewArrangement() == slicer.vtkMRMLLayoutNode.SlicerLayoutSideBySideView
+    red, yellow = (layout.compositeNodeByLayoutName(scene, n) for n in ("Red", "Yellow"))
+    assert red.GetBackgroundVolumeID() == case["node"].GetID()
+    assert red.GetForegroundVolumeID() == result.saliency.GetID()
+    assert yellow.GetBackgroundVolumeID() == result.counterfactuals["none"].GetID()
+    assert yellow.GetForegroundVolumeID() is None
+    assert red.GetLinkedControl() and yellow.GetLinkedControl()
+    assert layout.sliceNodeByLayoutName(scene, "Yellow").GetOrientationString() == "Axial"
+    # the counterfactual view shows the changed blob: darker (35 HU less) than the original
+    ci, cj, ck = case["centre"]
+    hot_ras = (case["ijk_to_ras"] @ [ci, cj, ck, 1])[:3]
+    for view in ("Red", "Yellow"):
+        slicer_scene.sliceLogics[view].FitSliceToAll()
+        slicer_scene.sliceLogics[view].SetSliceOffset(hot_ras[2])
+    display.setOverlayOpacity(scene, 0.0)
+    original = slicer_scene.compositeImage("Red")[_pixel_of(slicer_scene, hot_ras, "Red")][0]
+    counterfactual = slicer_scene.compositeImage("Yellow")[_pixel_of(slicer_scene, hot_ras, "Yellow")][0]
+    assert int(original) - int(counterfactual) == pytest.approx(255 * 35 / 300, abs=3)
+
+
+def test_localisation_score_from_labelmap_and_segmentation(slicer_scene, case, tmp_path):
+    scene = slicer_scene.scene
+    result = results.loadExplanationResults(scene, case["node"], write_output(tmp_path / "out", case))
+    lesion = addVolumeNode(scene, case["hot"].astype(np.uint8), "lesion", referenceNode=case["node"],
+                           nodeClass="vtkMRMLLabelMapVolumeNode")
+    score = localisation.localisationScore(result.saliency, lesion, case["node"])
+    assert score == {"hit": True, "iou": 1.0, "dice": 1.0, "lesionVoxels": int(case["hot"].sum())}
+    mirrored = addVolumeNode(scene, case["hot"][:, :, ::-1].astype(np.uint8), "other side",
+                             referenceNode=case["node"], nodeClass="vtkMRMLLabelMapVolumeNode")
+    miss = localisation.localisationScore(result.saliency, mirrored, case["node"])
+    assert miss["hit"] is False and miss["iou"] == 0.0 and miss["dice"] == 0.0
+    segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "lesion segmentation")
+    assert slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(lesion, segmentation)
+    before = slicer_scene.nodeCount()
+    from_segment = localisation.localisationScore(result.saliency, segmentation, case["node"])
+    assert from_segment["hit"] is True and from_segment["dice"] == pytest.approx(1.0)
+    assert slicer_scene.nodeCount() == before  # the temporary labelmap is gone
+    with pytest.raises(ValueError, match="neither a segmentation nor a labelmap"):
+        localisation.localisationScore(result.saliency, result.probabilityTable, case["node"])
+
+
+def test_export_writes_every_volume_and_the_report(slicer_scene, case, tmp_path):
+    scene = slicer_scene.scene
+    result = results.loadExplanationResults(scene, case["node"], write_output(tmp_path / "out", case))
+    files = export.exportResults(result, tmp_path / "export", localisation={"hit": True, "iou": float("nan")})
+    names = sorted(f.name for f in files)
+    assert names == sorted([f"{stem}.nrrd" for stem in result.volumeNodes()] + ["report.json"])
+    saliency = read_itk_file(tmp_path / "export" / "saliency.nrrd")
+    np.testing.assert_array_equal(saliency.voxels_hu, slicer.util.arrayFromVolume(result.saliency))
+    spacing, origin, direction = geometryFromIjkToRas(case["ijk_to_ras"])
+    np.testing.assert_allclose(saliency.origin_mm, origin, atol=1e-9)
+    report = json.loads((tmp_path / "export" / "report.json").read_text())
+    assert report["prediction"] == "left" and report["localisation"] == {"hit": True, "iou": None}
+    assert "Subject 1" not in (tmp_path / "export" / "report.json").read_text()
+    assert not [p for p in tmp_path.iterdir() if "partial" in p.name]
+    with pytest.raises(ValueError, match="not an empty folder"):
+        export.exportResults(result, tmp_path / "export")

@@ -1,0 +1,100 @@
+"""MRML volume node <-> CTVolume and the NRRD exchange, in a real (headless) MRML scene."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("slicer", reason="the slicer-core wheel is not installed (pip install -e '.[slicer]')")
+
+from slicer_scene import slicer_scene_fixture  # noqa: E402
+
+from ACATSlicerLib import nrrd_exchange, volume_nodes  # noqa: E402
+from ACATLogic.io.itk_files import read_itk_file  # noqa: E402
+from ACATLogic.volume import CTVolume, to_canonical  # noqa: E402
+
+slicer_scene = pytest.fixture(slicer_scene_fixture)
+
+# An oblique, non-axis-aligned LPS geometry with unequal spacing: every sign and axis matters.
+ANGLE = np.deg2rad(20)
+ROTATION = np.array([[np.cos(ANGLE), -np.sin(ANGLE), 0], [np.sin(ANGLE), np.cos(ANGLE), 0], [0, 0, 1]])
+SPACING = np.array([0.8, 0.9, 2.5])
+ORIGIN_LPS = np.array([-101.5, 37.25, -480.0])
+
+
+def _asymmetric_volume() -> CTVolume:
+    """(K=6, J=7, I=8): -1000 HU, one bright voxel near the first column (i = 1)."""
+    voxels = np.full((6, 7, 8), -1000.0, dtype=np.float32)
+    voxels[3, 2, 1] = 500.0
+    return CTVolume(voxels, SPACING, ORIGIN_LPS, ROTATION)
+
+
+def test_ijk_to_ras_is_lps_with_x_and_y_negated():
+    m = volume_nodes.ijkToRasFromGeometry(SPACING, ORIGIN_LPS, ROTATION)
+    # voxel (i, j, k) = (1, 2, 3): LPS = origin + R @ (spacing * ijk), RAS = (-x, -y, z)
+    lps = ORIGIN_LPS + ROTATION @ (SPACING * [1, 2, 3])
+    np.testing.assert_allclose(m @ [1, 2, 3, 1], [-lps[0], -lps[1], lps[2], 1], atol=1e-12)
+    spacing, origin, direction = volume_nodes.geometryFromIjkToRas(m)
+    np.testing.assert_allclose(spacing, SPACING, atol=1e-12)
+    np.testing.assert_allclose(origin, ORIGIN_LPS, atol=1e-12)
+    np.testing.assert_allclose(direction, ROTATION, atol=1e-12)
+
+
+def test_round_trip_keeps_voxels_and_patient_geometry(slicer_scene):
+    volume = _asymmetric_volume()
+    node = volume_nodes.addVolumeNodeFromCTVolume(slicer_scene.scene, volume, "oblique")
+    # Slicer itself must put the bright voxel where the LPS geometry says (RAS = LPS with x, y negated)
+    bright_lps = volume.index_to_lps([1, 2, 3])
+    matrix = volume_nodes.ijkToRasArray(node)
+    np.testing.assert_allclose((matrix @ [1, 2, 3, 1])[:3], [-bright_lps[0], -bright_lps[1], bright_lps[2]], atol=1e-9)
+    back = volume_nodes.ctVolumeFromNode(node)
+    np.testing.assert_array_equal(back.voxels_hu, volume.voxels_hu)
+    np.testing.assert_allclose(back.spacing_mm, SPACING, atol=1e-12)
+    np.testing.assert_allclose(back.origin_mm, ORIGIN_LPS, atol=1e-12)
+    np.testing.assert_allclose(back.direction, ROTATION, atol=1e-12)
+    assert back.metadata == {"modality": "CT"}
+
+
+def test_patient_left_stays_left_for_a_flipped_node(slicer_scene):
+    """A node whose columns run towards the patient's RIGHT (RAS identity: i -> +x RAS = right)."""
+    voxels = np.zeros((4, 5, 6), dtype=np.float32)
+    voxels[:, :, 5] = 100.0  # the last column: the patient's right-most column in this node
+    node = volume_nodes.addVolumeNode(slicer_scene.scene, voxels, "ras-identity", ijkToRas=np.eye(4))
+    volume = volume_nodes.ctVolumeFromNode(node)
+    assert volume.orientation_code() == "RAS"  # i -> Right, j -> Anterior, k -> Superior (LPS letters)
+    canonical, _ = to_canonical(volume)
+    # canonical i runs towards the patient's left: the bright (right-most) column must now be first
+    assert canonical.voxels_hu[:, :, 0].min() == 100.0 and canonical.voxels_hu[:, :, 1:].max() == 0.0
+    # and its LPS x is the smallest (most rightward) of the volume
+    assert volume.index_to_lps([5, 0, 0])[0] < volume.index_to_lps([0, 0, 0])[0]
+
+
+def test_nrrd_exchange_is_exact_and_checks_the_grid(slicer_scene, tmp_path):
+    volume = _asymmetric_volume()
+    node = volume_nodes.addVolumeNodeFromCTVolume(slicer_scene.scene, volume, "oblique")
+    path = nrrd_exchange.writeInputNrrd(node, tmp_path / "input.nrrd")
+    on_disk = read_itk_file(path)
+    np.testing.assert_array_equal(on_disk.voxels_hu, volume.voxels_hu)
+    np.testing.assert_allclose(on_disk.origin_mm, ORIGIN_LPS, atol=1e-9)
+    np.testing.assert_allclose(on_disk.direction, ROTATION, atol=1e-12)
+    assert not list(tmp_path.glob("*.partial*"))  # written atomically, nothing left over
+    np.testing.assert_array_equal(nrrd_exchange.readResultArray(path, node), volume.voxels_hu)
+    shifted = volume_nodes.ijkToRasArray(node)
+    shifted[0, 3] += 5.0  # the same voxels 5 mm away
+    other = volume_nodes.addVolumeNode(slicer_scene.scene, volume.voxels_hu, "shifted", ijkToRas=shifted)
+    with pytest.raises(ValueError, match="not on the grid"):
+        nrrd_exchange.readResultArray(path, other)
+
+
+@pytest.mark.parametrize("kind, message", [("labelmap", "labelmap"), ("2d", "2D image"), ("none", "select an input")])
+def test_non_ct_nodes_are_refused_with_a_message(slicer_scene, kind, message):
+    scene = slicer_scene.scene
+    if kind == "labelmap":
+        node = volume_nodes.addVolumeNode(scene, np.zeros((3, 4, 5), np.uint8), "seg", ijkToRas=np.eye(4),
+                                          nodeClass="vtkMRMLLabelMapVolumeNode")
+    elif kind == "2d":
+        node = volume_nodes.addVolumeNode(scene, np.zeros((1, 4, 5), np.float32), "xray", ijkToRas=np.eye(4))
+    else:
+        node = None
+    with pytest.raises(ValueError, match=message):
+        volume_nodes.ctVolumeFromNode(node)
