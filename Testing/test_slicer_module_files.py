@@ -16,8 +16,9 @@ ROOT = Path(__file__).resolve().parents[1]
 MODULE = ROOT / "ACATSlicer"
 MODULE_PY = MODULE / "ACATSlicer.py"
 UI = MODULE / "Resources" / "UI" / "ACATSlicer.ui"
-# what a stock Slicer provides to a scripted module, plus this project's packages and the PyTorch extension
-PROVIDED = {"slicer", "vtk", "qt", "ctk", "numpy", "ACATLogic", "ACATSlicerLib", "PyTorchUtils"}
+# what a stock Slicer provides to a scripted module (SampleData is one of its modules), plus this project's
+# packages and the PyTorch extension
+PROVIDED = {"slicer", "vtk", "qt", "ctk", "numpy", "SampleData", "ACATLogic", "ACATSlicerLib", "PyTorchUtils"}
 
 
 def _tree(path: Path) -> ast.Module:
@@ -48,6 +49,23 @@ def test_cmake_lists_every_script_and_resource_and_nothing_else():
     assert sorted(scripts) == on_disk_py
     assert sorted(resources) == on_disk_res
     assert len(set(scripts)) == len(scripts)
+
+
+def test_top_level_cmake_installs_acatlogic_and_the_bundled_models_beside_the_module():
+    """Globbed, so every ACATLogic .py file and every bundle is installed (Testing/test_slicer_packaging.py
+    builds and installs it for real); here: the globs cover the files and land where the lookups look."""
+    text = (ROOT / "CMakeLists.txt").read_text()
+    glob = re.search(r"file\(GLOB_RECURSE ACATLogic_PYTHON_SCRIPTS RELATIVE \$\{CMAKE_CURRENT_SOURCE_DIR\} "
+                     r"CONFIGURE_DEPENDS\s+\$\{CMAKE_CURRENT_SOURCE_DIR\}/(\S+)\s+\)", text)
+    assert glob and glob.group(1) == "ACATLogic/*.py"
+    globbed = {str(p.relative_to(ROOT)) for p in ROOT.glob("ACATLogic/**/*.py") if "__pycache__" not in p.parts}
+    assert {"ACATLogic/__init__.py", "ACATLogic/bundle.py", "ACATLogic/cli/main.py"} <= globbed
+    for pattern in ("Resources/Models/*/model.json", "Resources/Models/*/*.safetensors"):
+        assert f"${{CMAKE_CURRENT_SOURCE_DIR}}/{pattern}" in text
+    call = re.search(r"ctkMacroCompilePythonScript\((.*?)\)\n", text, re.S).group(1)
+    assert "DESTINATION_DIR ${CMAKE_BINARY_DIR}/${Slicer_QTSCRIPTEDMODULES_LIB_DIR}" in call
+    assert "INSTALL_DIR ${Slicer_INSTALL_QTSCRIPTEDMODULES_LIB_DIR}" in call and "NO_INSTALL_SUBDIR" in call
+    assert 'SCRIPTS "${ACATLogic_PYTHON_SCRIPTS}"' in call and 'RESOURCES "${ACAT_MODEL_FILES}"' in call
 
 
 def test_top_level_cmake_has_real_metadata_and_adds_the_module():
@@ -141,6 +159,16 @@ def test_panel_has_advanced_section_and_research_use_line():
 
 
 # -- the module file ------------------------------------------------------------------------------
+def test_module_file_is_thin_and_registers_the_sample_data_at_startup():
+    text = MODULE_PY.read_text()
+    assert len(text.splitlines()) < 400, "move what is not Qt glue into ACATSlicerLib/"
+    assert 'slicer.app.connect("startupCompleted()", registerSampleData)' in text
+    tree = _tree(MODULE_PY)
+    register = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "registerSampleData")
+    calls = {ast.unparse(n.func) for n in ast.walk(register) if isinstance(n, ast.Call)}
+    assert {"SampleData.SampleDataLogic.registerCustomSampleDataSource", "sample_data.sampleDataSources"} <= calls
+
+
 def test_module_follows_the_template_order():
     tree = _tree(MODULE_PY)
     classes = [n.name for n in tree.body if isinstance(n, ast.ClassDef)]

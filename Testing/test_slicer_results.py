@@ -7,6 +7,7 @@ the patient's LEFT hemisphere of a generated head CT, so that positions can be c
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -16,7 +17,7 @@ pytest.importorskip("slicer", reason="the slicer-core wheel is not installed (pi
 import slicer  # noqa: E402
 from slicer_scene import slicer_scene_fixture  # noqa: E402
 
-from ACATSlicerLib import display, export, hierarchy, layout, localisation, results, session, tables  # noqa: E402
+from ACATSlicerLib import display, export, hierarchy, layout, localisation, plots, results, session, tables  # noqa: E402
 from ACATSlicerLib.selftest_case import syntheticHeadCT  # noqa: E402
 from ACATSlicerLib.volume_nodes import addVolumeNode, geometryFromIjkToRas, ijkToRasArray  # noqa: E402
 from ACATLogic.io.itk_files import read_itk_file, write_itk_file  # noqa: E402
@@ -129,6 +130,58 @@ def test_results_are_grouped_under_the_study_and_replaced_on_rerun(slicer_scene,
     assert not third.counterfactuals and third.saliency.GetName() == "Head CT test-model gradient saliency"
 
 
+def test_probability_plot_has_one_series_per_class_with_the_report_values(slicer_scene, case, tmp_path):
+    scene = slicer_scene.scene
+    out = write_output(tmp_path / "a", case)
+    report = json.loads((out / "report.json").read_text())
+    report["trajectory"] = {
+        "none": [{"none": 0.1, "left": 0.7, "right": 0.15, "both": 0.05},
+                 {"none": 0.4, "left": 0.4, "right": 0.1, "both": 0.1},
+                 {"none": 0.8, "left": 0.1, "right": 0.05, "both": 0.05}],
+        "right": [{"none": 0.1, "left": 0.7, "right": 0.15, "both": 0.05},
+                  {"none": 0.1, "left": 0.2, "right": 0.6, "both": 0.1}]}
+    (out / "report.json").write_text(json.dumps(report))
+    counts = {c: slicer_scene.nodeCount(c) for c in ("vtkMRMLPlotChartNode", "vtkMRMLPlotSeriesNode")}
+    result = results.loadExplanationResults(scene, case["node"], out)
+    assert slicer_scene.nodeCount("vtkMRMLPlotChartNode") == counts["vtkMRMLPlotChartNode"] + 1
+    assert slicer_scene.nodeCount("vtkMRMLPlotSeriesNode") == counts["vtkMRMLPlotSeriesNode"] + 8  # 2 targets x 4
+    chart = result.probabilityChart
+    assert chart.GetName() == "Head CT test-model counterfactual probability per step"
+    assert [chart.GetNthPlotSeriesNodeID(n) for n in range(chart.GetNumberOfPlotSeriesNodes())] == [
+        s.GetID() for s in result.probabilitySeries]
+    assert (chart.GetYAxisRange()[0], chart.GetYAxisRange()[1]) == (0.0, 1.0)
+    for series in result.probabilitySeries:
+        assert series.GetTableNode() is result.trajectoryTable and series.GetXColumnName() == "Step"
+        target, label = re.fullmatch(r"towards (\w+): p\((\w+)\)", series.GetYColumnName()).groups()
+        rows = report["trajectory"][target]
+        points = plots.seriesPoints(series)
+        assert [x for x, _ in points] == [0.0, 1.0, 2.0]
+        assert [y for _, y in points][:len(rows)] == pytest.approx([row[label] for row in rows], abs=1e-12)
+        assert all(np.isnan(y) for _, y in points[len(rows):])  # the shorter run is padded, not invented
+    assert len({tuple(s.GetColor()) for s in result.probabilitySeries[:4]}) == 4
+    sh = hierarchy.subjectHierarchy(scene)
+    assert {n.GetID() for n in hierarchy.nodesInFolder(scene, result.folderItem)} >= {
+        chart.GetID(), *(s.GetID() for s in result.probabilitySeries)}
+    rebuilt = results.explanationFromFolder(scene, result.folderItem)
+    assert rebuilt.probabilityChart is chart and len(rebuilt.probabilitySeries) == 8
+    assert sh.GetItemParent(sh.GetItemByDataNode(chart)) == result.folderItem
+
+    # explaining again replaces the chart and its series instead of adding more
+    old_ids = [chart.GetID()] + [s.GetID() for s in result.probabilitySeries]
+    again = results.loadExplanationResults(scene, case["node"], out)
+    assert slicer_scene.nodeCount("vtkMRMLPlotChartNode") == counts["vtkMRMLPlotChartNode"] + 1
+    assert slicer_scene.nodeCount("vtkMRMLPlotSeriesNode") == counts["vtkMRMLPlotSeriesNode"] + 8
+    assert all(scene.GetNodeByID(i) is None for i in old_ids) and again.probabilityChart.GetScene() is scene
+
+    # a method without optimisation steps has no trajectory and no chart
+    gradient = write_output(tmp_path / "g", case, method="gradient")
+    report = json.loads((gradient / "report.json").read_text())
+    del report["trajectory"]
+    (gradient / "report.json").write_text(json.dumps(report))
+    assert results.loadExplanationResults(scene, case["node"], gradient).probabilityChart is None
+    assert slicer_scene.nodeCount("vtkMRMLPlotChartNode") == counts["vtkMRMLPlotChartNode"] + 1
+
+
 def test_bad_output_folder_leaves_the_scene_unchanged(slicer_scene, case, tmp_path):
     out = write_output(tmp_path / "out", case)
     spacing, origin, direction = geometryFromIjkToRas(case["ijk_to_ras"])
@@ -209,7 +262,10 @@ def test_side_by_side_layout_links_original_and_counterfactual(slicer_scene, cas
     result = results.loadExplanationResults(scene, case["node"], write_output(tmp_path / "out", case))
     session.showResults(scene, result, session.ViewOptions(opacity=0.4))
     layout_node = layout.layoutNode(scene)
-    assert layout_node.GetViewArrangement() == slicer.vtkMRMLLayoutNode.SlicerLayoutSideBySideView
+    # side by side with the probability plot below: the module's layout, its plot view shows the chart
+    assert layout_node.GetViewArrangement() == layout.SIDE_BY_SIDE_PLOT_LAYOUT
+    plot_views = slicer.util.getNodesByClass("vtkMRMLPlotViewNode")
+    assert [v.GetPlotChartNodeID() for v in plot_views] == [result.probabilityChart.GetID()]
     red, yellow = (layout.compositeNodeByLayoutName(scene, n) for n in ("Red", "Yellow"))
     assert red.GetBackgroundVolumeID() == case["node"].GetID()
     assert red.GetForegroundVolumeID() == result.saliency.GetID()

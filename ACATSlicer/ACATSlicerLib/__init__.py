@@ -14,9 +14,14 @@ per file:
 * `display`       - the saliency overlay: heat colours, opacity, percentile threshold
 * `layout`        - original vs counterfactual side by side, slices linked
 * `tables`        - prediction and per-class probabilities as a table node
+* `plots`         - class probability vs optimisation step: a plot chart, one series per class
 * `localisation`  - hit / IoU / Dice of the saliency against a lesion segmentation or labelmap
 * `export`        - results to a folder (NRRD + report.json)
-* `dependencies`  - which Python packages the explanation needs and which are missing
+* `dependencies`  - which Python packages are missing, and the install steps (PyTorchUtils for torch)
+* `cpu_fallback`  - out of GPU memory recognised from the error line; offer one retry on the CPU
+* `controller`    - the module logic's work without Qt (ACATSlicerLogic is a shell over it)
+* `sample_data`   - the self-test case as Slicer Sample Data (generated NRRD files, file:// URIs)
+* `selftest`      - the checks of the module's self-test, also run headless
 * `paths`         - where ACATLogic lives (repository checkout or installed extension)
 * `selftest_case` - a generated CT and a tiny random model for the module's self-test
 

@@ -1,15 +1,37 @@
-"""Original and counterfactual side by side, slices linked.
+"""Original and counterfactual side by side, slices linked; the probability plot below them.
 
 The "Side by side" layout shows two slice views (Red and Yellow). Red shows the input with the
 saliency overlay, Yellow the counterfactual alone, both in the same orientation; linked slice
-controls keep them on the same slice while the user scrolls, pans or zooms.
+controls keep them on the same slice while the user scrolls, pans or zooms. When there is a
+probability-per-step chart, the module's own layout adds a plot view under the two slice views
+(Slicer has no built-in side-by-side + plot arrangement).
 """
 
 from __future__ import annotations
 
 import slicer
 
+from .plots import showChart
+
 LEFT_VIEW, RIGHT_VIEW = "Red", "Yellow"
+#: the id of the module's "side by side + plot" layout (custom layout ids start above Slicer's built-in ones)
+SIDE_BY_SIDE_PLOT_LAYOUT = 7370
+_SIDE_BY_SIDE_PLOT_XML = """<layout type="vertical" split="true">
+ <item splitSize="700">
+  <layout type="horizontal">
+   <item><view class="vtkMRMLSliceNode" singletontag="Red">
+    <property name="orientation" action="default">Axial</property>
+    <property name="viewlabel" action="default">R</property>
+    <property name="viewcolor" action="default">#F34A33</property></view></item>
+   <item><view class="vtkMRMLSliceNode" singletontag="Yellow">
+    <property name="orientation" action="default">Axial</property>
+    <property name="viewlabel" action="default">Y</property>
+    <property name="viewcolor" action="default">#EDD54C</property></view></item>
+  </layout>
+ </item>
+ <item splitSize="300"><view class="vtkMRMLPlotViewNode" singletontag="PlotView1">
+  <property name="viewlabel" action="default">P</property></view></item>
+</layout>"""
 
 
 def layoutNode(scene):
@@ -35,10 +57,23 @@ def compositeNodeByLayoutName(scene, layoutName: str):
     return None
 
 
+def registerSideBySidePlotLayout(node) -> int:
+    """Add the "side by side + plot" arrangement to a layout node (once); returns its id."""
+    if not node.IsLayoutDescription(SIDE_BY_SIDE_PLOT_LAYOUT):
+        node.AddLayoutDescription(SIDE_BY_SIDE_PLOT_LAYOUT, _SIDE_BY_SIDE_PLOT_XML)
+    return SIDE_BY_SIDE_PLOT_LAYOUT
+
+
 def showSideBySide(scene, inputNode, counterfactualNode, saliencyNode=None, opacity: float = 0.5,
-                   orientation: str = "Axial") -> None:
-    """Switch to the side-by-side layout: input (+ saliency) left, counterfactual right, linked."""
-    layoutNode(scene).SetViewArrangement(slicer.vtkMRMLLayoutNode.SlicerLayoutSideBySideView)
+                   orientation: str = "Axial", chartNode=None) -> None:
+    """Switch to the side-by-side layout: input (+ saliency) left, counterfactual right, linked; with
+    ``chartNode``, the layout that adds a plot view below them, showing that chart."""
+    node = layoutNode(scene)
+    if chartNode is None:
+        node.SetViewArrangement(slicer.vtkMRMLLayoutNode.SlicerLayoutSideBySideView)
+    else:
+        node.SetViewArrangement(registerSideBySidePlotLayout(node))
+        showChart(scene, chartNode)
     views = {LEFT_VIEW: (inputNode, saliencyNode), RIGHT_VIEW: (counterfactualNode, None)}
     for name, (background, foreground) in views.items():
         sliceNode = sliceNodeByLayoutName(scene, name)

@@ -5,7 +5,8 @@ From ``saliency.nrrd``, ``counterfactual_<class>.nrrd``, ``attention_<mask>.nrrd
 * the saliency volume (values in [0, 1]),
 * one counterfactual volume per target class (HU) and its difference map, counterfactual - input (HU),
 * the ACAT attention masks (early, middle, late, fused; values in [0, 1]),
-* a table of the prediction and per-class probabilities, one of probabilities along the optimisation,
+* a table of the prediction and per-class probabilities, one of probabilities along the optimisation
+  and a plot chart of it (one series per class),
 * a text node holding report.json (model, method, parameters, timings; no patient data).
 
 Every volume gets the input node's exact IJK-to-RAS matrix and parent transform: the files are first
@@ -23,7 +24,7 @@ import numpy as np
 
 import slicer
 
-from . import display, hierarchy, tables
+from . import display, hierarchy, plots, tables
 from .nrrd_exchange import readResultArray
 from .volume_nodes import addVolumeNode
 
@@ -44,6 +45,8 @@ class ExplanationNodes:
     attention: dict = field(default_factory=dict)
     probabilityTable: Optional[object] = None
     trajectoryTable: Optional[object] = None
+    probabilityChart: Optional[object] = None  # vtkMRMLPlotChartNode over trajectoryTable
+    probabilitySeries: list = field(default_factory=list)  # its vtkMRMLPlotSeriesNode, one per column
     reportNode: Optional[object] = None
 
     @property
@@ -63,7 +66,8 @@ class ExplanationNodes:
         return out
 
     def allNodes(self) -> list:
-        extra = [self.probabilityTable, self.trajectoryTable, self.reportNode]
+        extra = [self.probabilityTable, self.trajectoryTable, self.probabilityChart, *self.probabilitySeries,
+                 self.reportNode]
         return list(self.volumeNodes().values()) + [n for n in extra if n is not None]
 
     def shownCounterfactual(self):
@@ -145,6 +149,11 @@ def loadExplanationResults(scene, inputNode, outDir, percentile: float = display
     if report.get("trajectory"):
         result.trajectoryTable = tables.trajectoryTable(scene, f"{prefix} probability per step", report["trajectory"])
         _tag(result.trajectoryTable, "trajectory")
+        result.probabilityChart, result.probabilitySeries = plots.probabilityChart(
+            scene, f"{prefix} probability per step", result.trajectoryTable)
+        _tag(result.probabilityChart, "plot")
+        for series in result.probabilitySeries:
+            _tag(series, "plotSeries")
     result.reportNode = scene.AddNewNodeByClass("vtkMRMLTextNode", f"{prefix} report")
     result.reportNode.SetText(json.dumps(report, indent=2))
     _tag(result.reportNode, "report")
@@ -172,6 +181,10 @@ def explanationFromFolder(scene, folderItem: int) -> ExplanationNodes:
             result.probabilityTable = node
         elif role == "trajectory":
             result.trajectoryTable = node
+        elif role == "plot":
+            result.probabilityChart = node
+        elif role == "plotSeries":
+            result.probabilitySeries.append(node)
         elif role == "report":
             result.reportNode = node
             result.report = json.loads(node.GetText())

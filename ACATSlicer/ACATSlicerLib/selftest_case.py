@@ -13,6 +13,8 @@ import numpy as np
 
 from .volume_nodes import ijkToRasFromGeometry
 
+LESION_HU = 70.0  # the blob in the patient's left hemisphere (brain tissue is 35 HU)
+
 
 def syntheticHeadCT(slices: int = 12, size: int = 48, spacing_mm=(4.0, 4.0, 5.0)) -> tuple[np.ndarray, np.ndarray]:
     """((K, J, I) float32 HU, (4, 4) IJK-to-RAS). Axial, i towards the patient's left (LPS identity);
@@ -23,7 +25,7 @@ def syntheticHeadCT(slices: int = 12, size: int = 48, spacing_mm=(4.0, 4.0, 5.0)
     voxels = np.full(r.shape, -1000.0, dtype=np.float32)
     voxels[r < 1.0] = 1000.0
     voxels[r < 0.8] = 35.0
-    voxels[(i - 0.4) ** 2 + j ** 2 + (k / 2) ** 2 < 0.04] = 70.0  # i > 0: towards the patient's left
+    voxels[(i - 0.4) ** 2 + j ** 2 + (k / 2) ** 2 < 0.04] = LESION_HU  # i > 0: towards the patient's left
     extent = np.asarray(spacing_mm) * (np.array([size, size, slices]) - 1)
     origin_lps = -extent / 2
     return voxels, ijkToRasFromGeometry(spacing_mm, origin_lps, np.eye(3))

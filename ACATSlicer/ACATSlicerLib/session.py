@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
-from . import display, layout, results
+from . import display, layout, plots, results
 from .nrrd_exchange import writeInputNrrd
 from .runner import CANCELLED, FAILED, RUNNING, SUCCEEDED, ExplainProcess, ProgressEvent
 from .settings import ExplainSettings
@@ -42,11 +42,15 @@ class SessionOutcome:
 
 
 def showResults(scene, result: results.ExplanationNodes, options: ViewOptions) -> None:
-    """Saliency over the input in every slice view; the counterfactual beside the original."""
+    """Saliency over the input in every slice view; the counterfactual beside the original, with the
+    probability-per-step plot below them when there is one."""
     display.showOverlay(scene, result.inputNode, result.saliency, options.opacity)
     counterfactual = result.shownCounterfactual()
     if options.sideBySide and counterfactual is not None and scene.GetFirstNodeByClass("vtkMRMLLayoutNode"):
-        layout.showSideBySide(scene, result.inputNode, counterfactual, result.saliency, options.opacity)
+        layout.showSideBySide(scene, result.inputNode, counterfactual, result.saliency, options.opacity,
+                              chartNode=result.probabilityChart)
+    elif result.probabilityChart is not None:
+        plots.showChart(scene, result.probabilityChart)  # in a plot view if the current layout has one
 
 
 class ExplainSession:
@@ -60,6 +64,7 @@ class ExplainSession:
         self.workRoot = workRoot
         self.runner = None
         self.inputNode = None
+        self.settings: Optional[ExplainSettings] = None  # of the last run started
         self.options = ViewOptions()
         self.workDir: Optional[Path] = None
         self.outcome: Optional[SessionOutcome] = None
@@ -76,6 +81,7 @@ class ExplainSession:
             raise RuntimeError("an explanation is already running; cancel it first")
         checkCTVolumeNode(inputNode)
         self.inputNode, self.options, self.outcome = inputNode, options or ViewOptions(), None
+        self.settings = settings
         self._t0 = time.monotonic()
         self.workDir = Path(tempfile.mkdtemp(prefix="acat-explain-", dir=self.workRoot))
         try:

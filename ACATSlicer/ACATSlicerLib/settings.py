@@ -8,6 +8,7 @@ from typing import Optional
 METHODS = ("counterfactual", "latent_shift", "gradient", "gradcam", "integrated_gradients")
 DEVICES = ("auto", "cpu", "gpu")
 REFERENCES = ("reconstruction", "image")
+MODEL_DEFAULT = "model default"  # the panel's reference choice that leaves it to the model card
 
 
 @dataclass
@@ -49,6 +50,12 @@ class ExplainSettings:
                 setattr(self, name, None)  # the panel's 0 ("model default")
         if isinstance(self.targets, str):
             self.targets = [t.strip() for t in self.targets.split(",") if t.strip()]
+
+    @classmethod
+    def fromParameters(cls, p) -> "ExplainSettings":
+        """From the module's parameter node (any object with its attribute names)."""
+        return cls(model=p.model, method=p.method, device=p.device, steps=p.steps, alpha=p.alpha, stepSize=p.stepSize,
+                   targets=p.targets, reference=None if p.reference == MODEL_DEFAULT else p.reference)
 
     def commandLineArguments(self, inputPath: str, outDir: str) -> list[str]:
         """``explain INPUT --out OUT --model ... --progress-format jsonl ...`` (after ``-m ACATLogic.cli.main``)."""

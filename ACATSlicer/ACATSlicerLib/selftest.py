@@ -1,0 +1,54 @@
+"""The checks of the module's self-test, without Qt: run inside Slicer by ``ACATSlicerTest`` and headless
+by Testing/test_slicer_first_use.py, on the generated Sample Data case with a tiny random model.
+
+Each returns a list of problems, one sentence each; empty means passed.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+from . import layout
+from .runner import CANCELLED, SUCCEEDED
+
+
+def explainTwiceProblems(controller, inputNode, settings, timeoutS: float = 600.0) -> list[str]:
+    """Explain ``inputNode``: progress to 100%, result volumes on the input's grid, the saliency as the
+    Red view's foreground, a probability plot; then again: the results replaced, not duplicated."""
+    progress = []
+    controller.start(inputNode, settings, onProgress=progress.append)
+    outcome = controller.wait(timeoutS)
+    if outcome is None or outcome.state != SUCCEEDED:
+        return [f"the explanation did not succeed: {outcome.errorMessage if outcome else 'no outcome'}"]
+    problems = [] if progress and progress[-1].fraction == 1.0 else ["the progress did not reach 100%"]
+    result, dims = outcome.result, inputNode.GetImageData().GetDimensions()
+    problems += [f"{stem} is not on the input's grid" for stem, node in result.volumeNodes().items()
+                 if node.GetImageData().GetDimensions() != dims]
+    composite = layout.compositeNodeByLayoutName(controller.scene, "Red")
+    if composite is None or composite.GetForegroundVolumeID() != result.saliency.GetID():
+        problems.append("the saliency is not the foreground of the Red slice view")
+    if result.probabilityChart is None or not result.probabilitySeries:
+        problems.append("there is no probability-per-step plot")
+    count = controller.scene.GetNumberOfNodes()
+    controller.start(inputNode, settings)
+    again = controller.wait(timeoutS)
+    if again is None or again.state != SUCCEEDED:
+        problems.append("the second explanation did not succeed")
+    elif controller.scene.GetNumberOfNodes() != count:
+        problems.append(f"the second explanation left {controller.scene.GetNumberOfNodes()} nodes, not {count}")
+    return problems
+
+
+def cancelProblems(controller, inputNode, settings, pause: Callable[[], None] = lambda: time.sleep(2.0)
+                   ) -> list[str]:
+    """Start a long explanation, ``pause`` (inside Slicer: a delayDisplay), cancel: nothing is added."""
+    count = controller.scene.GetNumberOfNodes()
+    controller.start(inputNode, settings)
+    pause()
+    controller.cancel()
+    outcome = controller.poll()
+    problems = [] if outcome is not None and outcome.state == CANCELLED else ["the run was not cancelled"]
+    if controller.scene.GetNumberOfNodes() != count:
+        problems.append("cancelling changed the scene")
+    return problems

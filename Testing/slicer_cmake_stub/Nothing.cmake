@@ -1,0 +1,1 @@
+# Slicer_EXTENSION_GENERATE_CONFIG / Slicer_EXTENSION_CPACK: nothing to do for the layout test.
