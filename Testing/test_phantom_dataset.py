@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -88,3 +89,21 @@ def test_cli_flags_override_parameters_and_bad_flags_exit_2(tmp_path, capsys):
     assert main(["--task", "lung", "--n", "2", "--out", str(tmp_path / "y"), "--no-such-parameter", "3"]) == 2
     assert "expected KEY=VALUE with KEY one of" in capsys.readouterr().err
     assert main(["--task", "lung", "--n", "0", "--out", str(tmp_path / "z")]) == 2
+
+
+def test_demo_case_has_one_large_mca_lesion_on_the_asked_side(tmp_path):
+    from training.evaluate import TERRITORY_IDS
+    from training.phantom.demo import write_demo_case
+    from training.phantom.io import load_case
+
+    for side, label in (("left", 1), ("right", 2)):
+        row = write_demo_case(tmp_path / side, side=side, fmt="npz")
+        assert int(row["label"]) == label and row["lesion_territories"] == f"MCA_{side}"
+        assert row["size_class"] == "IS-4"
+        case = load_case(Path(row["manifest"]), row)
+        lesion = case.lesion_mask > 0
+        assert lesion.any()
+        # inside its territory (the generator confines it to the territory's parenchyma)
+        assert np.all(case.territory_map[lesion] == TERRITORY_IDS[f"MCA_{side}"])
+        ml = lesion.sum() * np.prod(case.volume.spacing_mm) / 1000
+        assert 40 <= ml <= 110, ml

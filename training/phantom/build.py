@@ -155,7 +155,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m training.phantom", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Build a SIMULATED phantom dataset (real CT anatomy, simulated lesions, ground truth).",
-        epilog="example:\n  python -m training.phantom --task brain --n 40 --seed 0 --out data/brain --format dicom\n"
+        epilog="every generator parameter is also a flag (--list-params shows them and their defaults):\n"
+               "  --lesion-contrast-hu LO HI, --size-class-ml ..., --noise-sigma-hu LO HI,\n"
+               "  --deformation-strength X, ... (the same as --set lesion_contrast_hu=[LO,HI])\n\n"
+               "example:\n  python -m training.phantom --task brain --n 40 --seed 0 --out data/brain --format dicom\n"
+               "  python -m training.phantom --task brain --n 600 --seed 0 --out data/brain --lesion-contrast-hu 3 8\n"
                "  python -m training.phantom --task lung --n 20 --set noise_sigma_hu=[4,8]")
     parser.add_argument("--task", choices=sorted(TASKS), required=True)
     parser.add_argument("--n", type=int, required=True, help="number of cases")
