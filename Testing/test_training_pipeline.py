@@ -175,6 +175,12 @@ def test_export_writes_a_bundle_with_the_metrics_and_commands(finished, tmp_path
             assert metrics[(role, "test", name)]["command"] == command
     assert metrics[("autoencoder", "test", "mse")]["value"] == read_done(run, "autoencoder")["metrics"]["test"]["mse"]
     assert command in card["description"]
+    # the model card in words: research use, SIMULATED, every test metric and the commands
+    readme = (out / "README.md").read_text()
+    assert "Research use only" in readme and "SIMULATED" in readme and command in readme
+    assert f"python -m training.export {run} --out {out} --version 0.0.1" in readme
+    test_accuracy = metrics[("acat", "test", "accuracy")]["value"]
+    assert f"| acat | test | accuracy | {test_accuracy:.4f} |" in readme
     # the bundle's models are the run's models
     x = torch.from_numpy(np.stack([np.load(c)[:1] for c in sorted((run / "saliency" / "maps").glob("*.npy"))[:1]])[0])
     for role in ("baseline", "autoencoder"):

@@ -22,7 +22,7 @@ from typing import Optional
 from ACATLogic.bundle import load_bundle, save_bundle
 from ACATLogic.errors import EXIT_BAD_INPUT, ACATInputError
 
-from .checkpoint import load_weights, sha256_file
+from .checkpoint import atomic_write_text, load_weights, sha256_file
 from .config import InputConfig
 from .run_folder import RunFolder, command_line
 
@@ -48,6 +48,31 @@ def card_metrics(run: RunFolder, roles: dict[str, str]) -> list[dict]:
                     metrics.append({"name": name, "value": float(value), "split": split, "model": role,
                                     "command": done["command"]})
     return metrics
+
+
+def render_model_readme(card: dict, export_command: str = "") -> str:
+    """The bundle's model card in words (README.md): what it is, on what data, how well, made how."""
+    spec = card["input"]
+    lines = [f"# {card['id']} (version {card['version']})", "",
+             f"**{card['intended_use']}** Trained on SIMULATED data (the phantom benchmark): real CT anatomy "
+             "with simulated lesions; its numbers say nothing about patients.", "",
+             f"- task: `{card['task']}`; classes: {', '.join(card['labels'])}",
+             f"- input: {spec['slices']} axial slices of {spec['size'][0]} x {spec['size'][1]} pixels, HU window "
+             f"(level, width) {tuple(spec['hu_window'])}, alignment `{spec['alignment']}`",
+             "- models: " + "; ".join(f"{role} `{m['architecture']}` ({m['weights']})"
+                                     for role, m in card["models"].items()),
+             f"- explanation defaults: " + ", ".join(f"{k} {v}" for k, v in card["explanation"].items()),
+             f"- training data: {card['training_data']}", f"- licence: {card['licence']}", "",
+             "## Metrics", "", "| model | split | metric | value |", "|---|---|---|---|"]
+    for m in card["metrics"]:
+        lines.append(f"| {m['model']} | {m['split']} | {m['name']} | {m['value']:.4f} |")
+    commands = list(dict.fromkeys(m["command"] for m in card["metrics"] if m.get("command")))
+    if export_command:
+        commands.append(export_command)
+    lines += ["", "## Commands that produced it", "", "```sh", *commands, "```", "",
+              "Method: Fontanella et al., \"ACAT: Adversarial Counterfactual Attention for Classification and "
+              "Detection in Medical Imaging\", ICML 2023.", ""]
+    return "\n".join(lines)
 
 
 def export(run_dir, out, *, bundle_id: Optional[str] = None, version: str = "0.1.0", licence: str = "Apache-2.0",
@@ -88,7 +113,8 @@ def export(run_dir, out, *, bundle_id: Optional[str] = None, version: str = "0.1
     save_bundle(out, models=models, bundle_id=bundle_id or Path(out).name, version=version, task=BUNDLE_TASK[task],
                 spec=spec, training_data=training_data, metrics=card_metrics(run, roles), licence=licence,
                 explanation=explanation, description=description, overwrite=overwrite)
-    load_bundle(out)  # refuse to report success for a bundle the application could not open
+    bundle = load_bundle(out)  # refuse to report success for a bundle the application could not open
+    atomic_write_text(Path(out) / "README.md", render_model_readme(bundle.card, command or ""))
     if command:
         run.record_command(command, "export")
     return Path(out)

@@ -184,7 +184,10 @@ def run_seed(config: str, overrides: Sequence[str], seed: int, out_dir: Path, me
     """Pipeline, export and evaluation of one seed; returns its run folder. Complete parts are skipped."""
     run = out_dir / f"seed_{seed}"
     cfg_args = ["--config", config, *overrides, f"seed={seed}", f"seeds=[{seed}]", f"out_dir={run}"]
-    if pipeline.main(cfg_args) != 0:
+    rc = pipeline.main(cfg_args)
+    if rc == EXIT_BAD_INPUT:  # the pipeline printed why (e.g. a checkpoint trained with other settings)
+        raise ACATInputError(f"the pipeline of seed {seed} refused to run (its message is above)", run)
+    if rc != 0:
         raise RuntimeError(f"the pipeline of seed {seed} failed (see {run}/run.log)")
     # Exporting is cheap and deterministic (same weights -> same files -> same sha256), so it is always
     # redone; the evaluation, which is not cheap, is kept while the bundle's sha256 is unchanged.

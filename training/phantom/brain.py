@@ -64,8 +64,10 @@ class BrainParams:
     """Every parameter the brain phantom varies. Ranges (lo, hi) are drawn uniformly per case or lesion.
 
     Attributes:
-        lesion_contrast_hu: mean hypodensity of a lesion below the local normal parenchyma, HU. 3-8 HU
-            is the subtle early ischaemic change (a few HU per hour of ischaemia); raise it for an easier task.
+        lesion_contrast_hu: mean hypodensity of a lesion below the local normal parenchyma, HU. The
+            default 15-30 HU was tuned so that the CPU baseline lands near the paper's accuracy on 600
+            cases (docs/PHANTOM.md, "Difficulty"); 3-8 HU is the subtler hyperacute change (a few HU per
+            hour of ischaemia), at which the baseline stays at chance with this data size.
         grey_white_loss: fraction by which the lesion's HU is blended towards its local mean (0 = none,
             1 = grey and white matter indistinguishable inside the lesion).
         grey_white_sigma_mm: Gaussian sigma of that local mean, mm (about a cortical ribbon and its
@@ -93,7 +95,7 @@ class BrainParams:
         class_proportions: share of none/left/right/both in a dataset (used by the dataset builder).
     """
 
-    lesion_contrast_hu: tuple[float, float] = (3.0, 8.0)
+    lesion_contrast_hu: tuple[float, float] = (15.0, 30.0)
     grey_white_loss: tuple[float, float] = (0.3, 0.8)
     grey_white_sigma_mm: float = 3.0
     lesion_edge_mm: float = 1.2
