@@ -130,6 +130,72 @@ def test_results_are_grouped_under_the_study_and_replaced_on_rerun(slicer_scene,
     assert not third.counterfactuals and third.saliency.GetName() == "Head CT test-model gradient saliency"
 
 
+def _nodeCounts(scene) -> dict:
+    """class name -> how many nodes of exactly that class the scene holds."""
+    counts = {}
+    for n in range(scene.GetNumberOfNodes()):
+        name = scene.GetNthNode(n).GetClassName()
+        counts[name] = counts.get(name, 0) + 1
+    return counts
+
+
+@pytest.mark.parametrize("sideBySide", [False, True], ids=["overlay", "side-by-side"])
+def test_rerun_with_results_shown_replaces_every_node_of_the_previous_results(slicer_scene, case, tmp_path,
+                                                                               sideBySide):
+    """Explaining the same input + model + method again while its results are shown (the saliency a
+    foreground layer of every slice view, or the counterfactual the background of the right-hand view)
+    removes every node of the previous results - data, display and storage nodes, subject-hierarchy
+    items - and nothing else: after each rerun the scene holds as many nodes of each class as after the
+    first run."""
+    scene = slicer_scene.scene
+    sh = hierarchy.subjectHierarchy(scene)
+    inputNode = case["node"]
+    inputOwned = [n.GetID() for n in hierarchy.ownedNodes(inputNode)]
+
+    def explainAndShow(n):
+        result = results.loadExplanationResults(scene, inputNode, write_output(tmp_path / f"run{n}", case))
+        for node in result.allNodes():  # as after a scene save: every storable result node has a storage node
+            if node.IsA("vtkMRMLStorableNode") and node.GetStorageNode() is None:
+                assert node.AddDefaultStorageNode()
+        # as after hiding or colouring the folder in the Data module: the folder item gets a display node
+        folderDisplay = scene.AddNewNodeByClass("vtkMRMLFolderDisplayNode", sh.GetItemName(result.folderItem))
+        sh.SetItemDataNode(result.folderItem, folderDisplay)
+        session.showResults(scene, result, session.ViewOptions(opacity=0.6, sideBySide=sideBySide))
+        return result
+
+    previous = explainAndShow(0)
+    counts, items = _nodeCounts(scene), sh.GetNumberOfItems()
+    assert counts["vtkMRMLScalarVolumeDisplayNode"] == 1 + len(previous.volumeNodes())  # input + results
+    assert counts["vtkMRMLVolumeArchetypeStorageNode"] == len(previous.volumeNodes())
+    for n in range(1, 4):
+        oldData = [node.GetID() for node in previous.allNodes()]
+        oldOwned = [o.GetID() for node in previous.allNodes() for o in hierarchy.ownedNodes(node)]
+        oldData.append(sh.GetItemDataNode(previous.folderItem).GetID())
+        oldItems = {sh.GetItemByDataNode(node) for node in previous.allNodes()} | {previous.folderItem}
+        assert len(oldOwned) > len(oldData)  # volumes have a display and a storage node, tables a storage node
+        result = explainAndShow(n)
+        now = _nodeCounts(scene)
+        changed = {c: (counts.get(c, 0), now.get(c, 0)) for c in set(counts) | set(now) if counts.get(c) != now.get(c)}
+        assert changed == {}, f"rerun {n}: (after the first run, now) per node class: {changed}"
+        assert sh.GetNumberOfItems() == items
+        assert [i for i in oldData + oldOwned if scene.GetNodeByID(i) is not None] == []
+        assert not oldItems & set(slicer.util.getSubjectHierarchyItemChildren(recursive=True))  # old items gone
+        assert hierarchy.findResultFolders(scene) == [result.folderItem]
+        # nothing else was touched: the input, its display node and its place in the study
+        assert scene.GetNodeByID(inputNode.GetID()) is inputNode
+        assert [o.GetID() for o in hierarchy.ownedNodes(inputNode)] == inputOwned
+        assert sh.GetItemParent(sh.GetItemByDataNode(inputNode)) == case["study"]
+        # and the views show the new results
+        red = layout.compositeNodeByLayoutName(scene, "Red")
+        assert red.GetBackgroundVolumeID() == inputNode.GetID()
+        assert red.GetForegroundVolumeID() == result.saliency.GetID()
+        if sideBySide:
+            yellow = layout.compositeNodeByLayoutName(scene, "Yellow")
+            assert yellow.GetBackgroundVolumeID() == result.shownCounterfactual().GetID()
+        assert result.saliency.GetDisplayNode().GetColorNode().GetName() == "PET-Heat"
+        previous = result
+
+
 def test_probability_plot_has_one_series_per_class_with_the_report_values(slicer_scene, case, tmp_path):
     scene = slicer_scene.scene
     out = write_output(tmp_path / "a", case)

@@ -47,29 +47,64 @@ def findResultFolders(scene, key: str = "") -> list[int]:
 
 def removeResultFolder(scene, folderItem: int) -> None:
     """Remove the folder, every item under it, their data nodes and the nodes those own (display and
-    storage nodes: the scene would otherwise keep them as orphans)."""
+    storage nodes: the scene would otherwise keep them as orphans).
+
+    Order matters, twice:
+
+    * the items are removed on their own (``removeDataNode`` False), then the data nodes: asked to remove
+      the data nodes as well, ``RemoveItem`` removes the nodes but moves their items to the top of the
+      hierarchy, where they stay as empty items;
+    * the data nodes go before their display and storage nodes: a volume that a slice view shows (a
+      composite node's background or foreground) gets a new default display node from the view's layer
+      logic as soon as its display node is removed, and that one would outlive the volume."""
     if not folderItem:
         return
     sh = subjectHierarchy(scene)
     children = vtk.vtkIdList()
     sh.GetItemChildren(folderItem, children, True)
-    for n in range(children.GetNumberOfIds()):
-        node = sh.GetItemDataNode(children.GetId(n))
-        if node is not None:
-            removeOwnedNodes(scene, node)
-    sh.RemoveItem(folderItem, True, True)
+    items = [folderItem] + [children.GetId(n) for n in range(children.GetNumberOfIds())]
+    # the folder's own data node, if any, is the folder display node Slicer adds to show/colour a branch
+    dataNodes = [node for node in map(sh.GetItemDataNode, items) if node is not None]
+    owned = [other for node in dataNodes for other in ownedNodes(node)]
+    sh.RemoveItem(folderItem, False, True)
+    _removeNodes(scene, dataNodes)
+    _removeNodes(scene, owned)
 
 
-def removeOwnedNodes(scene, node) -> None:
-    """Remove the display and storage nodes of ``node`` (not ``node`` itself)."""
+def ownedNodes(node) -> list:
+    """The display and storage nodes of ``node``."""
     owned = []
     if node.IsA("vtkMRMLDisplayableNode"):
         owned += [node.GetNthDisplayNode(i) for i in range(node.GetNumberOfDisplayNodes())]
     if node.IsA("vtkMRMLStorableNode"):
         owned += [node.GetNthStorageNode(i) for i in range(node.GetNumberOfStorageNodes())]
-    for other in owned:
-        if other is not None:
-            scene.RemoveNode(other)
+    return [other for other in owned if other is not None]
+
+
+def _removeNodes(scene, nodes) -> None:
+    for node in nodes:
+        if node.GetScene() is scene:  # not already removed (e.g. shared by two data nodes)
+            scene.RemoveNode(node)
+
+
+def removeNodeAndOwned(scene, node) -> None:
+    """Remove ``node``, its subject-hierarchy item (if it has one) and then its display and storage nodes
+    (in this order: see `removeResultFolder`)."""
+    owned = ownedNodes(node)
+    sh = scene.GetFirstNodeByClass("vtkMRMLSubjectHierarchyNode")  # not GetSubjectHierarchyNode: it adds one
+    item = sh.GetItemByDataNode(node) if sh is not None else 0
+    if item:
+        sh.RemoveItem(item, False, False)
+    _removeNodes(scene, [node])
+    _removeNodes(scene, owned)
+
+
+def removeOwnedNodes(scene, node) -> None:
+    """Remove the display and storage nodes of ``node`` (not ``node`` itself).
+
+    To remove a node with them use `removeNodeAndOwned`: while ``node`` is still in the scene and shown
+    in a slice view, the view makes it a new default display node right away."""
+    _removeNodes(scene, ownedNodes(node))
 
 
 def createResultFolder(scene, inputNode, modelId: str, method: str) -> int:

@@ -74,7 +74,14 @@ def showSideBySide(scene, inputNode, counterfactualNode, saliencyNode=None, opac
     else:
         node.SetViewArrangement(registerSideBySidePlotLayout(node))
         showChart(scene, chartNode)
-    views = {LEFT_VIEW: (inputNode, saliencyNode), RIGHT_VIEW: (counterfactualNode, None)}
+    setSideBySideViews(scene, inputNode, counterfactualNode, saliencyNode, opacity, orientation)
+
+
+def setSideBySideViews(scene, inputNode, counterfactualNode, saliencyNode=None, opacity: float = 0.5,
+                       orientation: str = "Axial", leftView: str = LEFT_VIEW, rightView: str = RIGHT_VIEW) -> None:
+    """Input (+ saliency) in the ``leftView`` slice view, the counterfactual alone in ``rightView``, both in
+    ``orientation``, slices linked; the layout is left as it is (the web viewer has its own layouts)."""
+    views = {leftView: (inputNode, saliencyNode), rightView: (counterfactualNode, None)}
     for name, (background, foreground) in views.items():
         sliceNode = sliceNodeByLayoutName(scene, name)
         composite = compositeNodeByLayoutName(scene, name)

@@ -16,7 +16,7 @@ import numpy as np
 
 import slicer
 
-from .hierarchy import removeOwnedNodes
+from .hierarchy import removeNodeAndOwned
 from .volume_nodes import sameGrid
 
 
@@ -59,8 +59,7 @@ def _segmentMask(segmentationNode, referenceNode, segmentId: Optional[str]) -> n
         return np.asarray(slicer.util.arrayFromVolume(labelmap)) != 0
     finally:
         # the export also made a display node and a colour table for the labelmap: remove all three
-        removeOwnedNodes(scene, labelmap)
-        scene.RemoveNode(labelmap)
+        removeNodeAndOwned(scene, labelmap)
         for node in _colorTables(scene):
             if node.GetID() not in tablesBefore:
                 scene.RemoveNode(node)
