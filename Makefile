@@ -9,8 +9,16 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.acat-installed
 DEMO_OUT ?= demo-output
+# `make demo DEMO_SERVE=0` stops after writing the files (machines without a browser)
+DEMO_SERVE ?= 1
+DEMO_PORT ?= 8080
+# Debian packages for the web viewer (`acat view`) and its browser test: offscreen rendering through Mesa's
+# EGL (libegl1 loads libegl-mesa0, which draws with llvmpipe from libgl1-mesa-dri; no display, no GPU needed),
+# Debian's chromium driven by Playwright (never a browser download), a font for the page text.
+SYSTEM_PACKAGES ?= chromium libegl1 libegl-mesa0 libgl1-mesa-dri libgl1 libopengl0 fonts-dejavu-core
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: venv data test demo clean
+.PHONY: venv data system-deps test demo clean
 
 $(STAMP): pyproject.toml Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,17 +33,34 @@ venv: $(STAMP)
 data: venv
 	$(PY) -m ACATLogic.sample_data fetch
 
+# Installs only what is missing (apt-get, with sudo unless root); on a system without dpkg it says what to install.
+system-deps:
+	@if ! command -v dpkg-query >/dev/null; then \
+	  echo "make: not a Debian/Ubuntu system: install chromium and Mesa's EGL/OpenGL libraries yourself" >&2; exit 0; fi; \
+	missing=$$(for p in $(SYSTEM_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "Installing Debian packages:" $$missing; \
+	  $(SUDO) apt-get update -qq && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi
+
 # pytest's exit code 5 ("no tests collected") is a failure here.
-test: data
+test: system-deps data
 	@$(PY) -m pytest; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
-demo: data
+# The demo case (the real head CT with a simulated left MCA infarct, as a DICOM series), explained with the
+# default bundled model (overview.png among the outputs), then shown in the web viewer.
+demo: system-deps data
 	@mkdir -p $(DEMO_OUT)
-	$(PY) -m ACATLogic.sample_data demo-series $(DEMO_OUT)/head_ct_dicom
-	$(VENV)/bin/acat info $(DEMO_OUT)/head_ct_dicom
-	$(VENV)/bin/acat convert --overwrite $(DEMO_OUT)/head_ct_dicom $(DEMO_OUT)/head_ct.nrrd
-	@echo "Demo outputs are in $(DEMO_OUT)/"
+	rm -rf $(DEMO_OUT)/phantom_case
+	$(PY) -m training.phantom.demo --out $(DEMO_OUT)/phantom_case > $(DEMO_OUT)/.demo_image
+	$(VENV)/bin/acat info "$$(cat $(DEMO_OUT)/.demo_image)"
+	$(VENV)/bin/acat explain "$$(cat $(DEMO_OUT)/.demo_image)" --out $(DEMO_OUT)/explanation --overwrite
+	@test -f $(DEMO_OUT)/explanation/overview.png
+	@echo "Demo outputs are in $(DEMO_OUT)/ (explanation/overview.png: CT, saliency, counterfactual, difference)"
+	@if [ "$(DEMO_SERVE)" != 0 ]; then \
+	  exec $(VENV)/bin/acat view "$$(cat $(DEMO_OUT)/.demo_image)" --port $(DEMO_PORT); fi
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache

@@ -142,7 +142,7 @@ def test_convert_refuses_to_overwrite_its_input(tmp_path, ctchest_path):
     assert copy.read_bytes() == ctchest_path.read_bytes()
 
 
-@pytest.mark.parametrize("command", ["info", "convert", "explain", "demo"])
+@pytest.mark.parametrize("command", ["info", "convert", "explain", "view", "demo"])
 def test_every_command_has_help_with_an_example(command):
     result = run_acat(command, "--help")
     assert result.returncode == 0

@@ -38,6 +38,22 @@ def test_logic_never_imports_training():
         assert "training" not in _imports(f), f"{f.relative_to(ROOT)} imports training"
 
 
+def test_only_the_web_viewer_imports_the_web_viewer():
+    """ACATWeb sits on top: it imports slicer, vtk, trame, ACATSlicerLib and ACATLogic; ACATLogic, training
+    and the Slicer module never import it (``acat view`` loads it by name, only when it runs), and the MRML
+    code shared by the module and the viewer (ACATSlicerLib) stays free of trame."""
+    for package in ("ACATLogic", "training", "ACATSlicer"):
+        for f in (ROOT / package).rglob("*.py"):
+            assert "ACATWeb" not in _imports(f), f"{f.relative_to(ROOT)} imports ACATWeb"
+    trame = {"trame", "trame_slicer", "trame_client", "trame_server", "trame_vuetify"}
+    for f in (ROOT / "ACATSlicer" / "ACATSlicerLib").rglob("*.py"):
+        bad = _imports(f) & trame
+        assert not bad, f"{f.relative_to(ROOT)} imports {bad}"
+    web = set().union(*(_imports(f) for f in (ROOT / "ACATWeb").rglob("*.py")))
+    assert "trame_slicer" in web and "ACATSlicerLib" in web and "training" in web  # training: the demo case
+    assert not web & {"qt", "ctk"}  # no Slicer GUI in the browser
+
+
 def test_layout_exists():
     for name in ("ACATLogic", "ACATSlicer", "Resources", "training", "Testing"):
         assert (ROOT / name).is_dir(), name
@@ -45,10 +61,10 @@ def test_layout_exists():
         assert (ROOT / name).is_file(), name
 
 
-def test_distribution_installs_both_packages_and_the_acat_script():
+def test_distribution_installs_the_packages_and_the_acat_script():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())
     assert project["project"]["scripts"]["acat"] == "ACATLogic.cli.main:main"
-    assert project["tool"]["setuptools"]["packages"]["find"]["include"] == ["ACATLogic*", "training*"]
+    assert project["tool"]["setuptools"]["packages"]["find"]["include"] == ["ACATLogic*", "ACATWeb*", "training*"]
     deps = " ".join(project["project"]["dependencies"])
     for name in ("torch", "numpy", "SimpleITK", "pydicom", "pylibjpeg-openjpeg", "safetensors", "tqdm"):
         assert name in deps

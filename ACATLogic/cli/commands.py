@@ -126,6 +126,19 @@ def convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def view(args: argparse.Namespace) -> int:
+    """``acat view``: the web viewer lives in the ACATWeb package (slicer, vtk, trame), which ACATLogic
+    never imports; it is loaded by name here, only when the command runs."""
+    import importlib
+
+    try:
+        server = importlib.import_module("ACATWeb.server")
+    except ImportError as exc:
+        raise ACATInputError(f"the web viewer is not installed ({exc}); from a checkout of the repository: "
+                             "pip install -e '.[slicer]'") from None
+    return server.run(args)
+
+
 def not_yet(args: argparse.Namespace) -> int:
     log.error("acat: %s is not available in this version yet (it arrives with the ACAT models); "
               "see README.md", args.feature)

@@ -106,6 +106,23 @@ def build_parser() -> argparse.ArgumentParser:
     _common(explain)
     explain.set_defaults(handler=commands.explain)
 
+    view = sub.add_parser(
+        "view", formatter_class=_Formatter, help="open the web viewer: Slicer views and Explain in a browser",
+        description="Start a local web app showing a CT in 3D Slicer's views (axial, coronal, sagittal, 3D)\n"
+                    "with the Explain panel: prediction, saliency overlay, counterfactual beside the original,\n"
+                    "difference map, attention masks, probability per step, results as a zip. Prints the URL.\n"
+                    "Listens on 127.0.0.1 only, unless --host says otherwise (there is no login).\n"
+                    "Needs the viewer's packages: pip install -e '.[slicer]'. Research use only.",
+        epilog="example:\n  acat view ~/scans/head_ct/            # then open http://127.0.0.1:8080/\n"
+               "  acat view --port 8090 --model Resources/Models/brain-stroke-phantom")
+    view.add_argument("input", nargs="?", help="a DICOM folder or file, NRRD or NIfTI to open at start")
+    view.add_argument("--port", type=int, default=8080, help="the port to listen on (default 8080)")
+    view.add_argument("--host", help="the address to listen on (default 127.0.0.1: this computer only; "
+                                     "0.0.0.0 lets other computers in)")
+    view.add_argument("--model", help="a model bundle folder or the id of a bundled model, selected first")
+    _common(view)
+    view.set_defaults(handler=commands.view)
+
     demo = sub.add_parser(
         "demo", formatter_class=_Formatter,
         help="run ACAT on the bundled demo case [not in this version yet]",
