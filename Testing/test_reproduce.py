@@ -106,6 +106,26 @@ def test_a_second_run_recomputes_nothing(reproduced):
     assert {p: p.stat().st_mtime_ns for p in kept} == before
 
 
+def test_acat_seeds_run_the_whole_algorithm_the_others_the_baseline(reproduced, tmp_path):
+    root, argv = reproduced
+    out = tmp_path / "table"
+    # a third seed trains its baseline only; seeds 0 and 1 are complete and are not recomputed
+    args = [a for a in argv if a not in ("0,1",)]
+    args[args.index("--seeds") + 1:args.index("--seeds") + 1] = ["0,1,2"]
+    args[args.index("--out") + 1] = str(out)
+    assert reproduce.main([*args, "--acat-seeds", "0,1"]) == 0
+    third = root / "runs" / "seed_2"
+    assert (third / "baseline" / "done.json").is_file() and not (third / "acat").exists()
+    report = json.loads((out / "reproduction.json").read_text())
+    rows = report["summary"]["classification"]
+    assert rows["baseline"]["seeds"] == [0, 1, 2] and rows["acat"]["seeds"] == [0, 1]
+    assert len(rows["baseline"]["accuracy"]["values"]) == 3 and len(rows["acat"]["accuracy"]["values"]) == 2
+    assert report["summary"]["methods"]["gradient"]["seeds"] == [0, 1]
+    text = (out / "reproduction.md").read_text()
+    assert "| Baseline | 0,1,2 |" in text and "| ACAT | 0,1 |" in text
+    assert reproduce.main([*args, "--acat-seeds", "3"]) == 2  # not a subset of --seeds
+
+
 def test_bad_arguments_fail_with_one_line(reproduced, capsys, tmp_path):
     root, _ = reproduced
     assert reproduce.main(["--config", str(root / "tiny.yaml"), "--seeds", "a", "--out", str(tmp_path)]) == 2

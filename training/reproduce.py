@@ -5,10 +5,12 @@
     python -m training.reproduce --config training/configs/brain_cpu.yaml --seeds 0,1,2 \\
         data.path=data/phantom/brain/manifest.csv out_dir=runs/brain-cpu --out docs/results/brain
 
-For each seed N: Algorithm 1 (`training.pipeline`, run folder ``<out_dir>/seed_N``, finished stages
-skipped), the run exported to ``<out_dir>/seed_N/bundle`` (`training.export`) and evaluated on the
+For each seed N of ``--acat-seeds`` (default: every seed): Algorithm 1 (`training.pipeline`, run folder
+``<out_dir>/seed_N``, finished stages skipped), the run exported to ``<out_dir>/seed_N/bundle`` (`training.export`) and evaluated on the
 held-out test split with every saliency method (`training.evaluate`, ``<out_dir>/seed_N/evaluation``;
-kept while the bundle's sha256 is unchanged). Then, over the seeds (mean ± standard error):
+kept while the bundle's sha256 is unchanged). The other seeds train the baseline only (the saliency
+stage is the costly one: on a 2-core CPU it takes about 20 minutes for 600 brain scans). Then, over
+the seeds that have each number (mean ± standard error):
 
 * classification (paper Tables 1 and 2): baseline vs ACAT accuracy on the test split, from each stage's
   ``test_predictions.csv`` joined with the manifest: accuracy by lesion size class for the brain task,
@@ -41,7 +43,7 @@ import numpy as np
 import torch
 
 from ACATLogic import __version__ as acat_version
-from ACATLogic.bundle import load_bundle, read_card, sha256_file
+from ACATLogic.bundle import load_bundle, sha256_file
 from ACATLogic.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_OK, ACATInputError
 from ACATLogic.io.atomic import atomic_path
 from ACATLogic.metrics import classification_metrics, mean_and_sem
@@ -50,12 +52,15 @@ from . import evaluate as evaluate_cli
 from . import export as export_cli
 from . import pipeline
 from .config import load_config
+from .export import BUNDLE_TASK
+from .phantom.common import BRAIN_LABELS, LUNG_LABELS
 from .phantom.io import read_manifest
 
 PROG = "python -m training.reproduce"
 NOTICE = "SIMULATED phantom benchmark"
 DEFAULT_METHODS = "counterfactual,latent-shift,gradient,gradcam,integrated-gradients"
 MODELS = {"baseline": "Baseline", "acat": "ACAT"}
+LABELS = {"brain_stroke": BRAIN_LABELS, "lung_covid": LUNG_LABELS}
 
 
 def _json_safe(value):
@@ -76,11 +81,12 @@ def read_predictions(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def seed_classification(run: Path, manifest: Path, class_names: Sequence[str], group_column: Optional[str]) -> dict:
-    """{model: classification_metrics(...)} of the baseline and ACAT stages of one seed's run folder."""
+def seed_classification(run: Path, manifest: Path, class_names: Sequence[str], group_column: Optional[str],
+                        models: Sequence[str] = tuple(MODELS)) -> dict:
+    """{model: classification_metrics(...)} of the baseline (and ACAT) stages of one seed's run folder."""
     rows = {r["case_id"]: r for r in read_manifest(manifest)}
     out = {}
-    for model in MODELS:
+    for model in models:
         preds = read_predictions(run / model / "test_predictions.csv")
         missing = [p["case_id"] for p in preds if p["case_id"] not in rows]
         if missing:
@@ -99,11 +105,14 @@ def _stat(values: Sequence[float]) -> dict:
 
 
 def summarise(per_seed: list[dict], task: str) -> dict:
-    """Mean ± SEM over seeds of every number the tables show."""
+    """Mean ± SEM over seeds of every number the tables show (each over the seeds that have it)."""
     classification: dict = {}
     for model in MODELS:
-        results = [s["classification"][model] for s in per_seed]
-        row = {"accuracy": _stat([r["accuracy"] for r in results])}
+        results = [s["classification"][model] for s in per_seed if model in s["classification"]]
+        if not results:
+            continue
+        row = {"seeds": [s["seed"] for s in per_seed if model in s["classification"]],
+               "accuracy": _stat([r["accuracy"] for r in results])}
         if task == "lung_covid":
             row["sensitivity"] = _stat([r["sensitivity"] for r in results])
             row["specificity"] = _stat([r["specificity"] for r in results])
@@ -114,10 +123,11 @@ def summarise(per_seed: list[dict], task: str) -> dict:
             c: _stat([r["per_class_accuracy"][c] for r in results]) for c in results[0]["per_class_accuracy"]}
         classification[model] = row
     methods: dict = {}
-    for method in per_seed[0]["evaluation"]["methods"]:
-        rows = [s["evaluation"]["methods"][method] for s in per_seed]
-        entry = {"hit_score": _stat([r["hit_score"] for r in rows]), "iou": _stat([r["mean_iou"] for r in rows]),
-                 "dice": _stat([r["mean_dice"] for r in rows]),
+    evaluated = [s for s in per_seed if s.get("evaluation")]
+    for method in (evaluated[0]["evaluation"]["methods"] if evaluated else {}):
+        rows = [s["evaluation"]["methods"][method] for s in evaluated]
+        entry = {"seeds": [s["seed"] for s in evaluated], "hit_score": _stat([r["hit_score"] for r in rows]),
+                 "iou": _stat([r["mean_iou"] for r in rows]), "dice": _stat([r["mean_dice"] for r in rows]),
                  "time_per_scan_s": _stat([r["time_per_scan_s"] for r in rows])}
         if "counterfactual" in rows[0]:
             cf = [r["counterfactual"] for r in rows]
@@ -144,18 +154,20 @@ def render_markdown(report: dict) -> str:
              f"- command: `{report['command']}`", f"- date: {report['date']}",
              f"- versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items()),
              f"- data: `{report['manifest']}` (sha256 {report['manifest_sha256'][:12]}…), held-out test split "
-             f"of {report['n_test']} scans; seeds {', '.join(map(str, report['seeds']))}; mean ± standard error "
-             "over seeds", ""]
+             f"of {report['n_test']} scans; mean ± standard error over the seeds of each row (one seed: no "
+             "error)", ""]
     lines += ["## Classification (test split)", ""]
     groups = sorted({g for m in s["classification"].values() for g in m["accuracy_by_group"]})
-    head = ["model", "accuracy"]
+    head = ["model", "seeds", "accuracy"]
     if task == "lung_covid":
         head += ["sensitivity", "specificity"]
     head += [f"acc. {g}" for g in groups]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for model, name in MODELS.items():
-        row = s["classification"][model]
-        cells = [name, _fmt(row["accuracy"])]
+        row = s["classification"].get(model)
+        if row is None:
+            continue
+        cells = [name, ",".join(map(str, row["seeds"])), _fmt(row["accuracy"])]
         if task == "lung_covid":
             cells += [_fmt(row["sensitivity"]), _fmt(row["specificity"])]
         cells += [_fmt(row["accuracy_by_group"].get(g, {"mean": math.nan, "sem": math.nan})) for g in groups]
@@ -163,8 +175,9 @@ def render_markdown(report: dict) -> str:
     if groups:
         column = report.get("group_column")
         lines += ["", f"Accuracy by `{column}` counts each scan with a lesion of that class (paper Table 1)."]
-    lines += ["", "## Saliency localisation (test split, the baseline explained)", "",
-              "| method | hit score | IoU | Dice | counterfactual success | steps to success | time / scan (s) |",
+    seeds = next(iter(s["methods"].values()), {}).get("seeds", [])
+    lines += ["", f"## Saliency localisation (test split, the baseline explained; seeds {','.join(map(str, seeds))})",
+              "", "| method | hit score | IoU | Dice | counterfactual success | steps to success | time / scan (s) |",
               "|---|---|---|---|---|---|---|"]
     for method, row in s["methods"].items():
         cells = [evaluate_cli.DISPLAY_NAMES.get(method, method), _fmt(row["hit_score"]), _fmt(row["iou"]),
@@ -179,16 +192,29 @@ def render_markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
-def run_seed(config: str, overrides: Sequence[str], seed: int, out_dir: Path, methods: str,
-             eval_limit: Optional[int], coverage: str) -> Path:
-    """Pipeline, export and evaluation of one seed; returns its run folder. Complete parts are skipped."""
-    run = out_dir / f"seed_{seed}"
+def _pipeline(config: str, overrides: Sequence[str], seed: int, run: Path, stages: Sequence[str] = ()) -> None:
     cfg_args = ["--config", config, *overrides, f"seed={seed}", f"seeds=[{seed}]", f"out_dir={run}"]
+    if stages:
+        cfg_args += ["--stages", ",".join(stages)]
     rc = pipeline.main(cfg_args)
     if rc == EXIT_BAD_INPUT:  # the pipeline printed why (e.g. a checkpoint trained with other settings)
         raise ACATInputError(f"the pipeline of seed {seed} refused to run (its message is above)", run)
     if rc != 0:
         raise RuntimeError(f"the pipeline of seed {seed} failed (see {run}/run.log)")
+
+
+def run_baseline(config: str, overrides: Sequence[str], seed: int, out_dir: Path) -> Path:
+    """The baseline stage only of one seed (skipped when complete); returns its run folder."""
+    run = out_dir / f"seed_{seed}"
+    _pipeline(config, overrides, seed, run, stages=("baseline",))
+    return run
+
+
+def run_seed(config: str, overrides: Sequence[str], seed: int, out_dir: Path, methods: str,
+             eval_limit: Optional[int], coverage: str) -> Path:
+    """Pipeline, export and evaluation of one seed; returns its run folder. Complete parts are skipped."""
+    run = out_dir / f"seed_{seed}"
+    _pipeline(config, overrides, seed, run)
     # Exporting is cheap and deterministic (same weights -> same files -> same sha256), so it is always
     # redone; the evaluation, which is not cheap, is kept while the bundle's sha256 is unchanged.
     bundle = run / "bundle"
@@ -207,32 +233,44 @@ def run_seed(config: str, overrides: Sequence[str], seed: int, out_dir: Path, me
 
 
 def reproduce(config: str, overrides: Sequence[str], seeds: Sequence[int], out: Path, *, methods: str,
-              eval_limit: Optional[int] = None, coverage: str = "sampled", command: str = "") -> dict:
+              eval_limit: Optional[int] = None, coverage: str = "sampled", command: str = "",
+              acat_seeds: Optional[Sequence[int]] = None) -> dict:
+    """``seeds``: every seed trains the baseline; ``acat_seeds`` (default: all of them) also run the rest
+    of Algorithm 1 (autoencoder, saliency maps, ACAT) and the saliency evaluation."""
     cfg = load_config(config, overrides)  # validates the config and overrides before any work
     if cfg.data.source != "phantom":
         raise ACATInputError("the reproduction table needs a phantom manifest (data.source=phantom): the "
                              "localisation metrics need lesion masks", cfg.data.path)
+    acat_seeds = list(seeds) if acat_seeds is None else list(acat_seeds)
+    if not acat_seeds or any(s not in seeds for s in acat_seeds):
+        raise ACATInputError("--acat-seeds must be a non-empty subset of --seeds")
     manifest = Path(cfg.data.path)
     out_dir = Path(cfg.out_dir)
+    task = BUNDLE_TASK[cfg.data.task]
+    labels = list(LABELS[task])
+    group_column = evaluate_cli.GROUP_COLUMN.get(task)
     per_seed = []
-    task = labels = None
     for seed in seeds:
-        run = run_seed(config, overrides, seed, out_dir, methods, eval_limit, coverage)
-        card = read_card(run / "bundle")
-        task, labels = card["task"], card["labels"]
-        evaluation = json.loads((run / "evaluation" / "metrics.json").read_text())
-        per_seed.append({"seed": seed, "run": str(run), "bundle_sha256": evaluation["bundle"]["sha256"],
-                         "classification": seed_classification(run, manifest, labels,
-                                                               evaluate_cli.GROUP_COLUMN.get(task)),
-                         "evaluation": {"methods": evaluation["methods"], "n_cases": evaluation["dataset"]["n_cases"],
-                                        "settings": evaluation["settings"]}})
+        if seed in acat_seeds:
+            run = run_seed(config, overrides, seed, out_dir, methods, eval_limit, coverage)
+            evaluation = json.loads((run / "evaluation" / "metrics.json").read_text())
+            per_seed.append({"seed": seed, "run": str(run), "bundle_sha256": evaluation["bundle"]["sha256"],
+                             "classification": seed_classification(run, manifest, labels, group_column),
+                             "evaluation": {"methods": evaluation["methods"],
+                                            "n_cases": evaluation["dataset"]["n_cases"],
+                                            "settings": evaluation["settings"]}})
+        else:
+            run = run_baseline(config, overrides, seed, out_dir)
+            per_seed.append({"seed": seed, "run": str(run),
+                             "classification": seed_classification(run, manifest, labels, group_column,
+                                                                   models=("baseline",))})
     report = {"benchmark": NOTICE, "task": task, "labels": labels, "command": command,
               "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "versions": {"acat": acat_version, "torch": torch.__version__, "python": platform.python_version(),
                            "numpy": np.__version__},
               "manifest": str(manifest), "manifest_sha256": sha256_file(manifest), "seeds": list(seeds),
-              "group_column": evaluate_cli.GROUP_COLUMN.get(task),
-              "n_test": per_seed[0]["classification"]["acat"]["n"],
+              "acat_seeds": acat_seeds, "group_column": group_column,
+              "n_test": per_seed[0]["classification"]["baseline"]["n"],
               "summary": summarise(per_seed, task), "per_seed": per_seed}
     report = _json_safe(report)
     out.mkdir(parents=True, exist_ok=True)
@@ -248,6 +286,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", required=True, help="YAML config (training/configs/*_cpu.yaml)")
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds (default 0,1,2)")
+    parser.add_argument("--acat-seeds", help="the seeds that also run the autoencoder, saliency and ACAT stages and "
+                        "the saliency evaluation (default: every seed; the others train the baseline only)")
     parser.add_argument("--out", required=True, help="folder for reproduction.json and reproduction.md")
     parser.add_argument("--methods", default=DEFAULT_METHODS, help=f"saliency methods (default {DEFAULT_METHODS})")
     parser.add_argument("--eval-limit", type=int, help="evaluate only the first N test scans")
@@ -258,6 +298,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_intermixed_args(argv)
     try:
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+        acat_seeds = None if args.acat_seeds is None else [int(s) for s in args.acat_seeds.split(",") if s.strip()]
     except ValueError:
         seeds = []
     if not seeds:
@@ -265,7 +306,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return EXIT_BAD_INPUT
     try:
         report = reproduce(args.config, args.overrides, seeds, Path(args.out), methods=args.methods,
-                           eval_limit=args.eval_limit, coverage=args.coverage, command=f"{PROG} {shlex.join(argv)}")
+                           eval_limit=args.eval_limit, coverage=args.coverage, command=f"{PROG} {shlex.join(argv)}",
+                           acat_seeds=acat_seeds)
     except ACATInputError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
