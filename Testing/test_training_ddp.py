@@ -85,7 +85,9 @@ def test_saliency_stage_shards_scans_across_processes(runs):
     for chunk in chunks:
         mine, theirs = np.load(chunk), np.load(runs["sal"] / "saliency" / "maps" / chunk.name)
         assert mine.shape == theirs.shape
-        assert np.abs(mine - theirs).max() < 1e-4  # every scan's map landed in its own row
+        # every scan's map landed in its own row (a misplaced map differs by O(0.1)); the two runs batch
+        # the scans differently, and oneDNN's channels-last kernels round differently per batch shape
+        assert np.abs(mine - theirs).max() < 1e-3
     done = json.loads((runs["sal"] / "saliency" / "done.json").read_text())
     assert done["world_size"] == 2 and done["fingerprint"]["inputs"] == json.loads(
         (runs["one"] / "saliency" / "done.json").read_text())["fingerprint"]["inputs"]
