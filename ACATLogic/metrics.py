@@ -158,8 +158,16 @@ def argmax_voxel(saliency: np.ndarray) -> tuple[int, ...]:
     return tuple(int(i) for i in np.unravel_index(flat, s.shape))
 
 
-def saliency_hit(saliency: np.ndarray, territory_map: np.ndarray, lesion_territory_ids: Iterable[int]) -> bool:
+def saliency_hit(saliency: np.ndarray, territory_map: np.ndarray, lesion_territory_ids: Iterable[int], *,
+                 within_territories: bool = True) -> bool:
     """Paper Sec. 4.4: a hit when the saliency maximum lies in one of the scan's lesion territories.
+
+    The paper localises the lesion "out of 6 possible regions": the map's answer is the territory that
+    holds its maximum. With ``within_territories`` (the default) the maximum is therefore taken over the
+    voxels of the six territories (the brain parenchyma), which is what the paper's brain-only maps
+    cover; a map on the whole head would otherwise be scored on the skull base or the scalp, which are
+    not among the answers. ``within_territories=False`` takes the maximum over the whole volume (a map
+    peaking outside every territory is then a miss).
 
     Args:
         saliency: (K, J, I) saliency map on the scan's grid.
@@ -168,9 +176,9 @@ def saliency_hit(saliency: np.ndarray, territory_map: np.ndarray, lesion_territo
         lesion_territory_ids: the territories that hold a lesion of this scan. Must not be empty: only
             scans with a lesion are scored (a scan without one has nothing to hit).
 
-    Ties for the maximum go to the first voxel in C order (`argmax_voxel`): the result is deterministic,
-    and a flat map (all equal) is then scored on voxel (0, 0, 0), which is outside the brain - a miss,
-    as it should be for a map that points nowhere.
+    Ties for the maximum go to the first voxel in C order (`argmax_voxel`): the result is deterministic.
+    A flat map then "points" at the first candidate voxel: outside the brain (a miss) over the whole
+    volume, and the first territory in C order within the territories (a hit only by chance).
     """
     ids = {int(t) for t in lesion_territory_ids}
     if not ids:
@@ -178,6 +186,13 @@ def saliency_hit(saliency: np.ndarray, territory_map: np.ndarray, lesion_territo
     s = np.asarray(saliency)
     territories = np.asarray(territory_map)
     _same_shape(s, territories, "saliency vs territory map")
+    if within_territories:
+        inside = territories > 0
+        if not inside.any():
+            raise ValueError("the territory map has no territory voxel")
+        s = np.where(inside, np.asarray(s, dtype=np.float64), np.nan)
+        if np.isnan(s[inside]).all():
+            return False  # nothing to point with
     return int(territories[argmax_voxel(s)]) in ids
 
 

@@ -112,6 +112,18 @@ def test_saliency_hit_ties_go_to_the_first_voxel_in_c_order():
     assert argmax_voxel(saliency) == (1, 1, 1)
 
 
+def test_saliency_hit_takes_the_maximum_over_the_six_territories_by_default():
+    saliency = np.zeros((3, 3, 3), np.float32)
+    saliency[2, 1, 1] = 1.0  # the global maximum, outside every territory (slice 2)
+    saliency[0, 1, 2] = 0.4  # the maximum within the territories: territory 1
+    saliency[1, 0, 0] = 0.3  # territory 2
+    assert saliency_hit(saliency, _territories_3x3x3(), [1]) is True
+    assert saliency_hit(saliency, _territories_3x3x3(), [2]) is False
+    assert saliency_hit(saliency, _territories_3x3x3(), [1], within_territories=False) is False  # whole volume
+    with pytest.raises(ValueError, match="no territory voxel"):
+        saliency_hit(saliency, np.zeros((3, 3, 3), np.uint8), [1])
+
+
 def test_saliency_hit_rejects_scans_without_a_lesion_and_grid_mismatch():
     with pytest.raises(ValueError, match="no lesion"):
         saliency_hit(np.ones((3, 3, 3)), _territories_3x3x3(), [])

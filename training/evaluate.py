@@ -10,8 +10,9 @@ order), the `Explainer` runs once per method; the first run's prediction is the 
 method shares the classifier). Per case and method it records the paper's measures
 (`ACATLogic.metrics`):
 
-* hit (Sec. 4.4): is the saliency maximum inside one of the lesion territories (brain scans with a
-  lesion and a territory map; lung scans have no territories and get none);
+* hit (Sec. 4.4): does the territory holding the saliency maximum - taken over the six territories,
+  the paper's "6 possible regions" - hold a lesion (brain scans with a lesion and a territory map;
+  lung scans have no territories and get none);
 * IoU / Dice (Appendix H): the top-n saliency voxels against the lesion mask, n = lesion voxel count;
 * counterfactual quality (Fig. 5, method ``counterfactual`` only): towards the healthy class 0, for
   scans with a lesion that the model did not already call healthy (pushing a "healthy" prediction
@@ -70,6 +71,8 @@ DISPLAY_NAMES = {"counterfactual": "ACAT counterfactual", "latent_shift": "Laten
 #: the manifest column whose values group the accuracy (paper Table 1: lesion size class for the brain)
 GROUP_COLUMN = {"brain_stroke": "size_class", "lung_covid": "severity"}
 TERRITORY_IDS = {name: tid for tid, name in TERRITORIES.items()}
+#: how a hit is scored (recorded with the results; `ACATLogic.metrics.saliency_hit`)
+HIT_RULE = "the saliency maximum over the six territories lies in a lesion territory"
 
 
 def parse_methods(methods: Union[str, Sequence[str]]) -> list[str]:
@@ -378,7 +381,7 @@ def evaluate(bundle_path, manifest_path, methods: Union[str, Sequence[str]], out
                    "path": str(bundle_folder), "labels": bundle.labels, "sha256": bundle.sha256()},
         "dataset": {"manifest": str(manifest_path), "manifest_sha256": sha256_file(manifest_path), "split": split,
                     "limit": limit, "n_cases": len(cases)},
-        "settings": {"methods": methods, "device": str(explainer.device), "coverage": coverage,
+        "settings": {"methods": methods, "device": str(explainer.device), "coverage": coverage, "hit": HIT_RULE,
                      "steps": effective_steps, "success_probability": SUCCESS_PROBABILITY, "warmup": True},
         **summary,
         "cases": cases,

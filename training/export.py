@@ -50,7 +50,18 @@ def card_metrics(run: RunFolder, roles: dict[str, str]) -> list[dict]:
     return metrics
 
 
-def render_model_readme(card: dict, export_command: str = "") -> str:
+def dataset_command(manifest_path) -> str:
+    """The command that built a phantom dataset (its manifest.json), or "" for other data."""
+    import json
+
+    description = Path(manifest_path).with_name("manifest.json")
+    try:
+        return str(json.loads(description.read_text(encoding="utf-8")).get("command", ""))
+    except (OSError, ValueError):
+        return ""
+
+
+def render_model_readme(card: dict, export_command: str = "", data_command: str = "") -> str:
     """The bundle's model card in words (README.md): what it is, on what data, how well, made how."""
     spec = card["input"]
     lines = [f"# {card['id']} (version {card['version']})", "",
@@ -66,7 +77,8 @@ def render_model_readme(card: dict, export_command: str = "") -> str:
              "## Metrics", "", "| model | split | metric | value |", "|---|---|---|---|"]
     for m in card["metrics"]:
         lines.append(f"| {m['model']} | {m['split']} | {m['name']} | {m['value']:.4f} |")
-    commands = list(dict.fromkeys(m["command"] for m in card["metrics"] if m.get("command")))
+    commands = ([data_command] if data_command else []) + list(
+        dict.fromkeys(m["command"] for m in card["metrics"] if m.get("command")))
     if export_command:
         commands.append(export_command)
     lines += ["", "## Commands that produced it", "", "```sh", *commands, "```", "",
@@ -114,7 +126,8 @@ def export(run_dir, out, *, bundle_id: Optional[str] = None, version: str = "0.1
                 spec=spec, training_data=training_data, metrics=card_metrics(run, roles), licence=licence,
                 explanation=explanation, description=description, overwrite=overwrite)
     bundle = load_bundle(out)  # refuse to report success for a bundle the application could not open
-    atomic_write_text(Path(out) / "README.md", render_model_readme(bundle.card, command or ""))
+    atomic_write_text(Path(out) / "README.md",
+                      render_model_readme(bundle.card, command or "", dataset_command(source["path"])))
     if command:
         run.record_command(command, "export")
     return Path(out)
