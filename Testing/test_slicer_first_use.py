@@ -241,3 +241,18 @@ def test_selftest_cancel_checks_pass_on_the_sample_data_case(sample_case, tmp_pa
     controller, volume, _ = sample_case
     slow = ExplainSettings(model=str(makeTinyBundle(tmp_path / "slow", steps=5000)), device="cpu")
     assert selftest.cancelProblems(controller, volume, slow, pause=lambda: time.sleep(1.0)) == []
+
+
+def test_a_bundled_model_added_again_by_its_path_is_offered_once(slicer_scene, tmp_path, monkeypatch):
+    models_dir = tmp_path / "models"
+    bundled = make_random_bundle(models_dir / "brain-stroke-phantom", size=32, slices=3)
+    other = make_random_bundle(tmp_path / "mine" / "other", size=32, slices=3, seed=1)
+    monkeypatch.setenv("ACAT_MODELS_DIR", str(models_dir))
+    controller = ExplainController(slicer_scene.scene, workRoot=tmp_path)
+    before = [c.path for c in controller.modelChoices()]
+    assert str(bundled) in before
+    again = controller.addModel(models_dir / "." / "brain-stroke-phantom")  # the same folder, spelled differently
+    assert again.path == str(bundled)
+    assert [c.path for c in controller.modelChoices()] == before
+    controller.addModel(other)
+    assert [c.path for c in controller.modelChoices()] == before + [str(other)]

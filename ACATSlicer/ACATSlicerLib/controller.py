@@ -34,13 +34,23 @@ class ExplainController:
 
     # -- models ------------------------------------------------------------------------------------
     def modelChoices(self) -> list:
-        return models.bundledModels() + list(self.addedModels)
+        """The bundled models, then the added ones; a folder offered twice (a bundled model added again
+        by its path) appears once."""
+        choices, seen = [], set()
+        for choice in models.bundledModels() + list(self.addedModels):
+            key = str(Path(choice.path).resolve())
+            if key not in seen:
+                seen.add(key)
+                choices.append(choice)
+        return choices
 
     def addModel(self, folder) -> models.ModelChoice:
-        """Verify a bundle folder (card, sha256, tensor shapes) and offer it; raises if it is invalid."""
+        """Verify a bundle folder (card, sha256, tensor shapes) and offer it; raises if it is invalid.
+        Returns the choice as `modelChoices` lists it (the bundled entry when the folder is bundled)."""
         choice = models.verifyBundle(folder)
-        self.addedModels = [m for m in self.addedModels if m.path != choice.path] + [choice]
-        return choice
+        key = str(Path(choice.path).resolve())
+        self.addedModels = [m for m in self.addedModels if str(Path(m.path).resolve()) != key] + [choice]
+        return next(c for c in self.modelChoices() if str(Path(c.path).resolve()) == key)
 
     # -- explain -----------------------------------------------------------------------------------
     @property
