@@ -1,0 +1,73 @@
+"""The models the extension ships (Resources/Models): valid bundles, trained by training/, and right.
+
+The brain bundle is run for real through `acat explain` on phantom DICOM series (a large simulated MCA
+infarct on the real Cranium anatomy, `training.phantom.demo`): it must name the lesion's side, and the
+saliency maximum must lie in the lesion's territory (the paper's hit, Sec. 4.4).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ACATLogic.bundle import DEFAULT_MODEL, load_bundle, read_card, resolve_model
+from ACATLogic.io.read import read_volume
+from ACATLogic.metrics import saliency_hit
+from training.evaluate import TERRITORY_IDS
+from training.phantom.demo import write_demo_case
+from training.phantom.io import load_case
+
+from conftest import run_acat
+
+MODELS = Path(__file__).resolve().parents[1] / "Resources" / "Models"
+SHIPPED = {"brain-stroke-phantom": ("brain_stroke", ["none", "left", "right", "both"]),
+           "lung-covid-phantom": ("lung_covid", ["normal", "covid19"])}
+
+
+@pytest.mark.parametrize("bundle_id", sorted(SHIPPED))
+def test_shipped_bundles_are_valid_small_and_documented(bundle_id):
+    folder = MODELS / bundle_id
+    bundle = load_bundle(folder)  # sha256, names and shapes checked
+    task, labels = SHIPPED[bundle_id]
+    assert bundle.card["task"] == task and bundle.labels == labels
+    assert set(bundle.models) == {"baseline", "autoencoder", "acat"}
+    for entry in bundle.card["models"].values():
+        assert (folder / entry["weights"]).stat().st_size < 5 * 2 ** 20  # small enough for git
+    card = read_card(folder)
+    assert "SIMULATED" in card["training_data"] or "phantom" in card["training_data"]
+    tests = {(m["model"], m["name"]): m for m in card["metrics"] if m["split"] == "test"}
+    for role in ("baseline", "acat"):
+        assert 0 <= tests[(role, "accuracy")]["value"] <= 1
+        assert tests[(role, "accuracy")]["command"].startswith("python -m training.")
+    assert (folder / "README.md").is_file()  # the model card in words, with the commands
+
+
+def test_the_default_model_is_the_shipped_brain_bundle(monkeypatch):
+    monkeypatch.delenv("ACAT_MODELS_DIR", raising=False)
+    assert resolve_model(None) == MODELS / DEFAULT_MODEL
+
+
+@pytest.fixture(scope="module")
+def demo_cases(tmp_path_factory):
+    root = tmp_path_factory.mktemp("demo")
+    return {side: write_demo_case(root / side, side=side) for side in ("left", "right")}
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_acat_explain_names_the_side_and_finds_the_territory(demo_cases, side, tmp_path):
+    row = demo_cases[side]
+    out = tmp_path / "out"
+    result = run_acat("explain", row["image_path"], "--out", str(out))  # default model, default method
+    assert result.returncode == 0, result.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert report["model"]["id"] == DEFAULT_MODEL
+    assert report["prediction"] == side, report["probabilities"]
+    case = load_case(Path(row["manifest"]), row)
+    saliency = read_volume(out / "saliency.nrrd")
+    assert saliency.voxels_hu.shape == case.volume.voxels_hu.shape
+    np.testing.assert_allclose(saliency.origin_mm, case.volume.origin_mm, atol=1e-3)
+    territory = TERRITORY_IDS[f"MCA_{side}"]
+    assert saliency_hit(saliency.voxels_hu, case.territory_map, [territory])
