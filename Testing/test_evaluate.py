@@ -14,7 +14,7 @@ from ACATLogic.bundle import load_bundle
 from ACATLogic.volume import CTVolume
 from ACATLogic.explain import Explainer
 from ACATLogic.metrics import counterfactual_success, iou_dice, saliency_hit
-from training.evaluate import DISPLAY_NAMES, NOTICE, counterfactual_quality, evaluate, main, parse_methods
+from training.evaluate import DISPLAY_NAMES, HIT_RULE, NOTICE, counterfactual_quality, evaluate, main, parse_methods
 from training.phantom.common import BRAIN_LABELS, TERRITORIES, PhantomCase
 from training.phantom.io import load_case, read_manifest, write_case, write_manifest
 
@@ -102,7 +102,7 @@ def test_metrics_json_is_the_report_and_self_consistent(report, dataset, bundle)
     assert result["dataset"]["n_cases"] == 3 and result["dataset"]["manifest"] == str(dataset)
     assert result["settings"] == {"methods": ["counterfactual", "latent_shift", "gradient", "gradcam",
                                               "integrated_gradients"], "device": "cpu", "coverage": "sampled",
-                                  "steps": 2, "success_probability": 0.2, "warmup": True}
+                                  "steps": 2, "success_probability": 0.2, "warmup": True, "hit": HIT_RULE}
     cases = result["cases"]
     assert [c["case_id"] for c in cases] == ["case-a", "case-b", "case-c"]  # the train case is left out
     assert [c["has_lesion"] for c in cases] == [True, True, False]
