@@ -80,5 +80,8 @@ def localisationScore(saliencyNode, maskNode, referenceNode=None, segmentId: Opt
     if voxels == 0:
         return {"hit": None, "iou": math.nan, "dice": math.nan, "lesionVoxels": 0}
     iou, dice = iou_dice(saliency, mask)
-    return {"hit": bool(saliency_hit(saliency, mask.astype(np.int32), [1])), "iou": float(iou),
+    # the lesion mask is the only "territory" here: the hit asks whether the map's maximum over the whole
+    # volume falls in the lesion (a maximum taken within the mask would always be a hit)
+    hit = saliency_hit(saliency, mask.astype(np.int32), [1], within_territories=False)
+    return {"hit": bool(hit), "iou": float(iou),
             "dice": float(dice), "lesionVoxels": voxels}
