@@ -18,7 +18,7 @@ DEMO_PORT ?= 8080
 SYSTEM_PACKAGES ?= chromium libegl1 libegl-mesa0 libgl1-mesa-dri libgl1 libopengl0 fonts-dejavu-core
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: venv data system-deps test demo clean
+.PHONY: venv data system-deps test demo bench fuzz clean
 
 $(STAMP): pyproject.toml Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -62,5 +62,16 @@ demo: system-deps data
 	@if [ "$(DEMO_SERVE)" != 0 ]; then \
 	  exec $(VENV)/bin/acat view "$$(cat $(DEMO_OUT)/.demo_image)" --port $(DEMO_PORT); fi
 
+# Performance benchmark (docs/BENCHMARKS.md): prints a markdown table, writes JSON to $(BENCH_OUT).
+BENCH_OUT ?= bench-output
+BENCH_ARGS ?=
+bench: venv data
+	$(PY) Testing/benchmarks/run_benchmarks.py --out $(BENCH_OUT) $(BENCH_ARGS)
+
+# Fuzzers over the DICOM/NRRD readers and the model-card parser, for a bounded time (docs/RELIABILITY.md).
+FUZZ_SECONDS ?= 120
+fuzz: venv data
+	$(PY) Testing/fuzz/run_fuzz.py --seconds $(FUZZ_SECONDS)
+
 clean:
-	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache
+	rm -rf $(VENV) $(DEMO_OUT) $(BENCH_OUT) .pytest_cache
