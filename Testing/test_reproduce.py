@@ -83,24 +83,30 @@ def test_tables_hold_the_per_seed_numbers(reproduced, manifest):
             assert row["accuracy_by_group"][size]["values"] == pytest.approx(values)
 
     methods = report["summary"]["methods"]
-    assert list(methods) == ["counterfactual", "gradient"]
+    assert list(methods) == ["counterfactual", "gradient", "counterfactual_acat_classifier"]
     for method, entry in methods.items():
-        per_seed = [json.loads((root / "runs" / f"seed_{s}" / "evaluation" / "metrics.json").read_text())
-                    for s in (0, 1)]
-        assert entry["hit_score"]["values"] == pytest.approx([p["methods"][method]["hit_score"] for p in per_seed])
+        folder, name = (("evaluation_acat_classifier", "counterfactual") if method == "counterfactual_acat_classifier"
+                        else ("evaluation", method))
+        per_seed = [json.loads((root / "runs" / f"seed_{s}" / folder / "metrics.json").read_text()) for s in (0, 1)]
+        assert entry["hit_score"]["values"] == pytest.approx([p["methods"][name]["hit_score"] for p in per_seed])
+        assert entry["iou"]["values"] == pytest.approx([p["methods"][name]["mean_iou"] for p in per_seed])
         assert 0 <= entry["hit_score"]["mean"] <= 1
+        assert [p["settings"]["saliency_classifier"] for p in per_seed] == (
+            ["acat"] * 2 if folder == "evaluation_acat_classifier" else ["baseline"] * 2)
     assert "success_rate" in methods["counterfactual"] and "success_rate" not in methods["gradient"]
+    assert "success_rate" in methods["counterfactual_acat_classifier"]
 
     text = (root / "table" / "reproduction.md").read_text()
     assert "SIMULATED" in text and "python -m training.reproduce" in text
     assert "| Baseline |" in text and "| ACAT |" in text and "| ACAT counterfactual |" in text
+    assert "| ACAT counterfactual, explaining the ACAT classifier (Sec. 4.4) |" in text
     assert "acc. IS-3" in text
 
 
 def test_a_second_run_recomputes_nothing(reproduced):
     root, argv = reproduced
     kept = [p for p in (root / "runs").rglob("*") if p.name in ("model.safetensors", "metrics.json")]
-    assert len(kept) == 2 * (3 + 1)  # per seed: three trained models and one evaluation
+    assert len(kept) == 2 * (3 + 2)  # per seed: three trained models and two evaluations
     before = {p: p.stat().st_mtime_ns for p in kept}
     assert reproduce.main(argv) == 0
     assert {p: p.stat().st_mtime_ns for p in kept} == before

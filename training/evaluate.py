@@ -91,13 +91,14 @@ def parse_methods(methods: Union[str, Sequence[str]]) -> list[str]:
 
 
 def command_line(bundle_path, manifest_path, methods: Sequence[str], out_dir, split: str, limit: Optional[int],
-                 device: str, coverage: str, steps: Optional[int]) -> str:
+                 device: str, coverage: str, steps: Optional[int], saliency_classifier: str = "baseline") -> str:
     """The command line equivalent to an `evaluate` call (recorded when it was not run from a shell)."""
     argv = ["--bundle", str(bundle_path), "--data", str(manifest_path),
             "--methods", ",".join(m.replace("_", "-") for m in methods), "--out", str(out_dir), "--split", split,
             "--device", device, "--coverage", coverage]
     argv += ["--limit", str(limit)] if limit is not None else []
     argv += ["--steps", str(steps)] if steps is not None else []
+    argv += ["--saliency-classifier", saliency_classifier] if saliency_classifier != "baseline" else []
     return f"{PROG} {shlex.join(argv)}"
 
 
@@ -189,7 +190,7 @@ def counterfactual_quality(explanation: Explanation, case: LoadedCase, predicted
 
 
 def evaluate_case(explainer: Explainer, case: LoadedCase, methods: Sequence[str], *, coverage: str,
-                  steps: Optional[int]) -> dict:
+                  steps: Optional[int], saliency_classifier: str = "baseline") -> dict:
     """Run every method on one case; returns its JSON-ready record (see the module docstring)."""
     row = case.row
     lesion_voxels = int(np.count_nonzero(case.lesion_mask)) if case.lesion_mask is not None else None
@@ -201,7 +202,8 @@ def evaluate_case(explainer: Explainer, case: LoadedCase, methods: Sequence[str]
                     "lesion_voxels": lesion_voxels, "methods": {}}
     for method in methods:
         t0 = time.perf_counter()
-        explanation = explainer.explain(case.volume, method=method, coverage=coverage, steps=steps)
+        explanation = explainer.explain(case.volume, method=method, coverage=coverage, steps=steps,
+                                        **_classifier_option(method, saliency_classifier))
         wall_s = time.perf_counter() - t0
         if "predicted" not in record:  # the classifier is the same for every method: the first run decides
             record.update(predicted=explanation.class_names.index(explanation.label),
@@ -218,6 +220,11 @@ def evaluate_case(explainer: Explainer, case: LoadedCase, methods: Sequence[str]
                                                               has_lesion)
         record["methods"][method] = result
     return record
+
+
+def _classifier_option(method: str, saliency_classifier: str) -> dict:
+    """Only the counterfactual method can explain the ACAT classifier; the others explain the baseline."""
+    return {"saliency_classifier": saliency_classifier} if method == "counterfactual" else {}
 
 
 def _groups(record: dict, task: str) -> list[str]:
@@ -275,7 +282,8 @@ def render_markdown(report: dict) -> str:
              f"| Bundle sha256 | {hashes} |",
              f"| Dataset | `{_md(d['manifest'])}` (sha256 `{d['manifest_sha256']}`), split `{d['split']}`, "
              f"{d['n_cases']} cases |",
-             f"| Settings | device {s['device']}, coverage {s['coverage']}, counterfactual steps {s['steps']} |", ""]
+             f"| Settings | device {s['device']}, coverage {s['coverage']}, counterfactual steps {s['steps']}, "
+             f"the counterfactual method explains the {s.get('saliency_classifier', 'baseline')} classifier |", ""]
 
     lines += ["## Explanations (hit score: Sec. 4.4; IoU/Dice: Appendix H; counterfactual success: Fig. 5)", "",
               "| Method | Hit score | IoU | Dice | Time/scan (s) | Map time/scan (s) | CF success rate |",
@@ -324,10 +332,13 @@ def render_markdown(report: dict) -> str:
 def evaluate(bundle_path, manifest_path, methods: Union[str, Sequence[str]], out_dir, split: str = "test",
              limit: Optional[int] = None, device: str = "auto", coverage: str = "sampled",
              steps: Optional[int] = None, *, overwrite: bool = False, command: Optional[str] = None,
-             progress: bool = True) -> dict:
+             progress: bool = True, saliency_classifier: str = "baseline") -> dict:
     """Evaluate ``bundle_path`` on the ``split`` cases of ``manifest_path``; write and return the report.
 
     ``methods``: Explainer names or command-line names ("latent-shift"), as a list or comma-separated.
+    ``saliency_classifier="acat"`` explains the ACAT classifier instead of the baseline with the
+    counterfactual method (its saliency input fixed; paper Sec. 4.4); the other methods always explain
+    the baseline.
     ``out_dir`` receives metrics.json and metrics.md (an existing metrics.json is an error unless
     ``overwrite``). ``command`` is the command line to record (default: the equivalent one).
     Raises `ACATInputError` for anything the user can fix, before any long computation where possible.
@@ -339,6 +350,8 @@ def evaluate(bundle_path, manifest_path, methods: Union[str, Sequence[str]], out
         raise ACATInputError("--limit must be at least 1")
     if steps is not None and steps < 1:
         raise ACATInputError("--steps must be at least 1")
+    if saliency_classifier not in ("baseline", "acat"):
+        raise ACATInputError(f"--saliency-classifier must be baseline or acat, not {saliency_classifier!r}")
     manifest_path = Path(manifest_path)
     if not manifest_path.is_file():
         raise ACATInputError("the dataset manifest does not exist (expected a manifest.csv)", manifest_path)
@@ -350,9 +363,12 @@ def evaluate(bundle_path, manifest_path, methods: Union[str, Sequence[str]], out
     bundle_folder = resolve_model(str(bundle_path))
     bundle = load_bundle(bundle_folder)
     task = bundle.card["task"]
+    if saliency_classifier == "acat" and "acat" not in bundle.models:
+        raise ACATInputError("--saliency-classifier acat needs a bundle with an ACAT classifier", bundle_folder)
     rows = select_cases(read_manifest(manifest_path), split, limit, task, bundle.labels, manifest_path)
     if command is None:
-        command = command_line(bundle_path, manifest_path, methods, out_dir, split, limit, device, coverage, steps)
+        command = command_line(bundle_path, manifest_path, methods, out_dir, split, limit, device, coverage, steps,
+                               saliency_classifier)
 
     explainer = Explainer(bundle, device=device)
     from tqdm import tqdm
@@ -366,8 +382,10 @@ def evaluate(bundle_path, manifest_path, methods: Union[str, Sequence[str]], out
             # One untimed run per method first: the first call pays one-off costs (allocator, kernel
             # selection, CUDA context) that would otherwise be charged to the first scan's time.
             for method in methods:
-                explainer.explain(case.volume, method=method, coverage=coverage, steps=1)
-        cases.append(evaluate_case(explainer, case, methods, coverage=coverage, steps=steps))
+                explainer.explain(case.volume, method=method, coverage=coverage, steps=1,
+                                  **_classifier_option(method, saliency_classifier))
+        cases.append(evaluate_case(explainer, case, methods, coverage=coverage, steps=steps,
+                                   saliency_classifier=saliency_classifier))
 
     summary = aggregate(cases, methods, bundle.labels, task)
     effective_steps = cases[0]["methods"][methods[0]]["steps"]
@@ -382,6 +400,7 @@ def evaluate(bundle_path, manifest_path, methods: Union[str, Sequence[str]], out
         "dataset": {"manifest": str(manifest_path), "manifest_sha256": sha256_file(manifest_path), "split": split,
                     "limit": limit, "n_cases": len(cases)},
         "settings": {"methods": methods, "device": str(explainer.device), "coverage": coverage, "hit": HIT_RULE,
+                     "saliency_classifier": saliency_classifier,
                      "steps": effective_steps, "success_probability": SUCCESS_PROBABILITY, "warmup": True},
         **summary,
         "cases": cases,
@@ -413,6 +432,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--coverage", default="sampled", choices=["all", "sampled"],
                         help="slices explained per scan: the model's sample (default, fast) or all")
     parser.add_argument("--steps", type=int, help="counterfactual steps (default: the model card's)")
+    parser.add_argument("--saliency-classifier", choices=["baseline", "acat"], default="baseline",
+                        help="the classifier the counterfactual method explains (acat: paper Sec. 4.4)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing OUT/metrics.json")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no summary")
     parser.add_argument("-v", "--verbose", action="store_true", help="tracebacks of internal errors")
@@ -425,6 +446,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         report = evaluate(args.bundle, args.data, args.methods, args.out, split=args.split, limit=args.limit,
                           device=args.device, coverage=args.coverage, steps=args.steps, overwrite=args.overwrite,
+                          saliency_classifier=args.saliency_classifier,
                           command=f"{PROG} {shlex.join(argv)}", progress=not args.quiet)
     except ACATInputError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
