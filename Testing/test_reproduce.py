@@ -112,6 +112,22 @@ def test_a_second_run_recomputes_nothing(reproduced):
     assert {p: p.stat().st_mtime_ns for p in kept} == before
 
 
+def test_a_changed_eval_limit_reevaluates_but_does_not_retrain(reproduced, tmp_path):
+    root, argv = reproduced
+    args = [*argv, "--eval-limit", "2"]
+    args[args.index("--out") + 1] = str(tmp_path / "table")
+    weights = {p: p.stat().st_mtime_ns for p in (root / "runs").rglob("model.safetensors")}
+    assert reproduce.main(args) == 0
+    for seed in (0, 1):
+        for folder in ("evaluation", "evaluation_acat_classifier"):
+            metrics = json.loads((root / "runs" / f"seed_{seed}" / folder / "metrics.json").read_text())
+            assert metrics["dataset"]["limit"] == 2 and metrics["dataset"]["n_cases"] == 2
+    assert {p: p.stat().st_mtime_ns for p in (root / "runs").rglob("model.safetensors")} == weights
+    assert reproduce.main(argv) == 0  # back to every test scan
+    metrics = json.loads((root / "runs" / "seed_0" / "evaluation" / "metrics.json").read_text())
+    assert metrics["dataset"]["limit"] is None and metrics["dataset"]["n_cases"] == 4
+
+
 def test_acat_seeds_run_the_whole_algorithm_the_others_the_baseline(reproduced, tmp_path):
     root, argv = reproduced
     out = tmp_path / "table"

@@ -9,8 +9,8 @@ For each seed N of ``--acat-seeds`` (default: every seed): Algorithm 1 (`trainin
 ``<out_dir>/seed_N``, finished stages skipped), the run exported to ``<out_dir>/seed_N/bundle``
 (`training.export`) and evaluated on the
 held-out test split with every saliency method (`training.evaluate`, ``<out_dir>/seed_N/evaluation``;
-kept while the bundle's sha256 is unchanged). The other seeds train the baseline only (the saliency
-stage is the costly one: on a 2-core CPU it takes about 20 minutes for 600 brain scans). Then, over
+kept while the bundle's sha256 and the evaluation settings are unchanged). The other seeds train the
+baseline only (the saliency stage is the costly one: on a 2-core CPU it takes about 20 minutes for 600 brain scans). Then, over
 the seeds that have each number (mean ± standard error):
 
 * classification (paper Tables 1 and 2): baseline vs ACAT accuracy on the test split, from each stage's
@@ -230,18 +230,24 @@ def run_seed(config: str, overrides: Sequence[str], seed: int, out_dir: Path, me
     run = out_dir / f"seed_{seed}"
     _pipeline(config, overrides, seed, run)
     # Exporting is cheap and deterministic (same weights -> same files -> same sha256), so it is always
-    # redone; the evaluation, which is not cheap, is kept while the bundle's sha256 is unchanged.
+    # redone; the evaluation, which is not cheap, is kept while the bundle's sha256 and the evaluation's
+    # settings (hit rule, --eval-limit, --coverage, methods) are unchanged.
     bundle = run / "bundle"
     export_cli.export(run, bundle, bundle_id=f"reproduce-seed{seed}", overwrite=True,
                       command=f"python -m training.export {run} --out {bundle} --id reproduce-seed{seed} "
                               "--overwrite")
     cfg = load_config(config, [*overrides])
-    current = (load_bundle(bundle).sha256(), evaluate_cli.HIT_RULE)
+    sha256 = load_bundle(bundle).sha256()
     for folder, kwargs in (("evaluation", {"methods": methods}),
                            ("evaluation_acat_classifier", {"methods": "counterfactual", "saliency_classifier": "acat"})):
         evaluation = run / folder / "metrics.json"
         previous: dict = json.loads(evaluation.read_text()) if evaluation.is_file() else {}
-        if (previous.get("bundle", {}).get("sha256"), previous.get("settings", {}).get("hit")) != current:
+        settings = previous.get("settings", {})
+        # kept only when it scored these weights, with this hit rule, on the same scans, with the same methods
+        same = (previous.get("bundle", {}).get("sha256") == sha256 and settings.get("hit") == evaluate_cli.HIT_RULE
+                and previous.get("dataset", {}).get("limit") == eval_limit and settings.get("coverage") == coverage
+                and settings.get("methods") == evaluate_cli.parse_methods(kwargs["methods"]))
+        if not same:
             evaluate_cli.evaluate(bundle, cfg.data.path, out_dir=evaluation.parent, limit=eval_limit,
                                   coverage=coverage, overwrite=True, device=cfg.device, progress=False, **kwargs)
     return run
