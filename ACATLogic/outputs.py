@@ -1,8 +1,9 @@
 """Writing an `Explanation` to a folder: NRRD volumes, ``report.json`` and ``overview.png``.
 
 The folder is assembled under a temporary name beside the target and renamed into place, so a crash or
-a Cancel never leaves half the results. The report holds no patient data: geometry, modality, the
-prediction, the model's id and weight hashes, the method and its parameters, and timings.
+a Cancel never leaves half the results, and two runs writing to one folder never mix their files. The
+report holds no patient data: geometry, modality, the prediction, the model's id and weight hashes, the
+method and its parameters, and timings.
 """
 
 from __future__ import annotations
@@ -65,10 +66,9 @@ def write_explanation(explanation: Explanation, out_dir, *, bundle: ModelBundle,
             raise ACATInputError("the output path exists and is not a folder", out_dir)
         if any(out_dir.iterdir()) and not overwrite:
             raise ACATInputError("the output folder is not empty; choose another or add --overwrite", out_dir)
-        if not any(out_dir.iterdir()):
-            out_dir.rmdir()
     names: list[str] = []
     try:
+        # an empty folder is replaced whole (and stays, empty, if this is cancelled)
         with atomic_directory(out_dir, overwrite=True) as tmp:
             write_itk_file(explanation.saliency, tmp / "saliency.nrrd")
             names.append("saliency.nrrd")
@@ -94,6 +94,10 @@ def write_explanation(explanation: Explanation, out_dir, *, bundle: ModelBundle,
             report = build_report(explanation, bundle, volume, names + ["report.json"], extra_timings)
             (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
             names.append("report.json")
+            if not overwrite and out_dir.is_dir() and any(out_dir.iterdir()):
+                # another run filled the folder while this one was writing: its files stay, unmixed
+                raise ACATInputError("another run wrote into the output folder meanwhile; its files are kept and "
+                                     "these results were not written", out_dir)
     except OSError as exc:
         raise ACATInputError(f"cannot write the results ({exc.strerror or exc})", out_dir) from None
     return [out_dir / n for n in names]

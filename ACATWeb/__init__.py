@@ -13,6 +13,7 @@ file:
 * `download`  - the results as a zip (NRRD + report.json), written atomically in a private folder
 * `demo_case` - the bundled demo case (the phantom head CT with a left MCA lesion), made on request
 * `app`       - the trame application: Slicer views, layouts, the panel, the polling task
+* `guard`     - only the viewer's own page may use it: foreign Origin and Host headers are refused
 * `server`    - ``acat view`` itself: options, loopback by default, the URL printed
 """
 

@@ -183,10 +183,10 @@ class ViewerApp(TrameApp):
     # -- explain -----------------------------------------------------------------------------------
     def explain(self) -> None:
         if self.session.running:
-            return
+            return  # one explanation at a time: a second click (or a client's call) is ignored
         try:
             self.session.start(self.state.model, self.state.method)
-        except (ValueError, OSError) as exc:
+        except (ValueError, TypeError, OSError, RuntimeError) as exc:
             self.state.error = _one_line(exc)
             return
         self.state.update({"running": True, "progress": 0, "progress_text": "Starting ...", "error": "",
@@ -235,15 +235,20 @@ class ViewerApp(TrameApp):
             })
 
     # -- display and download ----------------------------------------------------------------------
+    # State changes come from the page, so from whatever a client sends: a bad value is an error line
+    # in the panel, never an exception in the server.
     def _on_window(self, window, **_) -> None:
-        self.session.set_window(window)
+        try:
+            self.session.set_window(window)
+        except (ValueError, TypeError) as exc:
+            self.state.error = _one_line(exc)
 
     def _on_display(self, overlay, right_view, opacity, percentile, **_) -> None:
         if self.session.result is None or not self.state.has_result:
             return
         try:
             self.session.show_results(overlay=overlay, right=right_view, opacity=opacity, percentile=percentile)
-        except ValueError as exc:
+        except (ValueError, TypeError) as exc:
             self.state.error = _one_line(exc)
 
     async def prepare_download(self) -> str:

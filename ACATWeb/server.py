@@ -1,9 +1,10 @@
 """``acat view [INPUT] [--port N] [--host H] [--model M]``: start the web viewer and print its URL.
 
 Listens on 127.0.0.1 unless ``--host`` says otherwise: the viewer has no login, so anyone who can
-reach the port can open scans on this computer by path and see the results. Offscreen rendering needs
-no display: VTK picks EGL (Mesa's llvmpipe on a machine without a GPU; Debian packages
-``libegl-mesa0`` and ``libgl1-mesa-dri``) when ``DISPLAY`` is not set.
+reach the port can open scans on this computer by path and see the results. Requests from another web
+site's page (a foreign ``Origin``, or a ``Host`` other than the loopback address) are refused (`guard`).
+Offscreen rendering needs no display: VTK picks EGL (Mesa's llvmpipe on a machine without a GPU;
+Debian packages ``libegl-mesa0`` and ``libgl1-mesa-dri``) when ``DISPLAY`` is not set.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
         # no X server: VTK's default X window only warns and falls back; ask for EGL (Mesa llvmpipe) directly
         os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")
     try:
+        from . import guard
         from .app import ViewerApp
     except ImportError as exc:
         raise ACATInputError(f"the web viewer's packages are missing ({exc}); install them with "
@@ -68,6 +70,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"ACAT viewer: {url}  (Ctrl+C stops it)", flush=True)
 
     app.ctrl.on_server_ready.add(announce)
+    # only this viewer's own page may use it: not another site's page in the same browser (guard.py)
+    app.ctrl.on_server_bind.add(lambda wslink_server: guard.install(wslink_server, host, args.port,
+                                                                    is_loopback(host)))
     argv, sys.argv = sys.argv, sys.argv[:1]  # trame would parse acat's own options as its own
     try:
         app.server.start(port=args.port, host=host, open_browser=False, show_connection_info=False, timeout=0,

@@ -134,7 +134,10 @@ class ViewerSession:
         return self.controller.result
 
     def start(self, model: str, method: str = "counterfactual", device: str = "auto") -> None:
-        """Start explaining the input in the background. Raises ValueError for a missing input or model."""
+        """Start explaining the input in the background. Raises ValueError for a missing input or model,
+        RuntimeError while a run goes on (which is left as it was: one run at a time, never two mixed)."""
+        if self.running:
+            raise RuntimeError("an explanation is already running; wait for it or cancel it first")
         if self.input_node is None:
             raise ValueError("open a CT first")
         settings = ExplainSettings(model=model, method=method, device=device)

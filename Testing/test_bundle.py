@@ -6,13 +6,17 @@ import json
 import pickle
 import shutil
 
+import numpy as np
 import pytest
 import torch
 
 from ACATLogic import ACATInputError
 from ACATLogic.bundle import DEFAULT_MODEL, load_bundle, read_card, resolve_model, sha256_file
+from ACATLogic.io import write_volume
+from ACATLogic.volume import CTVolume
 
 from bundles import make_random_bundle
+from conftest import run_acat
 
 
 @pytest.fixture(scope="module")
@@ -102,6 +106,33 @@ def test_pickled_model_is_refused_without_being_opened(tmp_path):
     with pytest.raises(ACATInputError, match=r"not a model bundle: no model.json \(found pickled files"):
         load_bundle(folder)
     assert not marker.exists()
+
+
+def test_a_pickle_disguised_as_safetensors_with_a_matching_sha256_never_runs(bundle_dir, tmp_path):
+    """Someone who rewrites the card too: the sha256 matches, and safetensors still never unpickles."""
+    marker = tmp_path / "PWNED"
+    folder = _copy(bundle_dir, tmp_path)
+    weights = folder / "baseline.safetensors"
+    weights.write_bytes(pickle.dumps(_Marker(str(marker))))
+    card = json.loads((folder / "model.json").read_text())
+    card["models"]["baseline"]["sha256"] = sha256_file(weights)
+    (folder / "model.json").write_text(json.dumps(card))
+    with pytest.raises(ACATInputError, match=r"baseline.safetensors: not a readable safetensors file"):
+        load_bundle(folder)
+    assert not marker.exists()
+
+
+def test_the_command_line_refuses_a_pickled_model_in_one_line(tmp_path):
+    marker = tmp_path / "PWNED"
+    evil = tmp_path / "model.pth"
+    evil.write_bytes(pickle.dumps(_Marker(str(marker))))
+    ct = tmp_path / "ct.nrrd"
+    write_volume(CTVolume(np.zeros((4, 8, 8), np.float32), (1, 1, 1), (0, 0, 0), np.eye(3)), ct)
+    result = run_acat("explain", str(ct), "--model", str(evil), "--out", str(tmp_path / "out"), "--device", "cpu")
+    assert result.returncode == 2
+    assert result.stderr == (f"acat: error: {evil}: is a pickled PyTorch file; ACAT loads only .safetensors bundles "
+                             "with a model.json card (a pickle can run code when opened)\n")
+    assert not marker.exists() and not (tmp_path / "out").exists()
 
 
 def test_resolve_model(bundle_dir, monkeypatch, tmp_path):

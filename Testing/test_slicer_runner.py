@@ -209,3 +209,39 @@ def test_model_choices_from_cards_and_verified_bundles(tiny_bundle, tmp_path, mo
         fh.write(bytes([last[0] ^ 0xFF]))
     with pytest.raises(ValueError, match="sha256"):
         models.verifyBundle(tampered)
+
+
+def test_a_second_explain_while_one_runs_is_refused_and_the_first_goes_on(slicer_scene, head, slow_bundle, tmp_path):
+    from ACATSlicerLib.controller import ExplainController
+
+    scene = slicer_scene.scene
+    before = [scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())]
+    controller = ExplainController(scene, workRoot=tmp_path)
+    events = []
+    controller.start(head, ExplainSettings(model=str(slow_bundle), device="cpu"), onProgress=events.append)
+    runner, work = controller.session.runner, controller.session.workDir
+    with pytest.raises(RuntimeError, match="an explanation is already running; wait for it or cancel it first"):
+        controller.start(head, ExplainSettings(model=str(slow_bundle), device="cpu", method="gradient"))
+    assert controller.session.runner is runner and controller.session.workDir == work and work.is_dir()
+    assert controller.session.settings.method == "counterfactual"  # the first run's settings, untouched
+    deadline = time.monotonic() + 300
+    while not any(e.message.startswith("counterfactual step") for e in events):  # the first run goes on
+        assert controller.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    controller.cancel()
+    assert [scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())] == before
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cancel_right_after_start_leaves_nothing(slicer_scene, head, slow_bundle, tmp_path):
+    """Cancel before the child has even read its input: the process is gone, no node, no folder."""
+    scene = slicer_scene.scene
+    before = scene.GetNumberOfNodes()
+    run = session.ExplainSession(scene, workRoot=tmp_path)
+    run.start(head, ExplainSettings(model=str(slow_bundle), device="cpu"))
+    pid = run.runner.pid
+    assert run.cancel().state == CANCELLED
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+    assert scene.GetNumberOfNodes() == before and list(tmp_path.iterdir()) == []
+    assert run.poll().state == CANCELLED  # and it stays cancelled: nothing is loaded later

@@ -206,6 +206,26 @@ def test_cancel_leaves_the_scene_as_it_was(headless, head_nrrd, tmp_path):
     assert not list(tmp_path.glob("acat-explain-*"))  # the work folder is gone
 
 
+def test_a_second_explain_while_one_runs_is_refused(headless, head_nrrd, tmp_path):
+    runners = []
+
+    def factory():
+        runners.append(WritingRunner(finish=False))
+        return runners[-1]
+
+    viewer = session.ViewerSession(headless.scene, ExplainController(headless.scene, runnerFactory=factory,
+                                                                     workRoot=tmp_path))
+    viewer.show_input(session.read_ct(head_nrrd))
+    viewer.start("m", "counterfactual")
+    assert viewer.poll() is None and viewer.progress.fraction == 0.5
+    with pytest.raises(RuntimeError, match="an explanation is already running"):
+        viewer.start("other-model", "gradient")
+    assert len(runners) == 1 and viewer.running and viewer.progress.fraction == 0.5  # the first run, untouched
+    assert runners[0].settings.model == "m"
+    viewer.cancel()
+    assert not viewer.running and len(list(tmp_path.glob("acat-explain-*"))) == 0
+
+
 def test_download_is_a_zip_of_nrrd_and_report_without_patient_data(headless, head_nrrd, tmp_path):
     viewer = make_session(headless, tmp_path, WritingRunner())
     downloads = tmp_path / "downloads"

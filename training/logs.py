@@ -47,8 +47,11 @@ class StageLog:
         line = f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}"
         if self.echo:
             print(line, file=sys.stderr, flush=True)
-        with open(self.folder / self.filename, "a", encoding="utf-8") as fh:
-            fh.write(line + "\n")
+        try:
+            with open(self.folder / self.filename, "a", encoding="utf-8") as fh:
+                fh.write(line + "\n")
+        except OSError:
+            pass  # a full disk must not turn a log line into the error; the checkpoint writes report it
 
     def scalars(self, values: dict, step: int, prefix: str = "") -> None:
         if self._writer is None:

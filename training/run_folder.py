@@ -96,7 +96,13 @@ class RunFolder:
         path = self.root / "commands.jsonl"
         if not path.is_file():
             return []
-        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        entries = []
+        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                entries.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue  # empty, or torn by a full disk while it was appended
+        return entries
 
 
 def now() -> str:

@@ -57,7 +57,8 @@ from ACATLogic.errors import EXIT_BAD_INPUT, ACATInputError
 from . import distributed
 from .augment import augment_batch
 from .checkpoint import (BEST_KIND, CHECKPOINT_KIND, FORMAT_VERSION, atomic_write_json, atomic_write_text,
-                         capture_rng, load_checkpoint, model_entry, restore_rng, save_checkpoint, save_weights)
+                         capture_rng, load_checkpoint, model_entry, remove_partial_files, restore_rng,
+                         save_checkpoint, save_weights)
 from .config import BEST_METRICS, TrainConfig, load_config, save_config
 from .data import ScanData, ScanDataset, open_data
 from .distributed import DistContext, ResumableDistributedSampler
@@ -165,6 +166,18 @@ def load_data(cfg: TrainConfig, ctx: DistContext, log: Callable[[str], None]) ->
 # one trained stage
 
 
+def _decide(diff: list[str], stage: str, last) -> tuple[str, str]:
+    """What to do with a valid checkpoint whose fingerprint differs from the run's by ``diff``."""
+    if not diff:
+        return ("resume", "")
+    if all(d.startswith("inputs.") for d in diff):
+        # only an upstream stage changed (say a retrained baseline): this stage's old work is void
+        return ("restart", f"{stage}: upstream outputs changed ({'; '.join(diff[:2])}); training it again from "
+                           "scratch")
+    return ("error", f"{last} was trained with other settings ({'; '.join(diff[:4])}); pass --fresh to train the "
+                     f"{stage} stage again from scratch, or choose another out_dir")
+
+
 def _resume_point(cfg: TrainConfig, ctx: DistContext, run: RunFolder, fp: dict, resume: bool,
                   say: Callable[[str], None]) -> Optional[dict]:
     """The checkpoint to continue from, None to start afresh; StageError on a config mismatch.
@@ -177,17 +190,11 @@ def _resume_point(cfg: TrainConfig, ctx: DistContext, run: RunFolder, fp: dict, 
         if not last.is_file():
             decision = ("error", f"--resume: there is no checkpoint {last}") if resume else ("start", "")
         else:
-            diff = differences(load_checkpoint(last, CHECKPOINT_KIND)["fingerprint"], fp)
-            if not diff:
-                decision = ("resume", "")
-            elif all(d.startswith("inputs.") for d in diff):
-                # only an upstream stage changed (say a retrained baseline): this stage's old work is void
-                decision = ("restart", f"{cfg.stage}: upstream outputs changed ({'; '.join(diff[:2])}); "
-                                       "training it again from scratch")
-            else:
-                decision = ("error", f"{last} was trained with other settings ({'; '.join(diff[:4])}); pass "
-                                     f"--fresh to train the {cfg.stage} stage again from scratch, or choose "
-                                     "another out_dir")
+            try:
+                decision = _decide(differences(load_checkpoint(last, CHECKPOINT_KIND)["fingerprint"], fp),
+                                   cfg.stage, last)
+            except ACATInputError as exc:  # tampered, truncated, not ours: every process is told, none hangs
+                decision = ("error", str(exc))
     action, message = distributed.broadcast_object(decision, ctx)
     if action == "error":
         raise StageError(message)
@@ -211,6 +218,10 @@ def train_stage(cfg: TrainConfig, ctx: DistContext, run: RunFolder, data: ScanDa
     if complete:
         say(f"{cfg.stage}: already complete in {folder} (--fresh trains it again)")
         return run.read_done(cfg.stage)
+    if ctx.is_main:
+        # what a killed run of this stage was writing (the files it was replacing are intact); not in the
+        # run's root, where another stage's command may be writing at this moment
+        remove_partial_files(folder)
     ckpt = _resume_point(cfg, ctx, run, fp, resume, say)
     log = StageLog(folder, enabled=ctx.is_main, tensorboard=cfg.tensorboard,
                    purge_step=len(ckpt["history"]) + 1 if ckpt else None)
@@ -371,6 +382,8 @@ def train_stage(cfg: TrainConfig, ctx: DistContext, run: RunFolder, data: ScanDa
                                       "test": test},
             "data": data.counts(), "command": command, "world_size": world, "finished_at": now()}
     if ctx.is_main:
+        # again: a run killed between its last checkpoint and metrics.csv resumes straight to here
+        log.write_csv(history)
         done["sha256"] = save_weights(model, run.weights(cfg.stage), {"stage": cfg.stage})
         write_predictions(folder / "test_predictions.csv", data, "test", test_outputs)
         atomic_write_json(run.done_path(cfg.stage), done)

@@ -7,11 +7,12 @@ import contextlib
 import json
 import logging
 import os
+import re
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import EXIT_INTERNAL, ACATInputError
+from ..errors import EXIT_INTERNAL, ACATInputError, short_reason
 from ..progress import no_progress
 from ..io import read_volume, write_volume
 from ..volume import CTVolume
@@ -145,6 +146,33 @@ def not_yet(args: argparse.Namespace) -> int:
     return EXIT_INTERNAL
 
 
+_GPU_OUT_OF_MEMORY = re.compile(r"\b(CUDA|MPS|HIP|XPU|GPU)\b[^\n]{0,80}?\bout of memory"
+                                r"|CUBLAS_STATUS_ALLOC_FAILED|CUDNN_STATUS_ALLOC_FAILED", re.IGNORECASE)
+
+
+def out_of_gpu_memory(exc: BaseException) -> bool:
+    """True for a GPU allocator's failure: ``torch.OutOfMemoryError`` (CUDA), or the RuntimeError of the
+    MPS / ROCm backends and cuBLAS / cuDNN that says so. Main memory running out is not one."""
+    import torch
+
+    oom = getattr(torch, "OutOfMemoryError", None) or getattr(torch.cuda, "OutOfMemoryError", ())
+    return isinstance(exc, oom) or bool(_GPU_OUT_OF_MEMORY.search(str(exc)))
+
+
+def release_gpu_memory() -> None:
+    """Return the failed attempt's cached blocks to the GPU (the models are moved to the CPU next)."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    mps = getattr(torch, "mps", None)
+    if mps is not None and torch.backends.mps.is_available():
+        mps.empty_cache()
+
+
 def explain(args: argparse.Namespace) -> int:
     import time
 
@@ -164,19 +192,37 @@ def explain(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     volume = _read(args)
     read_s = time.perf_counter() - t0
-    with _progress(args, "loading") as progress:
-        progress(0.0, f"loading the model {bundle.id}")
-        explainer = Explainer(bundle, device=args.device)
-        progress(1.0, f"model on {explainer.device.type}")
     targets = [t.strip() for t in args.targets.split(",")] if args.targets else None
-    with _progress(args, "explaining") as progress:
-        explanation = explainer.explain(
-            volume, method=args.method, targets=targets, steps=args.steps, alpha=args.alpha,
-            step_size=args.step_size, optimizer=args.optimizer, reference=args.reference,
-            saliency_classifier=args.saliency_classifier, coverage=args.coverage, precision=args.precision,
-            progress=progress)
+
+    def explain_on(device: str):
+        with _progress(args, "loading") as progress:
+            progress(0.0, f"loading the model {bundle.id}")
+            explainer = Explainer(bundle, device=device)
+            progress(1.0, f"model on {explainer.device.type}")
+        with _progress(args, "explaining") as progress:
+            return explainer.explain(
+                volume, method=args.method, targets=targets, steps=args.steps, alpha=args.alpha,
+                step_size=args.step_size, optimizer=args.optimizer, reference=args.reference,
+                saliency_classifier=args.saliency_classifier, coverage=args.coverage, precision=args.precision,
+                progress=progress)
+
+    fallback = None
+    try:
+        explanation = explain_on(args.device)
+    except RuntimeError as exc:  # torch.OutOfMemoryError is one
+        # --device auto promises the best device that works: out of GPU memory, the CPU takes over.
+        # A device named explicitly fails instead (the Slicer module then asks before using the CPU).
+        if args.device != "auto" or not out_of_gpu_memory(exc):
+            raise
+        reason = short_reason(exc, 120)
+        log.warning("warning: the GPU ran out of memory (%s); explaining on the CPU instead, which is slower", reason)
+        fallback = f"the GPU ran out of memory ({reason}); explained on the CPU instead"
+        release_gpu_memory()
+        explanation = explain_on("cpu")
     for warning in explanation.warnings:
         log.warning("warning: %s", warning)
+    if fallback:
+        explanation.warnings.append(fallback)  # recorded in report.json: where the numbers came from
     t1 = time.perf_counter()
     with _progress(args, "writing") as progress:
         progress(0.0, "writing the results")

@@ -1,15 +1,19 @@
 """``acat``: read, convert and (soon) explain CT scans from the command line.
 
-Exit codes: 0 success, 2 bad input (one line on stderr saying what to fix), 1 internal error.
+Exit codes: 0 success, 2 bad input (one line on stderr saying what to fix), 1 internal error, 130 / 143
+stopped by Ctrl+C / SIGTERM (what was being written under a temporary name is removed first).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import signal
 import sys
+import threading
 import traceback
-from typing import Sequence
+from typing import Iterator, Sequence
 
 from .. import __version__
 from ..errors import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_OK, ACATInputError
@@ -34,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="acat", formatter_class=_Formatter,
         description="ACAT: explain what a CT classifier sees (Adversarial Counterfactual Attention).",
         epilog="Run 'acat COMMAND --help' for one command.\n"
-               "Exit codes: 0 success, 2 bad input, 1 internal error.")
+               "Exit codes: 0 success, 2 bad input, 1 internal error, 130/143 interrupted.")
     parser.add_argument("--version", action="version", version=f"acat {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
@@ -135,18 +139,42 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (the Slicer module's Cancel, a job scheduler, ``kill``), raised where the program is, so that
+    what is being written under a temporary name is removed on the way out - as for Ctrl+C."""
+
+
+def _terminate(signum, frame) -> None:  # noqa: ARG001 - the signal handler's signature
+    raise Terminated()
+
+
+@contextlib.contextmanager
+def _sigterm_cancels() -> Iterator[None]:
+    """SIGTERM raises `Terminated` while a command runs (main thread only; other threads cannot)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     configure_logging(getattr(args, "quiet", False), getattr(args, "verbose", False))
     try:
-        return int(args.handler(args) or EXIT_OK)
+        with _sigterm_cancels():
+            return int(args.handler(args) or EXIT_OK)
     except ACATInputError as exc:
         print(f"acat: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
+        # 128 + the signal's number, as a shell reports a process that the signal stopped
         print("acat: interrupted", file=sys.stderr)
-        return 130
+        return 128 + (signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT)
     except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, exit 1
         if getattr(args, "verbose", False):
             traceback.print_exc()

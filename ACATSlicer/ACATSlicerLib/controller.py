@@ -60,7 +60,10 @@ class ExplainController:
     def start(self, inputNode, settings: ExplainSettings, options: Optional[ViewOptions] = None,
               onProgress=None, newRequest: bool = True) -> None:
         """Start in the background; call `poll` until it returns the outcome. ``newRequest``: False for
-        the CPU retry of the same request (so it is not offered again)."""
+        the CPU retry of the same request (so it is not offered again). One run at a time: RuntimeError
+        while one runs, which is left exactly as it was."""
+        if self.session.running:
+            raise RuntimeError("an explanation is already running; wait for it or cancel it first")
         if newRequest:
             self.cpuFallback.reset()
         self.session.start(inputNode, settings, onProgress=onProgress, options=options)
