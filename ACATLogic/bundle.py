@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -100,6 +101,22 @@ def _fail(message: str, path: Path) -> ACATInputError:
     return ACATInputError(message, path)
 
 
+def _input_problem(spec: InputSpec) -> str:
+    """Why an input spec cannot describe a model's input, or "" (bounds generous for any CT classifier)."""
+    if not 1 <= spec.slices <= 1024:
+        return f"slices must be 1 to 1024, not {spec.slices}"
+    if not all(4 <= n <= 4096 for n in spec.size):
+        return f"size must be 4 to 4096 pixels per side, not {list(spec.size)}"
+    level, width = spec.hu_window
+    if not (math.isfinite(level) and math.isfinite(width) and 0 < width <= 100000 and abs(level) <= 100000):
+        return f"hu_window must be a finite (level, width) with width > 0, not {list(spec.hu_window)}"
+    if spec.alignment not in ("brain_midline", "centre"):
+        return f"alignment must be brain_midline or centre, not {spec.alignment!r}"
+    if not (math.isfinite(spec.fov_margin) and 0.1 <= spec.fov_margin <= 10):
+        return f"fov_margin must be 0.1 to 10, not {spec.fov_margin}"
+    return ""
+
+
 def read_card(folder: Path) -> dict:
     """Parse and validate ``model.json`` (no weights read). Raises `ACATInputError`."""
     folder = Path(folder)
@@ -119,6 +136,8 @@ def read_card(folder: Path) -> dict:
         card = json.loads(card_path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise _fail(f"the model card is not valid JSON ({exc})", card_path) from None
+    except RecursionError:  # json.loads recurses once per nesting level
+        raise _fail("the model card is nested too deeply to be a model card", card_path) from None
     if not isinstance(card, dict):
         raise _fail("the model card must be a JSON object", card_path)
     unknown = set(card) - _CARD_FIELDS
@@ -136,9 +155,12 @@ def read_card(folder: Path) -> dict:
             and len(card["labels"]) >= 2):
         raise _fail("'labels' must be a list of at least two names", card_path)
     try:
-        InputSpec.from_dict(card["input"])
-    except (KeyError, TypeError, ValueError, IndexError) as exc:
+        spec = InputSpec.from_dict(card["input"])
+    except (KeyError, TypeError, ValueError, IndexError, OverflowError) as exc:
         raise _fail(f"invalid 'input' in the model card ({exc})", card_path) from None
+    problem = _input_problem(spec)
+    if problem:
+        raise _fail(f"invalid 'input' in the model card: {problem}", card_path)
     models = card["models"]
     if not isinstance(models, dict) or set(models) - set(ROLES):
         raise _fail(f"'models' must map roles {list(ROLES)} to weights", card_path)

@@ -199,3 +199,14 @@ def test_module_entry_point(ctchest_path):
     result = subprocess.run([sys.executable, "-m", "ACATLogic.cli.main", "info", str(ctchest_path)],
                             capture_output=True, text=True)
     assert result.returncode == 0 and "128 x 128 x 34" in result.stdout
+
+
+def test_a_reader_that_closes_the_pipe_early_is_not_an_error(ctchest_path):
+    """`acat info CT | head`: a reader that goes away early is no "internal error: BrokenPipeError".
+
+    `true` exits at once, long before acat has read the scan, so every write meets a closed pipe.
+    """
+    acat = Path(sys.executable).with_name("acat")
+    proc = subprocess.run(f"'{acat}' info '{ctchest_path}' | true; echo \"rc=${{PIPESTATUS[0]}}\"",
+                          shell=True, executable="/bin/bash", capture_output=True, text=True, timeout=120)
+    assert proc.stdout == "rc=141\n" and proc.stderr == ""

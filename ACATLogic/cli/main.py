@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import os
 import signal
 import sys
 import threading
@@ -171,6 +172,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ACATInputError as exc:
         print(f"acat: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except BrokenPipeError:
+        # the reader of our output went away (`acat info X | head`): nothing left to tell anyone. Point stdout
+        # at /dev/null so that the interpreter's final flush does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
     except KeyboardInterrupt as exc:
         # 128 + the signal's number, as a shell reports a process that the signal stopped
         print("acat: interrupted", file=sys.stderr)

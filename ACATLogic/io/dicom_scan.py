@@ -10,6 +10,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import stat
+import struct
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
@@ -19,7 +21,7 @@ from typing import Iterable, Iterator, Optional, Sequence
 import numpy as np
 import pydicom
 import pydicom.config
-from pydicom.errors import InvalidDicomError
+from pydicom.errors import BytesLengthException, InvalidDicomError
 
 from ..errors import ACATInputError, short_reason
 from ..progress import ProgressCallback, no_progress
@@ -113,6 +115,45 @@ def _floats(value, n: int) -> Optional[np.ndarray]:
     return arr if arr.shape == (n,) and np.all(np.isfinite(arr)) else None
 
 
+#: What pydicom's lazy conversion of one damaged value raises: a US element of odd length, "1A" as IS,
+#: an unknown VR (NotImplementedError), an unknown character set (LookupError), a short binary value.
+VALUE_ERRORS = (TypeError, ValueError, OverflowError, NotImplementedError, LookupError, struct.error,
+                BytesLengthException)
+#: ... and what odd nesting (an item that is not a dataset) adds.
+_HEADER_VALUE_ERRORS = VALUE_ERRORS + (AttributeError,)
+
+
+def optional(ds: pydicom.Dataset, keyword: str, default=None):
+    """An attribute we can do without: its value, or ``default`` when absent or damaged."""
+    try:
+        value = ds.get(keyword, default)
+    except _HEADER_VALUE_ERRORS:
+        return default
+    return default if value is None else value
+
+
+def _orientation(value) -> Optional[np.ndarray]:
+    """ImageOrientationPatient as 6 floats, or None when either direction vector has no length."""
+    iop = _floats(value, 6)
+    if iop is None or np.linalg.norm(iop[:3]) < 1e-3 or np.linalg.norm(iop[3:]) < 1e-3:
+        return None
+    return iop
+
+
+def _int(ds: pydicom.Dataset, keyword: str, default: int, path: Path) -> int:
+    """An integer attribute; a value that is not a whole number (e.g. '1A') is a damaged header."""
+    try:
+        value = ds.get(keyword)
+        if value in (None, ""):
+            return default
+        number = int(value)
+    except VALUE_ERRORS:
+        raise ACATInputError(f"damaged DICOM header ({keyword} is not a whole number)", path) from None
+    if number < 0:
+        raise ACATInputError(f"damaged DICOM header ({keyword} is negative: {number})", path)
+    return number or default
+
+
 def _float(value, default: float) -> float:
     try:
         out = float(value)
@@ -143,9 +184,9 @@ def _base_record(ds: pydicom.Dataset, path: Path) -> dict:
         series_uid=str(ds.get("SeriesInstanceUID", "") or ""),
         modality=str(ds.get("Modality", "") or "").upper(),
         sop_class_uid=str(ds.get("SOPClassUID", "") or ""),
-        rows=int(ds.get("Rows", 0) or 0),
-        columns=int(ds.get("Columns", 0) or 0),
-        samples_per_pixel=int(ds.get("SamplesPerPixel", 1) or 1),
+        rows=_int(ds, "Rows", 0, path),
+        columns=_int(ds, "Columns", 0, path),
+        samples_per_pixel=_int(ds, "SamplesPerPixel", 1, path),
         photometric=str(ds.get("PhotometricInterpretation", "MONOCHROME2") or "MONOCHROME2").upper(),
         is_localizer="LOCALIZER" in image_type,
         header=ds,
@@ -156,15 +197,21 @@ def records_from_dataset(ds: pydicom.Dataset, path: Path) -> list[SliceRecord]:
     """The `SliceRecord`s of one parsed header: one, or one per frame of a multi-frame image."""
     base = _base_record(ds, path)
     sop_uid = str(ds.get("SOPInstanceUID", "") or path)
-    n_frames = int(ds.get("NumberOfFrames", 1) or 1)
+    n_frames = _int(ds, "NumberOfFrames", 1, path)
     per_frame = ds.get("PerFrameFunctionalGroupsSequence")
     shared = _item(ds, "SharedFunctionalGroupsSequence")
+    is_ct = base["modality"] == "CT" or (not base["modality"] and base["sop_class_uid"] in CT_SOP_CLASSES)
+    if not is_ct and (n_frames > 1 or per_frame is not None):
+        # A cine loop, a segmentation or a multi-frame screenshot beside the CT: never read as CT (its
+        # series is refused by kind), so one record stands for the whole file and it never blocks the folder.
+        return [SliceRecord(frame=None, sop_instance_uid=sop_uid, position=None, row_dir=None, col_dir=None,
+                            pixel_spacing=None, slope=1.0, intercept=0.0, rescale_type="", **base)]
+    if per_frame is None and n_frames > 1:
+        raise ACATInputError(
+            f"multi-frame CT image with {n_frames} frames but no per-frame geometry (no per-frame functional "
+            "groups); export the series as single-frame CT images", path)
     if per_frame is None and shared is None:
-        if n_frames > 1:
-            raise ACATInputError(
-                f"multi-frame image with {n_frames} frames but no per-frame geometry (no functional groups); "
-                "export the series as single-frame CT images", path)
-        iop = _floats(ds.get("ImageOrientationPatient"), 6)
+        iop = _orientation(ds.get("ImageOrientationPatient"))
         return [SliceRecord(
             frame=None, sop_instance_uid=sop_uid,
             position=_floats(ds.get("ImagePositionPatient"), 3),
@@ -182,7 +229,7 @@ def records_from_dataset(ds: pydicom.Dataset, path: Path) -> list[SliceRecord]:
         ori = _functional(frame_groups, shared, "PlaneOrientationSequence")
         meas = _functional(frame_groups, shared, "PixelMeasuresSequence")
         pvt = _functional(frame_groups, shared, "PixelValueTransformationSequence")
-        iop = None if ori is None else _floats(ori.get("ImageOrientationPatient"), 6)
+        iop = None if ori is None else _orientation(ori.get("ImageOrientationPatient"))
         records.append(SliceRecord(
             frame=f, sop_instance_uid=sop_uid,
             position=None if pos is None else _floats(pos.get("ImagePositionPatient"), 3),
@@ -216,9 +263,12 @@ def _looks_like_raw_dataset(path: Path) -> bool:
 def read_header(path: Path) -> pydicom.Dataset:
     """Parse a DICOM header (no pixels). Raises `ACATInputError` naming the problem."""
     try:
-        size = path.stat().st_size
+        info = path.stat()
     except OSError as exc:
         raise ACATInputError(f"cannot open the file ({exc.strerror or exc})", path) from None
+    if not stat.S_ISREG(info.st_mode):  # a pipe or device would block or never end: never opened
+        raise ACATInputError("not a regular file (a pipe, socket or device)", path)
+    size = info.st_size
     if size == 0:
         raise ACATInputError("the file is empty (0 bytes)", path)
     with warnings.catch_warnings():
@@ -245,8 +295,15 @@ def read_header(path: Path) -> pydicom.Dataset:
     media_class = str(getattr(ds, "file_meta", {}).get("MediaStorageSOPClassUID", "") or "")
     if media_class and media_class != MEDIA_STORAGE_DIRECTORY and not ds.get("SOPClassUID"):
         raise ACATInputError("damaged DICOM header (the file ends inside its header: truncated?)", path)
+    # Cut a little later, it still parses: but a CT image always has a SeriesInstanceUID (type 1).
+    # Without one the file would form a series of its own and the slice quietly drop out of its series.
+    if CT_SOP_CLASSES & {media_class, str(ds.get("SOPClassUID", "") or "")} and not ds.get("SeriesInstanceUID"):
+        raise ACATInputError("damaged DICOM header (no SeriesInstanceUID: the file may be truncated)", path)
     return ds
 
+
+#: Files that are passed over silently in a folder: they cannot be a slice of any series.
+HARMLESS_REASONS = ("not a DICOM file", "the file is empty", "not a readable DICOM image", "not a regular file")
 
 
 def iter_candidate_files(root: Path) -> Iterable[Path]:
@@ -275,8 +332,11 @@ def scan(paths: Sequence[Path], progress: ProgressCallback = no_progress) -> Sca
             records = records_from_dataset(ds, path)
         except ACATInputError as exc:
             reason = str(exc).removeprefix(f"{path}: ")
-            harmless = reason.startswith(("not a DICOM file", "the file is empty", "not a readable DICOM image"))
+            harmless = reason.startswith(HARMLESS_REASONS)
             (skipped if harmless else damaged).append((path, reason))
+            continue
+        except _HEADER_VALUE_ERRORS as exc:  # pydicom converts values lazily: a bad one surfaces here
+            damaged.append((path, f"damaged DICOM header ({short_reason(exc)})"))
             continue
         for rec in records:
             series.setdefault(rec.series_uid, []).append(rec)

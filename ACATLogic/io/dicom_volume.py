@@ -27,7 +27,8 @@ from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRL
 from ..errors import ACATInputError, short_reason
 from ..progress import ProgressCallback, no_progress
 from ..volume import CTVolume
-from .dicom_scan import ScanResult, SliceRecord, describe_skipped
+from .dicom_scan import VALUE_ERRORS, ScanResult, SliceRecord, describe_skipped, optional
+from .limits import check_memory
 
 ORIENTATION_TOL = 1e-3  # difference between unit vectors still counted as "the same orientation"
 SPACING_REL_TOL = 0.01  # gaps within 1% of the median are uniform
@@ -50,7 +51,8 @@ def _series_kind(records: list[SliceRecord]) -> str:
     if any(r.is_colour for r in usable):
         return f"colour ({first.photometric}) images, not greyscale CT"
     if not any(r.is_ct for r in usable):
-        return f"{first.modality or 'unknown modality'} images, not CT"
+        what = "images" if any(r.rows and r.columns for r in usable) else "data without images"
+        return f"{first.modality or 'unknown modality'} {what}, not CT"
     if all(r.rows == 0 or r.columns == 0 for r in usable):
         return "no pixel data"
     return ""
@@ -67,7 +69,10 @@ def select_series(scan: ScanResult, source: Path, series_uid: Optional[str] = No
     where = source if not single_file else None
     if not scan.series:
         if single_file and scan.skipped:
-            raise ACATInputError(scan.skipped[0][1], scan.skipped[0][0])
+            path, reason = scan.skipped[0]
+            if reason.startswith("DICOMDIR"):
+                reason = "a DICOMDIR index file holds no images; open the folder that holds it"
+            raise ACATInputError(reason, path)
         if scan.files_seen == 0:
             raise ACATInputError("the folder is empty: no DICOM files found", source)
         raise ACATInputError(
@@ -117,6 +122,9 @@ def select_series(scan: ScanResult, source: Path, series_uid: Optional[str] = No
 def _orthonormal_axes(records: list[SliceRecord]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     first = records[0]
     for r in records:
+        if r.row_dir is None and r.frame is None and r.header.get("ImageOrientationPatient") is not None:
+            raise ACATInputError("invalid ImageOrientationPatient (not two direction vectors): the slice cannot "
+                                 "be placed in the patient", r.path)
         if r.position is None or r.row_dir is None or r.col_dir is None:
             raise ACATInputError(
                 "no ImagePositionPatient/ImageOrientationPatient: the slice cannot be placed in the patient",
@@ -172,7 +180,7 @@ def _read_pixels(path: Path) -> np.ndarray:
         except Exception as exc:  # noqa: BLE001 - damaged file: any parser error
             raise ACATInputError(f"cannot read the file ({short_reason(exc)})", path) from None
         if not any(tag in ds for tag in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
-            raise ACATInputError("the file has no pixel data", path)
+            raise ACATInputError("the file has no pixel data (or it is cut short: a truncated file?)", path)
         meta = ds.file_meta if hasattr(ds, "file_meta") else pydicom.dataset.FileMetaDataset()
         if "TransferSyntaxUID" not in meta:  # a raw dataset without Part 10 header
             little = getattr(ds, "is_little_endian", True) is not False
@@ -185,13 +193,82 @@ def _read_pixels(path: Path) -> np.ndarray:
         except Exception as exc:  # noqa: BLE001 - codecs raise many types
             ts = getattr(meta.get("TransferSyntaxUID"), "name", "unknown transfer syntax")
             raise ACATInputError(f"cannot decode the pixel data ({ts}): {short_reason(exc)}", path) from None
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    try:
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+    except VALUE_ERRORS:
+        raise ACATInputError("damaged DICOM header (NumberOfFrames is not a whole number)", path) from None
     if pixels.ndim == 2:
         pixels = pixels[None]
-    if pixels.ndim != 3 or pixels.shape[0] != frames:
+    if pixels.ndim != 3 or pixels.shape[0] != frames or pixels.dtype.kind not in "uif":
         raise ACATInputError(f"unexpected pixel array shape {pixels.shape} (colour or damaged image)", path)
     return pixels
 
+
+
+_NATIVE_LITTLE_ENDIAN = {str(ExplicitVRLittleEndian): True, str(ImplicitVRLittleEndian): False}  # -> explicit VR
+
+
+def _read_native_pixels(record: SliceRecord) -> Optional[np.ndarray]:
+    """(1, rows, columns) read straight from the file, for the common single-frame, uncompressed,
+    little-endian, 16-bit greyscale image whose Pixel Data is the file's last element; else None.
+
+    The header was parsed once already (`dicom_scan`); parsing the whole file again through pydicom's
+    decoder took most of the time of reading a series. The element's own header (tag, VR, length) must
+    sit exactly before the last rows x columns x 2 bytes of the file, so a file that is cut short, padded,
+    or laid out any other way goes to pydicom (`_read_pixels`), with its error messages. Values are as
+    pydicom gives them, including its correction of the bits above Bits Stored.
+    """
+    ds = record.header
+    meta = getattr(ds, "file_meta", None)
+    explicit = _NATIVE_LITTLE_ENDIAN.get(str(meta.get("TransferSyntaxUID", "")) if meta is not None else "")
+    if explicit is None or record.frame is not None or record.samples_per_pixel != 1 or not record.rows:
+        return None
+    try:
+        bits_allocated = int(ds.get("BitsAllocated", 0) or 0)
+        bits_stored = int(ds.get("BitsStored", bits_allocated) or bits_allocated)
+        signed = int(ds.get("PixelRepresentation", 0) or 0)
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+    except VALUE_ERRORS:
+        return None
+    if bits_allocated != 16 or not 1 <= bits_stored <= 16 or signed not in (0, 1) or frames != 1:
+        return None
+    count = record.rows * record.columns
+    if 2 * count > 0xFFFFFFFE:  # more than one element can hold (a damaged header): pydicom says why
+        return None
+    length = (2 * count).to_bytes(4, "little")
+    head_size = 12 if explicit else 8
+    try:
+        with open(record.path, "rb") as fh:
+            start = fh.seek(0, 2) - 2 * count - head_size
+            if start < 0:
+                return None
+            fh.seek(start)
+            head = fh.read(head_size)
+            if head[:4] != b"\xe0\x7f\x10\x00" or head[-4:] != length or (
+                    explicit and head[4:8] not in (b"OW\x00\x00", b"OB\x00\x00")):
+                return None
+            pixels = np.fromfile(fh, dtype="<i2" if signed else "<u2", count=count)
+    except (OSError, ValueError):
+        return None
+    if pixels.size != count:
+        return None
+    pixels = pixels.reshape(1, record.rows, record.columns)
+    if bits_stored < 16:  # pydicom's correct_unused_bits: the high bits are not part of the value
+        np.left_shift(pixels, 16 - bits_stored, out=pixels)
+        np.right_shift(pixels, 16 - bits_stored, out=pixels)
+    return pixels
+
+
+def _pixels_of(record: SliceRecord) -> np.ndarray:
+    """All frames of the record's file as (F, rows, columns), as stored (before rescale)."""
+    pixels = _read_native_pixels(record)
+    return pixels if pixels is not None else _read_pixels(record.path)
+
+
+def _integer_hu(frame: np.ndarray, record: SliceRecord) -> bool:
+    """Whether ``frame * slope + intercept`` is an integer below 2**24 in magnitude for every pixel."""
+    return (frame.dtype.kind in "iu" and frame.itemsize <= 2 and record.slope == 1.0
+            and float(record.intercept).is_integer() and abs(record.intercept) <= 2 ** 23)
 
 
 def _shift_along(image: np.ndarray, shift: float, axis: int, fill: float) -> np.ndarray:
@@ -269,29 +346,49 @@ def build_volume(records: Sequence[SliceRecord], *, min_slices: int = 2,
             f"slice spacing was not uniform (gaps {gaps.min():.3g} to {gaps.max():.3g} mm); "
             f"resampled to {spacing_k:.4g} mm by linear interpolation between slices")
 
+    for r in images:
+        if r.slope == 0:
+            raise ACATInputError("RescaleSlope is 0: every pixel would have the same value; the header is damaged",
+                                 r.path)
     rescale_types = {r.rescale_type for r in images} - {"", "HU"}
     if rescale_types:
         notes.append(f"pixel values are in {'/'.join(sorted(rescale_types))} (DICOM RescaleType), "
                      "not Hounsfield units")
 
-    # Decode, one file at a time (a multi-frame file once), rescale to HU in float64: no overflow.
+    # Decode, one file at a time (a multi-frame file once), rescale to HU in float64: no integer
+    # overflow. The first file is decoded before the volume is allocated, so a header that declares
+    # more pixels than its file holds fails on its own data, not on a huge allocation.
     nk = len(images)
-    voxels = np.empty((nk, images[0].rows, images[0].columns), dtype=np.float32)
-    cache: dict[Path, np.ndarray] = {}
+    cache: dict[Path, np.ndarray] = {images[0].path: _pixels_of(images[0])}
+    check_memory((nk, images[0].rows, images[0].columns), cache[images[0].path].itemsize, images[0].path.parent)
+    try:
+        voxels = np.empty((nk, images[0].rows, images[0].columns), dtype=np.float32)
+    except MemoryError:
+        raise ACATInputError(f"not enough memory to read {nk} slices of {images[0].columns}x{images[0].rows}",
+                             images[0].path.parent) from None
+    f32 = np.finfo(np.float32)
     for k, r in enumerate(images):
         if k % 8 == 0:
             progress(k / nk, "decoding slices")
         if r.path not in cache:
             cache.clear()
-            cache[r.path] = _read_pixels(r.path)
+            cache[r.path] = _pixels_of(r)
         frames = cache[r.path]
         frame = frames[r.frame or 0]
         if frame.shape != (r.rows, r.columns):
             raise ACATInputError(f"pixel data is {frame.shape[1]}x{frame.shape[0]} but the header says "
                                  f"{r.columns}x{r.rows}", r.path)
+        if _integer_hu(frame, r):
+            # The common case (slope 1, whole-number intercept, 8/16-bit pixels): every value is an integer
+            # below 2**24, exact in float32, finite and in range - the float64 path's result, in one pass.
+            np.add(frame, np.float32(r.intercept), out=voxels[k])
+            continue
         hu = frame.astype(np.float64) * r.slope + r.intercept
         if not np.all(np.isfinite(hu)):
             raise ACATInputError("the pixel values contain NaN or infinity", r.path)
+        if np.abs(hu).max() > f32.max:
+            raise ACATInputError(f"RescaleSlope {r.slope:g} and RescaleIntercept {r.intercept:g} give values beyond "
+                                 "the float32 range; the header is damaged", r.path)
         voxels[k] = hu
     progress(1.0, "decoding slices")
 
@@ -324,7 +421,7 @@ def build_volume(records: Sequence[SliceRecord], *, min_slices: int = 2,
 def _slice_positions(along: np.ndarray, images: list[SliceRecord]) -> tuple[float, Optional[np.ndarray]]:
     """(spacing, None) when uniform; (spacing, target positions) when resampling is needed."""
     if len(along) == 1:  # one slice (allowed by min_slices=1): its thickness is its extent
-        thickness = images[0].header.get("SliceThickness")
+        thickness = optional(images[0].header, "SliceThickness")
         try:
             return (float(thickness) if thickness and float(thickness) > 0 else 1.0), None
         except (TypeError, ValueError):
@@ -358,23 +455,24 @@ def _resample_slices(voxels: np.ndarray, along: np.ndarray, target: np.ndarray) 
 def _metadata(ds: pydicom.Dataset) -> dict:
     """PHI-free description from the first image's header (never names, IDs, dates)."""
     def text(keyword):
-        value = ds.get(keyword)
+        value = optional(ds, keyword)
         return None if value in (None, "") else " ".join(str(value).split())
 
     def number(keyword, groups=()):
-        value = ds.get(keyword)
+        value = optional(ds, keyword)
         for seq_name in groups:  # enhanced CT keeps some values in functional groups
             if value not in (None, ""):
                 break
-            shared = ds.get("SharedFunctionalGroupsSequence")
-            if shared and shared[0].get(seq_name):
-                value = shared[0].get(seq_name)[0].get(keyword)
+            shared = optional(ds, "SharedFunctionalGroupsSequence")
+            item = optional(shared[0], seq_name) if shared else None
+            value = optional(item[0], keyword) if item else None
         try:
-            return float(value)
+            number = float(value)
         except (TypeError, ValueError):
             return None
+        return number if np.isfinite(number) else None
 
-    kernel = ds.get("ConvolutionKernel")
+    kernel = optional(ds, "ConvolutionKernel")
     if kernel is not None and not isinstance(kernel, str):
         kernel = "\\".join(str(k) for k in kernel)
     meta = {

@@ -15,6 +15,9 @@ import SimpleITK as sitk
 from ..errors import ACATInputError
 from ..volume import METADATA_KEYS, CTVolume
 from .atomic import atomic_path
+from .itk_guards import (c_stderr_captured, check_nifti_orientation, check_nifti_size, check_nrrd_data,
+                         check_nrrd_files, library_reason)
+from .limits import check_memory
 
 NRRD_SUFFIXES = (".nrrd", ".nhdr")
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -39,6 +42,18 @@ def _short(exc: BaseException) -> str:
     return text[:160]
 
 
+_COMPONENT_BYTES = {
+    sitk.sitkUInt8: 1, sitk.sitkInt8: 1, sitk.sitkUInt16: 2, sitk.sitkInt16: 2, sitk.sitkUInt32: 4,
+    sitk.sitkInt32: 4, sitk.sitkUInt64: 8, sitk.sitkInt64: 8, sitk.sitkFloat32: 4, sitk.sitkFloat64: 8,
+}
+
+
+def _is_segmentation(reader: sitk.ImageFileReader) -> bool:
+    """3D Slicer's .seg.nrrd: label values with Segment<N>_* fields, not Hounsfield units."""
+    keys = reader.GetMetaDataKeys()
+    return any(k.startswith("Segment0_") or k.startswith("Segmentation_") for k in keys)
+
+
 def read_itk_file(path: Path) -> CTVolume:
     """Read an NRRD or NIfTI CT volume (HU assumed) into a `CTVolume`."""
     kind = file_kind(path)
@@ -46,10 +61,18 @@ def read_itk_file(path: Path) -> CTVolume:
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     reader.SetImageIO(_IMAGE_IO[kind])
+    if fmt == "NIfTI":
+        check_nifti_orientation(path, compressed=kind == ".nii.gz")
+    else:
+        check_nrrd_files(path)
     try:
-        reader.ReadImageInformation()
+        with c_stderr_captured() as printed:
+            reader.ReadImageInformation()
     except RuntimeError as exc:
-        raise ACATInputError(f"cannot read the {fmt} file ({_short(exc)})", path) from None
+        raise ACATInputError(f"cannot read the {fmt} file ({library_reason(printed, _short(exc))})", path) from None
+    if _is_segmentation(reader):
+        raise ACATInputError("a 3D Slicer segmentation (labels), not a CT volume; open the CT scan it was drawn on",
+                             path)
     dim, comps = reader.GetDimension(), reader.GetNumberOfComponents()
     size = reader.GetSize()
     if comps != 1:
@@ -58,20 +81,31 @@ def read_itk_file(path: Path) -> CTVolume:
         pass  # a 3D volume saved with a trailing singleton axis: read below and drop it
     elif dim != 3:
         raise ACATInputError(f"the {fmt} file is {dim}D (size {list(size)}); a CT volume is 3D", path)
+    component_bytes = _COMPONENT_BYTES.get(reader.GetPixelID(), 8)
+    n_bytes = int(np.prod([int(s) for s in size], dtype=object)) * component_bytes
+    shown = " x ".join(str(int(s)) for s in size)
+    if fmt == "NRRD":
+        check_nrrd_data(path, shown, n_bytes)
+    else:
+        check_nifti_size(path, kind == ".nii.gz", shown, n_bytes)
+    check_memory(tuple(size), component_bytes, path)
     try:
-        image = reader.Execute()
+        with c_stderr_captured() as printed:
+            image = reader.Execute()
     except RuntimeError as exc:
-        raise ACATInputError(f"cannot read the {fmt} voxel data ({_short(exc)})", path) from None
+        raise ACATInputError(f"cannot read the {fmt} voxel data ({library_reason(printed, _short(exc))})",
+                             path) from None
     if dim == 4:
         image = image[:, :, :, 0]
     if image.GetSize()[2] < 2:
         raise ACATInputError(f"the {fmt} file holds a single slice; a volume needs at least 2", path)
     voxels = sitk.GetArrayFromImage(image)
+    if voxels.dtype == np.float64:
+        finite = voxels[np.isfinite(voxels)]
+        if finite.size and np.abs(finite).max() > np.finfo(np.float32).max:
+            raise ACATInputError("voxel values exceed the float32 range", path)
     if voxels.dtype != np.float32:
-        as64 = voxels.astype(np.float64)
-        voxels = as64.astype(np.float32)
-        if np.isfinite(as64).all() and not np.isfinite(voxels).all():
-            raise ACATInputError(f"voxel values exceed the float32 range", path)
+        voxels = voxels.astype(np.float32)  # integers up to 64 bits and in-range doubles: finite
     if not np.isfinite(voxels).all():
         bad = int(np.size(voxels) - np.isfinite(voxels).sum())
         raise ACATInputError(f"{bad} voxels are NaN or infinite; the volume is damaged", path)

@@ -18,6 +18,7 @@ from ..progress import ProgressCallback, no_progress, scaled
 from ..volume import CTVolume
 from . import dicom_scan, dicom_volume
 from .itk_files import file_kind, read_itk_file
+from .limits import check_geometry
 
 PathLike = Union[str, os.PathLike]
 
@@ -36,6 +37,14 @@ def read_volume(source: Union[PathLike, Sequence[PathLike]], *, series_uid: Opti
     Raises:
         ACATInputError: anything wrong with the input, as one line naming the file and the problem.
     """
+    volume = _read_any(source, series_uid, min_slices, progress)
+    check_geometry(volume.spacing_mm, volume.origin_mm,
+                   source if not isinstance(source, (list, tuple)) else Path(source[0]).parent)
+    return volume
+
+
+def _read_any(source: Union[PathLike, Sequence[PathLike]], series_uid: Optional[str], min_slices: int,
+              progress: ProgressCallback) -> CTVolume:
     if isinstance(source, (list, tuple)):
         files = [Path(p) for p in source]
         if not files:
@@ -54,6 +63,8 @@ def read_volume(source: Union[PathLike, Sequence[PathLike]], *, series_uid: Opti
         except OSError as exc:
             raise ACATInputError(f"cannot list the folder ({exc.strerror or exc})", path) from None
         return _read_dicom(files, path, series_uid, min_slices, progress)
+    if not path.is_file():  # opening a pipe or a device could block forever or never end
+        raise ACATInputError("not a regular file (a pipe, socket or device); give a file or a folder", path)
     if not os.access(path, os.R_OK):
         raise ACATInputError("permission denied: the file cannot be read", path)
     if file_kind(path) is not None:
@@ -62,7 +73,7 @@ def read_volume(source: Union[PathLike, Sequence[PathLike]], *, series_uid: Opti
             raise ACATInputError(f"only {volume.voxels_hu.shape[0]} slices; a volume needs at least {min_slices}", path)
         return volume
     if path.name.upper() == "DICOMDIR":
-        return read_volume(path.parent, series_uid=series_uid, min_slices=min_slices, progress=progress)
+        return _read_any(path.parent, series_uid, min_slices, progress)
     return _read_dicom([path], path, series_uid, min_slices, progress)
 
 

@@ -1,0 +1,219 @@
+"""Checks on NRRD and NIfTI files *before* ITK reads them, for the damaged files that make ITK's C
+libraries hang, crash, print on stderr or allocate without bound (each found by the bad-input corpus or
+by fuzzing, docs/RELIABILITY.md):
+
+* NIfTI: an sform (or qform) holding NaN or infinity makes NIfTI's ``nifti_mat33_polar`` iterate
+  forever (`check_nifti_orientation`).
+* NRRD ``encoding: ascii`` whose data holds a long run without whitespace (binary data, zeros)
+  overflows a fixed buffer in teem's ASCII reader: a segmentation fault (`check_nrrd_data`).
+* A detached NRRD ``data file`` that is a pipe or a device would block or never end; lists and
+  printf-style patterns of data files are not read at all.
+* A header declaring more voxels than its file can hold (raw data too short, or more than a gzip
+  stream of that size can expand to) would make ITK allocate first and fail later, or run for minutes.
+* The libraries print warnings and "** ERROR" lines straight to file descriptor 2; `c_stderr_captured`
+  keeps them off the terminal, and `library_reason` turns them into our one-line message.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import math
+import os
+import re
+import stat
+import struct
+import sys
+import tempfile
+import zlib
+from pathlib import Path
+from typing import BinaryIO, Iterator, Optional
+
+from ..errors import ACATInputError
+from .limits import GZIP_MAX_RATIO
+
+NIFTI_HEADER_BYTES = 352  # NIfTI-1 header plus its 4-byte extension flag
+MAX_NRRD_HEADER_BYTES = 1 << 20
+ASCII_ENCODINGS = ("ascii", "text", "txt")
+#: no number in an ASCII NRRD needs more characters; teem's reader overflows somewhere past 1000
+MAX_ASCII_TOKEN = 64
+_SPACE = rb" \t\n\r\v\f"  # C's isspace(): what teem's fscanf("%s") stops at
+
+
+@contextlib.contextmanager
+def c_stderr_captured() -> Iterator[list[str]]:
+    """Collect what the C libraries print on file descriptor 2 while reading (their warnings and errors).
+
+    They would break the promise of one line on stderr per bad input; the text is kept for our own
+    message instead. (Another thread's stderr output during the read is swallowed too; reads are short.)
+    """
+    lines: list[str] = []
+    try:
+        saved = os.dup(2)
+    except OSError:  # no stderr at all (a detached process): nothing to capture
+        yield lines
+        return
+    with tempfile.TemporaryFile() as tmp:
+        with contextlib.suppress(Exception):
+            sys.stderr.flush()
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield lines
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            lines.extend(line.strip() for line in tmp.read(65536).decode("utf-8", "replace").splitlines()
+                         if line.strip())
+
+
+def library_reason(printed: list[str], fallback: str) -> str:
+    """The library's own "ERROR: ..." line when it printed one (the most specific reason), else ``fallback``."""
+    errors = [line.split("ERROR:", 1)[1].strip() for line in printed if "ERROR:" in line]
+    return errors[0][:160] if errors and errors[0] else fallback
+
+
+# ------------------------------------------------------------------------------------------------
+# NIfTI
+# ------------------------------------------------------------------------------------------------
+def check_nifti_orientation(path: Path, compressed: bool) -> None:
+    """Refuse a NIfTI-1/-2 header whose sform or qform holds NaN or infinity (ITK would hang)."""
+    try:
+        with (gzip.open(path, "rb") if compressed else open(path, "rb")) as fh:
+            head = fh.read(540)
+    except (OSError, EOFError, zlib.error):
+        return  # ITK says what is wrong with the file
+    for order in "<>":
+        if len(head) >= 348 and struct.unpack_from(order + "i", head, 0)[0] == 348:  # NIfTI-1
+            qform, sform = struct.unpack_from(order + "hh", head, 252)
+            quatern, srow = struct.unpack_from(order + "6f", head, 256), struct.unpack_from(order + "12f", head, 280)
+            pixdim = struct.unpack_from(order + "4f", head, 76)
+            break
+        if len(head) >= 540 and struct.unpack_from(order + "i", head, 0)[0] == 540:  # NIfTI-2
+            qform, sform = struct.unpack_from(order + "ii", head, 344)
+            quatern, srow = struct.unpack_from(order + "6d", head, 352), struct.unpack_from(order + "12d", head, 400)
+            pixdim = struct.unpack_from(order + "4d", head, 104)
+            break
+    else:
+        return
+    if sform != 0 and not all(math.isfinite(v) for v in srow):
+        raise ACATInputError("the NIfTI header's orientation (sform) holds NaN or infinite values; the file is "
+                             "damaged", path)
+    if qform != 0 and not all(math.isfinite(v) for v in quatern + pixdim):
+        raise ACATInputError("the NIfTI header's orientation (qform) or voxel size holds NaN or infinite values; "
+                             "the file is damaged", path)
+
+
+def check_nifti_size(path: Path, compressed: bool, shown: str, n_bytes: int) -> None:
+    """Refuse a NIfTI header that declares more voxel data than the file can hold."""
+    try:
+        available = path.stat().st_size - (0 if compressed else NIFTI_HEADER_BYTES)
+    except OSError:
+        return
+    _check_available("NIfTI", path, "gzip" if compressed else "raw", available, shown, n_bytes)
+
+
+# ------------------------------------------------------------------------------------------------
+# NRRD
+# ------------------------------------------------------------------------------------------------
+def _nrrd_layout(path: Path) -> Optional[tuple[str, Optional[Path], int]]:
+    """(encoding, the file holding the voxels, where they start in it) from an NRRD header.
+
+    The data file is None for a list or a printf-style pattern of data files. None when the header
+    cannot be parsed at all (ITK then says why).
+    """
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(MAX_NRRD_HEADER_BYTES)
+    except OSError:
+        return None
+    ends = [i for i in (head.find(b"\n\n"), head.find(b"\r\n\r\n")) if i >= 0]
+    if ends:
+        end = min(ends)
+        header_bytes = end + (2 if head[end:end + 2] == b"\n\n" else 4)
+    elif len(head) < MAX_NRRD_HEADER_BYTES:  # a detached header may end without a blank line
+        end = header_bytes = len(head)
+    else:
+        return None
+    fields = {}
+    for line in head[:end].decode("latin-1").splitlines()[1:]:
+        key, sep, value = line.partition(":")
+        if sep and not line.startswith("#"):
+            fields.setdefault(key.strip().lower().replace(" ", ""), value.lstrip("=").strip())
+    encoding = fields.get("encoding", "raw").lower()
+    detached = fields.get("datafile")
+    if detached is None:
+        return encoding, path, header_bytes
+    if detached.upper().startswith("LIST") or re.search(r"%\S*d|\s", detached):
+        return encoding, None, 0
+    return encoding, (Path(detached) if Path(detached).is_absolute() else path.parent / detached), 0
+
+
+def _has_long_token(fh: BinaryIO, limit: int) -> bool:
+    """Whether the stream holds more than ``limit`` bytes without whitespace (read in 4 MB chunks)."""
+    long_run = re.compile(rb"[^%s]{%d,}" % (_SPACE, limit + 1))
+    lead_run = re.compile(rb"[^%s]*" % _SPACE)
+    tail_run = re.compile(rb"[^%s]*\Z" % _SPACE)
+    carry = 0  # the run of non-whitespace that the previous chunk ended with
+    while chunk := fh.read(1 << 22):
+        if long_run.search(chunk):
+            return True
+        lead = lead_run.match(chunk).end()
+        if lead == len(chunk):
+            carry += lead
+        else:
+            if carry + lead > limit:
+                return True
+            carry = len(tail_run.search(chunk).group())
+        if carry > limit:
+            return True
+    return False
+
+
+def check_nrrd_files(path: Path) -> None:
+    """Before ITK opens anything: one data file, and a regular one (ITK opens it with the header already)."""
+    layout = _nrrd_layout(path)
+    if layout is None:
+        return
+    data_path = layout[1]
+    if data_path is None:
+        raise ACATInputError("the NRRD header lists several data files (or a file-name pattern); ACAT reads an NRRD "
+                             "whose voxels are in the file itself or in one data file", path)
+    try:
+        mode = data_path.stat().st_mode
+    except (OSError, ValueError):  # missing, or a name with a NUL byte: ITK says so
+        return
+    if not stat.S_ISREG(mode):
+        raise ACATInputError("the NRRD data file is not a regular file (a pipe, socket or device)", data_path)
+
+
+def check_nrrd_data(path: Path, shown: str, n_bytes: int) -> None:
+    """Refuse NRRD voxel data that cannot hold the declared voxels, or that ITK's ASCII reader would crash on."""
+    layout = _nrrd_layout(path)
+    if layout is None or layout[1] is None:
+        return
+    encoding, data_path, offset = layout
+    try:
+        info = data_path.stat()
+    except (OSError, ValueError):
+        return  # ITK says the data file is missing
+    if not stat.S_ISREG(info.st_mode):
+        return
+    _check_available("NRRD", data_path, encoding, info.st_size - offset, shown, n_bytes)
+    if encoding in ASCII_ENCODINGS:
+        with open(data_path, "rb") as fh:
+            fh.seek(offset)
+            if _has_long_token(fh, MAX_ASCII_TOKEN):
+                raise ACATInputError("the NRRD header says the voxels are ASCII text, but the data holds a run of "
+                                     f"more than {MAX_ASCII_TOKEN} characters without a space (binary data?); "
+                                     "the file is damaged", data_path)
+
+
+def _check_available(fmt: str, data_path: Path, encoding: str, available: int, shown: str, n_bytes: int) -> None:
+    available = max(available, 0)
+    if encoding == "raw" and available < n_bytes:
+        raise ACATInputError(f"the {fmt} header declares {shown} voxels ({n_bytes} bytes) but the file holds only "
+                             f"{available} bytes of voxel data (truncated?)", data_path)
+    if encoding in ("gzip", "gz") and n_bytes > GZIP_MAX_RATIO * available + 65536:
+        raise ACATInputError(f"the {fmt} header declares {shown} voxels ({n_bytes} bytes), more than its "
+                             f"{available} bytes of compressed data can hold; the file is damaged", data_path)
