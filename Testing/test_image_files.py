@@ -157,3 +157,25 @@ def test_unsupported_output_suffix(tmp_path):
     with pytest.raises(ACATInputError, match="use a name ending in .nrrd, .nii or .nii.gz"):
         write_volume(_oblique_volume(), tmp_path / "out.png")
     assert itk_files.file_kind(Path("a.NII.GZ")) == ".nii.gz"
+
+
+def test_a_file_that_appears_while_writing_is_never_replaced_without_overwrite(tmp_path):
+    """Two writers of one output: the first to finish wins; the second fails and its temporary file goes."""
+    from ACATLogic.io.atomic import atomic_directory, atomic_path
+
+    target = tmp_path / "out.txt"
+    with pytest.raises(FileExistsError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("second")
+            target.write_text("first")  # the other writer finishes meanwhile
+    assert target.read_text() == "first" and [p.name for p in tmp_path.iterdir()] == ["out.txt"]
+    folder = tmp_path / "result"
+    with pytest.raises(FileExistsError):
+        with atomic_directory(folder) as tmp:
+            (tmp / "a").write_text("second")
+            folder.mkdir()
+            (folder / "a").write_text("first")
+    assert (folder / "a").read_text() == "first" and sorted(p.name for p in tmp_path.iterdir()) == ["out.txt", "result"]
+    with atomic_path(target, overwrite=True) as tmp:  # overwrite=True replaces, as before
+        tmp.write_text("third")
+    assert target.read_text() == "third"

@@ -10,6 +10,21 @@ from pathlib import Path
 from typing import Iterator
 
 
+def _link_new(tmp: Path, target: Path) -> None:
+    """Move ``tmp`` to ``target`` only if ``target`` does not exist, checked and done in one step (a hard
+    link fails when the name is taken); where links are not supported, a check just before the rename."""
+    try:
+        os.link(tmp, target)
+    except FileExistsError:
+        raise
+    except OSError:
+        if target.exists():
+            raise FileExistsError(target) from None
+        os.replace(tmp, target)
+    else:
+        tmp.unlink()
+
+
 @contextlib.contextmanager
 def atomic_path(target: Path, *, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside ``target`` (same suffixes); on success rename it to ``target``.
@@ -26,7 +41,10 @@ def atomic_path(target: Path, *, overwrite: bool = False) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
-        os.replace(tmp, target)
+        if overwrite:
+            os.replace(tmp, target)
+        else:
+            _link_new(tmp, target)
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
@@ -42,6 +60,8 @@ def atomic_directory(target: Path, *, overwrite: bool = False) -> Iterator[Path]
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
     try:
         yield tmp
+        if target.exists() and not overwrite:  # another writer finished first: its result stays
+            raise FileExistsError(target)
         if target.exists():
             old = target.with_name(f".{target.name}.old-{os.getpid()}")
             os.replace(target, old)
