@@ -179,3 +179,22 @@ def test_a_file_that_appears_while_writing_is_never_replaced_without_overwrite(t
     with atomic_path(target, overwrite=True) as tmp:  # overwrite=True replaces, as before
         tmp.write_text("third")
     assert target.read_text() == "third"
+
+
+def test_outputs_get_the_usual_permissions_not_the_temporary_files_private_ones(tmp_path):
+    """mkstemp/mkdtemp create 0600 files and 0700 folders; outputs follow the umask like any new file."""
+    import os
+    import stat
+
+    from ACATLogic.io.atomic import atomic_directory, atomic_path
+
+    old = os.umask(0o022)
+    try:
+        with atomic_path(tmp_path / "a.txt") as tmp:
+            tmp.write_text("x")
+        with atomic_directory(tmp_path / "folder") as tmp:
+            (tmp / "b.txt").write_text("y")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "a.txt").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "folder").stat().st_mode) == 0o755

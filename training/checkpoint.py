@@ -53,6 +53,7 @@ from torch import nn
 
 from ACATLogic.bundle import sha256_file, unique_state
 from ACATLogic.errors import ACATInputError, short_reason
+from ACATLogic.io.atomic import usual_mode
 from ACATLogic.models import create_model
 
 CHECKPOINT_KIND = "acat-training-checkpoint"
@@ -97,6 +98,7 @@ def atomic_write_bytes(target: Path, data: bytes) -> None:
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
+        usual_mode(tmp)
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
@@ -274,6 +276,7 @@ def save_weights(model: nn.Module, path: Path, extra: Optional[dict] = None) -> 
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial.safetensors", dir=path.parent)
         os.close(fd)
+        usual_mode(tmp)
         save_file(state, tmp, metadata=metadata)
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())

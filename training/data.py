@@ -43,6 +43,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ACATLogic.errors import ACATInputError, short_reason
+from ACATLogic.io.atomic import usual_mode
 from ACATLogic.preprocess import InputSpec, prepare
 
 from .checkpoint import atomic_write_json
@@ -321,6 +322,7 @@ def build_cache(cfg: TrainConfig, records: Sequence[CaseRecord], folder: Path,
     n = len(records)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".partial", dir=folder.parent))
+    usual_mode(tmp)
     try:
         images = np.lib.format.open_memmap(tmp / "images.npy", mode="w+", dtype=np.float32,
                                            shape=(max(n, 1), spec.slices, 1, *spec.size))

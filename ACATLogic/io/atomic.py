@@ -10,6 +10,18 @@ from pathlib import Path
 from typing import Iterator
 
 
+def _umask() -> int:
+    """The process's file-creation mask (read by setting it and setting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def usual_mode(path) -> None:
+    """Give a file or folder made by mkstemp/mkdtemp (private: 0600/0700) the mode a new file gets."""
+    os.chmod(path, (0o777 if os.path.isdir(path) else 0o666) & ~_umask())
+
+
 def _link_new(tmp: Path, target: Path) -> None:
     """Move ``tmp`` to ``target`` only if ``target`` does not exist, checked and done in one step (a hard
     link fails when the name is taken); where links are not supported, a check just before the rename."""
@@ -39,6 +51,7 @@ def atomic_path(target: Path, *, overwrite: bool = False) -> Iterator[Path]:
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f".partial{suffix}", dir=target.parent)
     os.close(fd)
     tmp = Path(tmp_name)
+    usual_mode(tmp)  # mkstemp makes it private (0600); the output gets the usual mode
     try:
         yield tmp
         if overwrite:
@@ -58,6 +71,7 @@ def atomic_directory(target: Path, *, overwrite: bool = False) -> Iterator[Path]
         raise FileExistsError(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
+    usual_mode(tmp)  # mkdtemp makes it private (0700); the output gets the usual mode
     try:
         yield tmp
         if target.exists() and not overwrite:  # another writer finished first: its result stays
