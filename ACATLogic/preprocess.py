@@ -25,6 +25,7 @@ the S slices nearest to ``linspace(0, K-1, S)`` are used and maps are linearly i
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import asdict, dataclass, field
 from typing import Literal
@@ -112,7 +113,7 @@ class SliceGeometry:
 def estimate_geometry(canonical: CTVolume, spec: InputSpec) -> SliceGeometry:
     """Centre, rotation and field of view of the model grid on the canonical slices (module docstring)."""
     threshold = -200.0 if spec.alignment == "brain_midline" else -500.0
-    mask = (canonical.voxels_hu > threshold).mean(axis=0)  # (J, I): fraction of slices with tissue
+    mask = _tissue_fraction(canonical.voxels_hu, threshold)  # (J, I): fraction of slices with tissue
     footprint = _largest_component(mask > 0.05)  # drops the table / head rest, which are separate
     sx, sy = float(canonical.spacing_mm[0]), float(canonical.spacing_mm[1])
     n_j, n_i = footprint.shape
@@ -140,6 +141,19 @@ def estimate_geometry(canonical: CTVolume, spec: InputSpec) -> SliceGeometry:
     return SliceGeometry((float(centre[0]), float(centre[1])), angle, pixel_mm, (h, w), (sx, sy), (n_i, n_j))
 
 
+#: slices handled at once where a whole-volume temporary would otherwise be made (bounds peak memory)
+SLAB = 32
+
+
+def _tissue_fraction(hu: np.ndarray, threshold: float) -> np.ndarray:
+    """(K, J, I) -> (J, I) float64: the fraction of slices above ``threshold``, slab by slab (no (K, J, I)
+    boolean temporary); equal to ``(hu > threshold).mean(axis=0)``, as the counts are exact integers."""
+    count = np.zeros(hu.shape[1:], np.int64)
+    for start in range(0, hu.shape[0], SLAB):
+        count += np.count_nonzero(hu[start:start + SLAB] > threshold, axis=0)
+    return count / hu.shape[0]
+
+
 def _largest_component(footprint: np.ndarray) -> np.ndarray:
     """The largest 8-connected region of a 2D boolean mask (SimpleITK's labelling)."""
     import SimpleITK as sitk
@@ -162,6 +176,7 @@ def chunk_indices(n_slices: int, s: int, coverage: str = "all") -> np.ndarray:
     return np.minimum(idx, n_slices - 1)
 
 
+@functools.lru_cache(maxsize=4)
 def _model_grid(geometry: SliceGeometry) -> torch.Tensor:
     """(1, H, W, 2) grid_sample coordinates (x=i, y=j normalised, align_corners=True) of model pixels."""
     h, w = geometry.size
@@ -173,6 +188,7 @@ def _model_grid(geometry: SliceGeometry) -> torch.Tensor:
     return torch.from_numpy(np.stack([gx, gy], axis=-1)[None].astype(np.float32))
 
 
+@functools.lru_cache(maxsize=4)  # one explanation maps a dozen volumes back through the same grid
 def _canonical_grid(geometry: SliceGeometry) -> torch.Tensor:
     """(1, J, I, 2) grid_sample coordinates of canonical voxels in model space."""
     n_i, n_j = geometry.canonical_size_ij
@@ -228,12 +244,15 @@ class PreparedScan:
         return (total / np.maximum(count, 1)[:, None, None]).astype(np.float32)
 
     def to_input_grid(self, maps: torch.Tensor) -> np.ndarray:
-        """(C, S, H, W) model-space maps -> (K, J, I) on the *input* volume's own grid (bilinear
-        in-plane; zero outside the model's field of view)."""
-        per_slice = torch.from_numpy(self.to_canonical_slices(maps))[:, None]  # (K, 1, H, W)
-        grid = _canonical_grid(self.geometry).expand(per_slice.shape[0], -1, -1, -1)
-        canonical = F.grid_sample(per_slice, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
-        return np.ascontiguousarray(self.reorientation.undo(canonical[:, 0].numpy()))
+        """(C, S, H, W) model-space maps -> (K, J, I) float32 on the *input* volume's own grid (bilinear
+        in-plane; zero outside the model's field of view). A new array the caller may change in place."""
+        # The K slices go in as the channels of one image: every slice shares the in-plane grid, so
+        # grid_sample reads one (J, I) grid instead of K expanded copies of it, and computes the
+        # interpolation weights once per voxel (the same arithmetic per channel as per batch item).
+        per_slice = torch.from_numpy(self.to_canonical_slices(maps))[None]  # (1, K, H, W)
+        canonical = F.grid_sample(per_slice, _canonical_grid(self.geometry), mode="bilinear",
+                                  padding_mode="zeros", align_corners=True)[0]  # (K, J, I)
+        return np.ascontiguousarray(self.reorientation.undo(canonical.numpy()))
 
 
 def prepare(volume: CTVolume, spec: InputSpec, coverage: str = "all") -> PreparedScan:
@@ -242,9 +261,14 @@ def prepare(volume: CTVolume, spec: InputSpec, coverage: str = "all") -> Prepare
     geometry = estimate_geometry(canonical, spec)
     idx = chunk_indices(canonical.voxels_hu.shape[0], spec.slices, coverage)
     needed = np.unique(idx)
-    windowed = torch.from_numpy(spec.window(canonical.voxels_hu[needed]))[:, None]  # (N, 1, J, I)
-    grid = _model_grid(geometry).expand(len(needed), -1, -1, -1)
-    resampled = F.grid_sample(windowed, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+    # Slab by slab (bounded temporaries on a thin-slice scan); the slices of a slab are the channels of
+    # one image, all sampled through the one in-plane grid (see `PreparedScan.to_input_grid`).
+    grid = _model_grid(geometry)
+    resampled = torch.empty((len(needed), 1, *spec.size), dtype=torch.float32)  # (N, 1, H, W)
+    for start in range(0, len(needed), SLAB):
+        windowed = torch.from_numpy(spec.window(canonical.voxels_hu[needed[start:start + SLAB]]))[None]
+        resampled[start:start + SLAB, 0] = F.grid_sample(windowed, grid, mode="bilinear", padding_mode="zeros",
+                                                         align_corners=True)[0]
     lookup = {int(k): n for n, k in enumerate(needed)}
     order = torch.as_tensor([lookup[int(k)] for k in idx.reshape(-1)])
     images = resampled[order].reshape(idx.shape[0], idx.shape[1], 1, *spec.size).contiguous()

@@ -172,8 +172,10 @@ class CounterfactualSaliency:
         for step in range(self.steps + 1):
             if is_cancelled(cancel):
                 raise Cancelled("cancelled")
+            # the last pass only reads the result: no graph to keep for a backward pass that never comes
             with (torch.autocast(device_type=x.device.type, dtype=self.autocast_dtype)
-                  if self.autocast_dtype is not None else contextlib.nullcontext()):
+                  if self.autocast_dtype is not None else contextlib.nullcontext()), \
+                    torch.set_grad_enabled(step < self.steps):
                 images = self.autoencoder.decode(z).reshape(t * b, s, 1, h, w)
                 logits = self.classifier(images)
             images, logits = images.float(), logits.float()
