@@ -31,8 +31,9 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -72,6 +73,33 @@ def default_batch_chunks(device: torch.device, targets: int, slices: int) -> int
     return max(1, images // (targets * slices))
 
 
+class LazyVolumes(Mapping):
+    """name -> CTVolume on the input grid, made from the small model-space map each time it is read.
+
+    A full-size volume of a 300-slice 512 x 512 CT takes 300 MB; an explanation has one counterfactual per
+    class and three attention maps. Made when read and never kept here, they cost memory only while their
+    reader holds them (the writer writes one at a time). Reading twice gives two equal volumes.
+    """
+
+    def __init__(self, makers: dict):
+        self._makers = dict(makers)
+
+    def __setitem__(self, name: str, maker: Callable[[], CTVolume]) -> None:
+        self._makers[name] = maker
+
+    def __getitem__(self, name: str) -> CTVolume:
+        return self._makers[name]()
+
+    def __iter__(self):
+        return iter(self._makers)
+
+    def __len__(self) -> int:
+        return len(self._makers)
+
+    def __repr__(self) -> str:
+        return f"LazyVolumes({list(self._makers)})"
+
+
 @dataclass
 class Explanation:
     """The result of `Explainer.explain`; every volume is on the input volume's own grid."""
@@ -83,8 +111,9 @@ class Explanation:
     parameters: dict
     classifier: str  # "acat" or "baseline": which model gave the prediction
     saliency: CTVolume
-    counterfactuals: dict = field(default_factory=dict)  # label -> CTVolume (HU)
-    attention: dict = field(default_factory=dict)  # mask name -> CTVolume in [0, 1]
+    # label -> CTVolume (HU) and mask name -> CTVolume in [0, 1]; both `LazyVolumes`, made when read
+    counterfactuals: Mapping = field(default_factory=dict)
+    attention: Mapping = field(default_factory=dict)
     slice_weights: Optional[list] = None  # ACAT's learned weight of each model slice, per chunk
     trajectory: dict = field(default_factory=dict)  # target label -> per step {label: probability}
     reached_step: dict = field(default_factory=dict)  # target label -> first step p > 0.5, or None
@@ -203,6 +232,7 @@ class Explainer:
             warnings=list(prepared.notes))
         if method == "counterfactual":
             saliency_model = result.saliency
+            explanation.counterfactuals = LazyVolumes({})
             self._add_counterfactuals(explanation, prepared, result, volume)
         else:
             check_cancel()
@@ -212,13 +242,14 @@ class Explainer:
         saliency = prepared.to_input_grid(saliency_model[:, :, 0])
         explanation.saliency = volume.with_voxels(np.clip(saliency, 0, 1, out=saliency))  # in place: one volume
         explanation.saliency.metadata.pop("series_selection", None)
+        explanation.attention = LazyVolumes({})
         for name, mask in attention.items():
             if name == "slices":
                 explanation.slice_weights = mask.cpu().tolist()
                 continue
             up = F.interpolate(mask.flatten(0, 1).float(), size=self.bundle.spec.size, mode="bilinear",
                                align_corners=False).view(mask.shape[0], mask.shape[1], *self.bundle.spec.size)
-            explanation.attention[name] = volume.with_voxels(prepared.to_input_grid(up))
+            explanation.attention[name] = lambda up=up.cpu(): volume.with_voxels(prepared.to_input_grid(up))
         timings["map_back_s"] = time.perf_counter() - t4
         explanation.timings = {k: round(v, 4) for k, v in timings.items()}
         progress(1.0, "done")
@@ -248,13 +279,19 @@ class Explainer:
 
     def _add_counterfactuals(self, explanation: Explanation, prepared: PreparedScan, result, volume: CTVolume):
         width = float(self.bundle.spec.hu_window[1])
+        deltas = {}
         for i, t in enumerate(result.targets):
             label = self.labels[t]
-            delta = (result.counterfactuals[i] - result.reference)[:, :, 0] * width  # (C, S, H, W) in HU
-            cf = prepared.to_input_grid(delta)  # float32; the sum in place holds one volume, not three
-            cf += volume.voxels_hu
-            explanation.counterfactuals[label] = volume.with_voxels(cf)
-            explanation.counterfactuals[label].metadata.pop("series_selection", None)
+            deltas[label] = ((result.counterfactuals[i] - result.reference)[:, :, 0] * width).cpu()  # (C, S, H, W) HU
+
+            def counterfactual(delta=deltas[label]) -> CTVolume:
+                cf = prepared.to_input_grid(delta)  # float32; the sum in place holds one volume, not three
+                cf += volume.voxels_hu
+                out = volume.with_voxels(cf)
+                out.metadata.pop("series_selection", None)
+                return out
+
+            explanation.counterfactuals[label] = counterfactual
             mean_traj = result.trajectory[i].mean(dim=0).cpu()  # (steps + 1, C), over chunks
             explanation.trajectory[label] = [{n: round(float(p), 6) for n, p in zip(self.labels, row)}
                                              for row in mean_traj]

@@ -72,20 +72,22 @@ def write_explanation(explanation: Explanation, out_dir, *, bundle: ModelBundle,
         with atomic_directory(out_dir, overwrite=True) as tmp:
             write_itk_file(explanation.saliency, tmp / "saliency.nrrd")
             names.append("saliency.nrrd")
+            change = {}  # label -> total |HU change|: read while each volume is at hand (they are made on reading)
             for label, cf in explanation.counterfactuals.items():
                 name = f"counterfactual_{safe_name(label)}.nrrd"
                 write_itk_file(cf, tmp / name)
                 names.append(name)
+                change[label] = float(np.abs(cf.voxels_hu - volume.voxels_hu).sum(dtype=np.float64))
+                del cf
             for mask_name, mask in explanation.attention.items():
                 name = f"attention_{safe_name(mask_name)}.nrrd"
                 write_itk_file(mask, tmp / name)
                 names.append(name)
             healthy = explanation.class_names[0]
             shown = explanation.counterfactuals.get(healthy) if explanation.label != healthy else None
-            if shown is None and explanation.counterfactuals:
+            if shown is None and change:
                 # the class farthest from the prediction: the largest change
-                shown = max(explanation.counterfactuals.values(),
-                            key=lambda v: float(np.abs(v.voxels_hu - volume.voxels_hu).sum()))
+                shown = explanation.counterfactuals[max(change, key=change.get)]
             probs = ", ".join(f"{k} {v:.2f}" for k, v in explanation.probabilities.items())
             title = (f"{bundle.id}: {explanation.label} ({probs}) - {explanation.method} saliency")
             write_overview(tmp / "overview.png", volume, explanation.saliency, shown, title,

@@ -55,6 +55,11 @@ def test_explainer_on_real_head_ct(brain_bundle, cranium_series):
     for mask in result.attention.values():
         _same_grid(mask, volume)
         assert mask.voxels_hu.min() >= 0 and mask.voxels_hu.max() <= 1
+    # full-size volumes are made when read (LazyVolumes): the explanation keeps none, two readings agree
+    assert type(result.counterfactuals).__name__ == type(result.attention).__name__ == "LazyVolumes"
+    again, once_more = result.counterfactuals["left"], result.counterfactuals["left"]
+    assert again is not once_more and np.array_equal(again.voxels_hu, once_more.voxels_hu)
+    assert "series_selection" not in again.metadata
     assert len(result.slice_weights) == result.preprocessing["chunks"] == 22
     assert len(result.trajectory["none"]) == result.parameters["steps"] + 1 == 4
     assert calls[-1] == 1.0 and calls == sorted(calls)
@@ -171,3 +176,15 @@ def test_explain_outputs_hold_no_patient_identity(brain_bundle, cranium_copy, tm
         for secret in (b"Doe", b"Jane", b"MRN0042", b"19700101"):
             assert secret not in data, (path.name, secret)
     assert all(s not in result.stdout + result.stderr for s in ("Doe", "MRN0042"))
+
+
+def test_lazy_volumes_make_each_value_when_read():
+    """`LazyVolumes`: a read-only mapping whose values are made on each reading, never cached."""
+    from ACATLogic.explain import LazyVolumes
+
+    calls = []
+    lazy = LazyVolumes({"a": lambda: calls.append("a") or np.ones(3), "b": lambda: np.zeros(2)})
+    assert list(lazy) == ["a", "b"] and len(lazy) == 2 and calls == []
+    first, second = lazy["a"], lazy["a"]
+    assert first is not second and np.array_equal(first, second) and calls == ["a", "a"]
+    assert lazy.get("missing") is None and "b" in lazy
