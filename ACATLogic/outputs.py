@@ -9,7 +9,9 @@ method and its parameters, and timings.
 from __future__ import annotations
 
 import json
+import os
 import re
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Optional
 
@@ -57,6 +59,38 @@ def build_report(explanation: Explanation, bundle: ModelBundle, volume: CTVolume
     }
 
 
+#: NRRD files written at once: gzip and ITK's writer release the GIL, so two threads write about 1.8x
+#: faster on two cores (docs/BENCHMARKS.md); each volume in flight holds one full-size copy
+WRITE_THREADS = 2
+
+
+def _write_volumes(explanation: Explanation, volume: CTVolume, folder: Path, names: list) -> dict:
+    """Write the saliency, counterfactual and attention volumes (made on reading, see `LazyVolumes`) into
+    ``folder``; append their file names to ``names`` in a fixed order and return label -> total |HU change|
+    of each counterfactual (measured while the volume is at hand)."""
+    jobs = [("saliency.nrrd", lambda: explanation.saliency, None)]
+    jobs += [(f"counterfactual_{safe_name(label)}.nrrd", lambda label=label: explanation.counterfactuals[label], label)
+             for label in explanation.counterfactuals]
+    jobs += [(f"attention_{safe_name(name)}.nrrd", lambda name=name: explanation.attention[name], None)
+             for name in explanation.attention]
+
+    def write(job) -> Optional[float]:
+        name, make, label = job
+        image = make()
+        write_itk_file(image, folder / name)
+        if label is None:
+            return None
+        return float(np.abs(image.voxels_hu - volume.voxels_hu).sum(dtype=np.float64))
+
+    pool = ThreadPoolExecutor(max_workers=max(1, min(WRITE_THREADS, os.cpu_count() or 1)))
+    try:
+        changes = list(pool.map(write, jobs))
+    finally:  # on an error or a cancel, nothing new starts; the caller removes the partial folder
+        pool.shutdown(wait=True, cancel_futures=True)
+    names += [name for name, _, _ in jobs]
+    return {label: c for (_, _, label), c in zip(jobs, changes) if label is not None}
+
+
 def write_explanation(explanation: Explanation, out_dir, *, bundle: ModelBundle, volume: CTVolume,
                       overwrite: bool = False, extra_timings: Optional[dict] = None) -> list[Path]:
     """Write every result into ``out_dir`` (a new or empty folder, or any with ``overwrite``)."""
@@ -70,19 +104,7 @@ def write_explanation(explanation: Explanation, out_dir, *, bundle: ModelBundle,
     try:
         # an empty folder is replaced whole (and stays, empty, if this is cancelled)
         with atomic_directory(out_dir, overwrite=True) as tmp:
-            write_itk_file(explanation.saliency, tmp / "saliency.nrrd")
-            names.append("saliency.nrrd")
-            change = {}  # label -> total |HU change|: read while each volume is at hand (they are made on reading)
-            for label, cf in explanation.counterfactuals.items():
-                name = f"counterfactual_{safe_name(label)}.nrrd"
-                write_itk_file(cf, tmp / name)
-                names.append(name)
-                change[label] = float(np.abs(cf.voxels_hu - volume.voxels_hu).sum(dtype=np.float64))
-                del cf
-            for mask_name, mask in explanation.attention.items():
-                name = f"attention_{safe_name(mask_name)}.nrrd"
-                write_itk_file(mask, tmp / name)
-                names.append(name)
+            change = _write_volumes(explanation, volume, tmp, names)
             healthy = explanation.class_names[0]
             shown = explanation.counterfactuals.get(healthy) if explanation.label != healthy else None
             if shown is None and change:
