@@ -32,7 +32,7 @@ def run_reading(case: dict, *, repeats: int, log: Callable[[str], None] = print)
     ours, theirs = [], []
     volume = image = array = None
     read_volume(case["path"])  # the page cache: both read from memory
-    for _ in range(repeats):
+    for _ in range(max(repeats, 7)):  # a read takes 0.3 s: more runs make the median steady
         # each reader starts with the previous 300 MB result freed, as a fresh process would: holding it
         # while the next one is allocated made single runs of either reader up to 3x slower (page faults)
         volume = image = array = None
