@@ -90,8 +90,9 @@ def test_a_cancelled_explain_leaves_no_output(case, tmp_path, point, sig):
         time.sleep(0.7)  # the first file is written, the second is being written
         assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".results.")], "not writing yet"
     proc.send_signal(sig)
-    proc.wait(timeout=60)
-    stderr = proc.stderr.read()
+    # keep reading its progress lines: a full stdout pipe would block the process (as it would in any
+    # reader that stopped reading), and a blocked process cannot answer the signal
+    _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 128 + sig, stderr
     assert stderr.strip().splitlines()[-1] == "acat: interrupted" and "Traceback" not in stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # no results, no temporary folder
@@ -104,7 +105,8 @@ def test_an_empty_out_folder_given_by_the_user_stays_as_it_was(case, tmp_path):
                   "--progress-format", "jsonl"])
     events_until(proc, lambda e: e.get("message", "").startswith("counterfactual step 1/"))
     proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+    proc.communicate(timeout=60)  # drains stdout (see above)
+    assert proc.returncode == 128 + signal.SIGTERM
     assert [p.name for p in tmp_path.iterdir()] == ["results"] and list(out.iterdir()) == []
 
 
