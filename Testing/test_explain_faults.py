@@ -57,8 +57,11 @@ def case(tmp_path_factory):
 
 def start(args: list[str], slow_writes: bool = False) -> subprocess.Popen:
     entry = ["-c", SLOW_WRITES] if slow_writes else ["-m", "ACATLogic.cli.main"]
+    # SIGINT as a terminal delivers it: a test run started in the background (`make test &`, nohup) passes
+    # SIGINT on ignored, and Python then installs no Ctrl+C handler at all
     return subprocess.Popen([sys.executable, *entry, *args], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def events_until(proc: subprocess.Popen, wanted, timeout_s: float = 240.0) -> dict:
