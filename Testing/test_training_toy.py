@@ -64,13 +64,16 @@ def toy_splits(labels: list[int]) -> list[str]:
     return out
 
 
-def write_brain_toy(root: Path, n: int = 16, *, slices: int = 8, size: int = 48) -> Path:
-    """n NRRD head volumes + manifest.csv (phantom columns); returns the manifest's path."""
+def write_brain_toy(root: Path, n: int = 16, *, slices: int = 8, size: int = 48, splits=toy_splits) -> Path:
+    """n NRRD head volumes + manifest.csv (phantom columns); returns the manifest's path.
+
+    ``splits(labels) -> [split, ...]`` assigns the splits (default `toy_splits`).
+    """
     root = Path(root)
     (root / "cases").mkdir(parents=True, exist_ok=True)
     labels = brain_labels(n)
     rows = []
-    for idx, (y, split) in enumerate(zip(labels, toy_splits(labels))):
+    for idx, (y, split) in enumerate(zip(labels, splits(labels))):
         case_id = f"toy_{idx:03d}"
         write_volume(head_volume(y, slices=slices, size=size, seed=idx), root / "cases" / f"{case_id}.nrrd")
         rows.append({"case_id": case_id, "task": "brain_stroke", "split": split, "label": y,

@@ -14,7 +14,6 @@ saliency stage has no DataLoader (it reads the cache directly): its scans/s is o
 
 from __future__ import annotations
 
-import csv
 import sys
 import time
 from pathlib import Path
@@ -25,35 +24,24 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "Testing"))
 
-from ACATLogic.io import write_volume  # noqa: E402
 
-MANIFEST_COLUMNS = ("case_id", "task", "split", "label", "label_name", "image", "lesion_mask", "organ_mask",
-                    "territory_map", "size_class", "lesion_territories", "severity", "involvement_pct")
-BRAIN_NAMES = ("none", "left", "right", "both")
+def mostly_train(labels: list[int]) -> list[str]:
+    """Per class: the last scan val, the one before it test, the rest train (40 scans -> 32 / 4 / 4)."""
+    total = {y: labels.count(y) for y in set(labels)}
+    seen: dict[int, int] = {}
+    out = []
+    for y in labels:
+        rank = seen.get(y, 0)
+        seen[y] = rank + 1
+        out.append("val" if rank == total[y] - 1 else ("test" if rank == total[y] - 2 else "train"))
+    return out
 
 
 def write_dataset(root: Path, n: int, *, slices: int, size: int) -> Path:
-    """n toy head volumes (NRRD) + manifest.csv: per class, 1/8 val, 1/8 test, the rest train."""
-    from test_training_toy import head_volume
+    """n toy head volumes (NRRD, the training tests' toy heads) + manifest.csv, mostly training scans."""
+    from test_training_toy import write_brain_toy
 
-    (root / "cases").mkdir(parents=True, exist_ok=True)
-    rows = []
-    for idx in range(n):
-        label, rank = idx % 4, idx // 4
-        per_class = n // 4
-        split = "val" if rank == per_class - 1 else ("test" if rank == per_class - 2 else "train")
-        case_id = f"toy_{idx:03d}"
-        write_volume(head_volume(label, slices=slices, size=size, seed=idx), root / "cases" / f"{case_id}.nrrd",
-                     overwrite=True)
-        rows.append({"case_id": case_id, "task": "brain_stroke", "split": split, "label": label,
-                     "label_name": BRAIN_NAMES[label], "image": f"cases/{case_id}.nrrd"})
-    path = root / "manifest.csv"
-    with open(path, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=MANIFEST_COLUMNS, lineterminator="\n")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: row.get(k, "") for k in MANIFEST_COLUMNS})
-    return path
+    return write_brain_toy(root, n, slices=slices, size=size, splits=mostly_train)
 
 
 class TimedLoader:
