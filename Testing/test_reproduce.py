@@ -155,3 +155,27 @@ def test_bad_arguments_fail_with_one_line(reproduced, capsys, tmp_path):
     assert reproduce.main(["--config", str(tmp_path / "missing.yaml"), "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "missing.yaml" in err
+
+
+def _cf_row(success_rate, steps):
+    return {"hit_score": 0.5, "mean_iou": 0.1, "mean_dice": 0.2, "time_per_scan_s": 1.0,
+            "counterfactual": {"success_rate": success_rate, "mean_steps_to_success": steps,
+                               "mean_abs_change_outside_lesion_hu": 0.5}}
+
+
+def test_steps_to_success_averages_the_seeds_that_succeeded_and_says_how_many():
+    # seed 1's counterfactuals never succeeded: it has no step count, which must neither blank the
+    # cell (a NaN mean) nor pass for a full three-seed mean
+    per_seed = [{"seed": s, "classification": {},
+                 "evaluation": {"methods": {"counterfactual": _cf_row(rate, steps)}}}
+                for s, rate, steps in ((0, 0.5, 4.0), (1, 0.0, None), (2, 0.25, 8.0))]
+    summary = reproduce.summarise(per_seed, "brain_stroke")
+    steps = summary["methods"]["counterfactual"]["mean_steps"]
+    assert steps["values"] == [4.0, 8.0] and steps["mean"] == pytest.approx(6.0) and steps["of_seeds"] == 3
+    assert summary["methods"]["counterfactual"]["success_rate"]["mean"] == pytest.approx(0.25)
+    assert reproduce._fmt_steps(steps) == "6.0 ± 2.0 (2 of 3 seeds)"
+    # every seed succeeded: no note; no seed did: a dash
+    full = reproduce.summarise([per_seed[0], per_seed[2]], "brain_stroke")["methods"]["counterfactual"]
+    assert reproduce._fmt_steps(full["mean_steps"]) == "6.0 ± 2.0"
+    none = reproduce.summarise([per_seed[1]], "brain_stroke")["methods"]["counterfactual"]
+    assert reproduce._fmt_steps(none["mean_steps"]) == "–"

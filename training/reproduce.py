@@ -144,7 +144,11 @@ def summarise(per_seed: list[dict], task: str) -> dict:
         if "counterfactual" in rows[0]:
             cf = [r["counterfactual"] for r in rows]
             entry["success_rate"] = _stat([c["success_rate"] for c in cf])
-            entry["mean_steps"] = _stat([c["mean_steps_to_success"] for c in cf])
+            # a seed whose counterfactuals never succeeded has no step count (undefined, not a failure):
+            # the mean is over the seeds that have one, and the table says how many those are
+            steps = [c["mean_steps_to_success"] for c in cf]
+            entry["mean_steps"] = _stat([v for v in steps if v is not None and math.isfinite(v)])
+            entry["mean_steps"]["of_seeds"] = len(steps)
             entry["mean_abs_change_outside_lesion_hu"] = _stat([c["mean_abs_change_outside_lesion_hu"] for c in cf])
         methods[method] = entry
     return {"classification": classification, "methods": methods}
@@ -157,6 +161,13 @@ def _fmt(stat: dict, digits: int = 3) -> str:
     if sem is None or not math.isfinite(sem):
         return f"{mean:.{digits}f}"
     return f"{mean:.{digits}f} ± {sem:.{digits}f}"
+
+
+def _fmt_steps(stat: dict) -> str:
+    """Steps to success, saying over how many seeds when some seeds had no success at all."""
+    text = _fmt(stat, 1)
+    have, of = len(stat["values"]), stat.get("of_seeds", len(stat["values"]))
+    return f"{text} ({have} of {of} seeds)" if 0 < have < of else text
 
 
 def render_markdown(report: dict) -> str:
@@ -196,7 +207,7 @@ def render_markdown(report: dict) -> str:
         cells = [ROW_NAMES.get(method, method), _fmt(row["hit_score"]), _fmt(row["iou"]),
                  _fmt(row["dice"]),
                  _fmt(row["success_rate"]) if "success_rate" in row else "–",
-                 _fmt(row["mean_steps"], 1) if "mean_steps" in row else "–",
+                 _fmt_steps(row["mean_steps"]) if "mean_steps" in row else "–",
                  _fmt(row["time_per_scan_s"], 2)]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Hit: the territory (of six) that holds the saliency maximum holds a lesion (paper Sec. 4.4; "
