@@ -32,6 +32,8 @@ from safetensors.torch import load_file, save_file
 
 from .errors import ACATInputError
 from .io.atomic import atomic_directory
+from .options import RESOLVED_KEYS, VARIANT_DEFAULTS, ExplainOptions
+from .organ import ORGANS
 from .preprocess import InputSpec
 
 CARD_NAME = "model.json"
@@ -43,8 +45,6 @@ RESEARCH_ONLY = "Research use only. Not for diagnosis or any clinical decision."
 _CARD_FIELDS = {"format_version", "id", "version", "task", "labels", "input", "models", "explanation",
                 "training_data", "metrics", "licence", "intended_use", "description"}
 _MODEL_FIELDS = {"architecture", "config", "weights", "sha256"}
-_EXPLANATION_DEFAULTS = {"alpha": 100.0, "steps": 20, "step_size": 0.1, "optimizer": "sgd",
-                         "reference": "reconstruction"}
 _MAX_CARD_BYTES = 1 << 20
 PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".bin", ".ckpt")
 
@@ -76,7 +76,8 @@ class ModelBundle:
 
     @property
     def explanation_defaults(self) -> dict:
-        return {**_EXPLANATION_DEFAULTS, **self.card.get("explanation", {})}
+        """The card's counterfactual parameters (`ACATLogic.options.ExplainOptions.resolved` reads them)."""
+        return dict(self.card.get("explanation") or {})
 
     def sha256(self) -> dict:
         return {role: entry["sha256"] for role, entry in self.card["models"].items()}
@@ -112,8 +113,31 @@ def _input_problem(spec: InputSpec) -> str:
         return f"hu_window must be a finite (level, width) with width > 0, not {list(spec.hu_window)}"
     if spec.alignment not in ("brain_midline", "centre"):
         return f"alignment must be brain_midline or centre, not {spec.alignment!r}"
+    if spec.organ not in ORGANS:
+        return f"organ must be one of {', '.join(ORGANS)}, not {spec.organ!r}"
     if not (math.isfinite(spec.fov_margin) and 0.1 <= spec.fov_margin <= 10):
         return f"fov_margin must be 0.1 to 10, not {spec.fov_margin}"
+    return ""
+
+
+def explanation_card(explanation: Optional[dict] = None) -> dict:
+    """A card's "explanation": the variant (default residual) with every parameter written out."""
+    explanation = dict(explanation or {})
+    variant = explanation.get("variant", "residual")
+    return {"variant": variant, **VARIANT_DEFAULTS[variant], **explanation}
+
+
+def _explanation_problem(explanation) -> str:
+    """Why a card's "explanation" (counterfactual defaults) cannot be used, or ""."""
+    if not isinstance(explanation, dict):
+        return "it must be an object"
+    unknown = set(explanation) - set(RESOLVED_KEYS)
+    if unknown:
+        return f"unknown fields {sorted(unknown)}"
+    try:
+        ExplainOptions(**explanation)
+    except (TypeError, ValueError) as exc:
+        return str(exc)
     return ""
 
 
@@ -161,6 +185,9 @@ def read_card(folder: Path) -> dict:
     problem = _input_problem(spec)
     if problem:
         raise _fail(f"invalid 'input' in the model card: {problem}", card_path)
+    problem = _explanation_problem(card.get("explanation", {}))
+    if problem:
+        raise _fail(f"invalid 'explanation' in the model card: {problem}", card_path)
     models = card["models"]
     if not isinstance(models, dict) or set(models) - set(ROLES):
         raise _fail(f"'models' must map roles {list(ROLES)} to weights", card_path)
@@ -231,7 +258,7 @@ def save_bundle(folder, *, models: dict, bundle_id: str, version: str, task: str
     labels = list(models["baseline"].class_names)
     card = {"format_version": FORMAT_VERSION, "id": bundle_id, "version": version, "task": task,
             "labels": labels, "description": description, "input": spec.to_dict(), "models": {},
-            "explanation": {**_EXPLANATION_DEFAULTS, **(explanation or {})}, "training_data": training_data,
+            "explanation": explanation_card(explanation), "training_data": training_data,
             "metrics": metrics or [], "licence": licence, "intended_use": RESEARCH_ONLY}
     with atomic_directory(folder, overwrite=overwrite) as tmp:
         for role, model in models.items():

@@ -2,29 +2,36 @@
 
 ::
 
-    bundle = load_bundle("Resources/Models/brain-demo")
-    explanation = Explainer(bundle, device="auto").explain(volume, method="counterfactual")
+    bundle = load_bundle("brain-stroke-phantom")
+    explanation = Explainer(bundle, device="auto").explain(volume)            # ExplainOptions() defaults
+    explanation = Explainer(bundle).explain(volume, ExplainOptions(variant="paper"))
     explanation.label, explanation.probabilities
     explanation.saliency            # CTVolume in [0, 1], same grid as `volume`
-    explanation.counterfactuals     # {"none": CTVolume in HU, ...}
+    explanation.counterfactuals     # {"none": CTVolume in HU, "abnormal": ...}
 
-Pipeline (paper Algorithm 1 at inference):
+Pipeline (paper Algorithm 1 at inference; the options are `ACATLogic.options.ExplainOptions`):
 
 1. `ACATLogic.preprocess.prepare`: canonical orientation, model grid, interleaved chunks covering every
    slice (each chunk is one uniform sample of the scan; the prediction is the mean of the chunks'
-   class probabilities).
-2. Counterfactual saliency from the baseline classifier and the autoencoder (always needed by an ACAT
-   bundle, whose classifier reads the saliency map).
-3. Prediction: the ACAT classifier on (scan, saliency) when the bundle has one, else the baseline.
-   With ``saliency_classifier="acat"`` the saliency shown is recomputed with the ACAT classifier (its
-   saliency input fixed), as in the paper's Sec. 4.4; the default shows the baseline's map, which is
-   what ACAT itself attends to.
+   class probabilities). The organ mask (`ACATLogic.organ`) from the same slices.
+2. Counterfactuals from the baseline classifier and the autoencoder (`CounterfactualSaliency`). With the
+   default ``output="decision"`` the targets are the healthy class and "abnormal" (any other class);
+   the map shown is the negative counterfactual's (towards healthy; paper Sec. 4.4), or the positive
+   one's when the scan is already read as healthy with p >= 0.8 (``parameters["saliency_map"]`` says
+   which). With ``output="class"`` every class is a target and the class-agnostic mean is shown.
+3. Prediction: the ACAT classifier on (scan, class-agnostic saliency) when the bundle has one, else the
+   baseline. ACAT reads the map made as in its training (the card's explanation defaults), normalised
+   per chunk as in training, whatever the options ask to show. With ``saliency_classifier="acat"`` the
+   map shown is recomputed through the ACAT classifier (its saliency input fixed), as in Sec. 4.4.
 4. Counterfactual volumes in HU: the input plus the change the optimisation made,
-   ``HU + width * (D(z'_t) - reference)``, so voxels the model did not change keep their exact values.
+   ``HU + width * (counterfactual - reference)``, so voxels the model did not change keep their exact
+   values.
 5. Everything is mapped back onto the input grid (`PreparedScan.to_input_grid`).
 
 The other methods (``gradient``, ``integrated_gradients``, ``gradcam``, ``latent_shift``) explain the
-baseline classifier for comparison; they return a saliency map and no counterfactual volumes.
+baseline classifier for comparison - its healthy-vs-abnormal decision (`DecisionClassifier`) by default,
+the predicted class with ``output="class"`` - restricted to the same organ mask; they return a saliency
+map and no counterfactual volumes.
 """
 
 from __future__ import annotations
@@ -42,12 +49,18 @@ import torch.nn.functional as F
 from .bundle import ModelBundle
 from .errors import ACATInputError, Cancelled
 from .fold_batch_norm import folded_if_equal
+from .options import METHODS, ExplainOptions
+from .organ import organ_mask
 from .preprocess import PreparedScan, prepare
 from .progress import ProgressCallback, is_cancelled, no_progress, scaled
-from .saliency.counterfactual import CounterfactualSaliency, frozen, normalise_maps
+from .saliency.counterfactual import (CounterfactualResult, CounterfactualSaliency, decision_targets, frozen,
+                                      normalise_maps)
+from .saliency.decision import DecisionClassifier
 from .volume import CTVolume
 
-METHODS = ("counterfactual", "latent_shift", "gradient", "gradcam", "integrated_gradients")
+#: the name of the positive decision target ("any class but the healthy one") on a task with more than
+#: two classes; on a two-class task it is the other class's own name
+ABNORMAL = "abnormal"
 
 
 def pick_device(device: str = "auto") -> torch.device:
@@ -116,7 +129,8 @@ class Explanation:
     attention: Mapping = field(default_factory=dict)
     slice_weights: Optional[list] = None  # ACAT's learned weight of each model slice, per chunk
     trajectory: dict = field(default_factory=dict)  # target label -> per step {label: probability}
-    reached_step: dict = field(default_factory=dict)  # target label -> first step p > 0.5, or None
+    reached_step: dict = field(default_factory=dict)  # target label -> first step p_target > 0.5, or None
+    stopped_step: dict = field(default_factory=dict)  # target label -> the step each chunk stopped at
     latent_l1: dict = field(default_factory=dict)  # target label -> mean |z' - E(x)| (mean over chunks)
     timings: dict = field(default_factory=dict)
     preprocessing: dict = field(default_factory=dict)
@@ -137,6 +151,9 @@ class Explainer:
         if self.acat is not None:
             self.acat = self.acat.to(self.device).eval()
         self.labels = bundle.labels
+        # ACAT bundles: the variant whose class-agnostic maps the ACAT classifier was trained on (cards
+        # written before variants existed were trained on the paper's)
+        self.trained_options = ExplainOptions(variant=bundle.explanation_defaults.get("variant", "paper"))
         # The optimisation loops (counterfactual, latent shift, gradients) run copies of the baseline and the
         # autoencoder with BatchNorm folded into the convolutions: the same functions, a third less CPU time
         # (`ACATLogic.fold_batch_norm`). Grad-CAM reads a layer's activations, so it keeps the originals.
@@ -150,30 +167,34 @@ class Explainer:
                 model.to(memory_format=torch.channels_last)
 
     # ---------------------------------------------------------------------------------------------
-    def explain(self, volume: CTVolume, *, method: str = "counterfactual",
-                targets: Optional[Sequence[str]] = None, steps: Optional[int] = None,
-                alpha: Optional[float] = None, step_size: Optional[float] = None,
-                optimizer: Optional[str] = None, reference: Optional[str] = None,
-                saliency_classifier: str = "baseline", coverage: str = "all",
-                batch_chunks: Optional[int] = None, precision: str = "fp32",
-                progress: ProgressCallback = no_progress, cancel=None) -> Explanation:
-        if method not in METHODS:
-            raise ACATInputError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-        if precision not in ("fp32", "bf16"):
-            raise ACATInputError("precision must be 'fp32' or 'bf16'")
-        if saliency_classifier not in ("baseline", "acat"):
-            raise ACATInputError("saliency_classifier must be 'baseline' or 'acat'")
-        if saliency_classifier == "acat" and self.acat is None:
+    def parameters(self, options: ExplainOptions) -> dict:
+        """What an explanation with ``options`` computes (report.json's "parameters"); checks the options."""
+        if options.saliency_classifier == "acat" and self.acat is None:
             raise ACATInputError("this model bundle has no ACAT classifier; use the baseline's saliency")
-        defaults = self.bundle.explanation_defaults
-        params = {"alpha": float(alpha if alpha is not None else defaults["alpha"]),
-                  "steps": int(steps if steps is not None else defaults["steps"]),
-                  "step_size": float(step_size if step_size is not None else defaults["step_size"]),
-                  "optimizer": optimizer or defaults["optimizer"],
-                  "reference": reference or defaults["reference"],
-                  "saliency_classifier": saliency_classifier, "coverage": coverage, "precision": precision}
-        target_ids = self._target_ids(targets)
-        params["targets"] = [self.labels[t] for t in target_ids]
+        params = {"method": options.method, **options.resolved(self.bundle.explanation_defaults),
+                  "saliency_classifier": options.saliency_classifier, "coverage": options.coverage,
+                  "precision": options.precision, "organ": self.bundle.spec.organ}
+        params["targets"] = [self.target_name(t) for t in self._target_ids(options.targets, params["output"])]
+        return params
+
+    def target_name(self, target: int) -> str:
+        """A class index's label; ~healthy is the other class on a two-class task, else `ABNORMAL`."""
+        if target >= 0:
+            return self.labels[target]
+        return self.labels[1 - ~target] if len(self.labels) == 2 else ABNORMAL
+
+    def explain(self, volume: CTVolume, options: Optional[ExplainOptions] = None, *,
+                progress: ProgressCallback = no_progress, cancel=None, batch_chunks: Optional[int] = None,
+                **changes) -> Explanation:
+        """Explain ``volume`` (``options``, with any field replaced by a keyword: ``explain(v, method="gradient")``).
+
+        ``options.device`` is the Explainer's business (its constructor); ``batch_chunks`` bounds how many
+        chunks go through the optimisation at once (default: `default_batch_chunks`)."""
+        try:
+            options = (options or ExplainOptions()).replace(**changes)
+        except (TypeError, ValueError) as exc:
+            raise ACATInputError(str(exc)) from None
+        params = self.parameters(options)
         timings: dict[str, float] = {}
 
         def check_cancel():
@@ -182,25 +203,33 @@ class Explainer:
 
         t0 = time.perf_counter()
         progress(0.0, "preparing the scan")
-        prepared = prepare(volume, self.bundle.spec, coverage=coverage)
+        prepared = prepare(volume, self.bundle.spec, coverage=options.coverage)
         x = prepared.images.to(self.device)
+        organ = organ_mask(x, self.bundle.spec.organ, self.bundle.spec.hu_window) if params["organ_mask"] else None
         timings["preprocess_s"] = time.perf_counter() - t0
         check_cancel()
 
         cf_progress = scaled(progress, 0.05, 0.85)
-        needs_cf = method == "counterfactual" or self.acat is not None
-        result = None
-        if needs_cf:
+        shown = None  # the counterfactual result whose maps are shown
+        acat_input = None
+        if options.method == "counterfactual" or self.acat is not None:
             t1 = time.perf_counter()
-            result = self._counterfactual(self.fast_baseline, x, target_ids, params, batch_chunks, cf_progress,
-                                          cancel)
+            trained = self.parameters(self.trained_options)  # how the bundle's ACAT classifier saw its maps
+            if options.method == "counterfactual" and options.saliency_classifier == "baseline":
+                shown = self._counterfactual(self.fast_baseline, x, params, organ, batch_chunks, cf_progress, cancel)
+            if self.acat is not None:
+                same = shown is not None and all(params[k] == trained[k] for k in trained if k != "method")
+                source = shown if same else self._counterfactual(
+                    self.fast_baseline, x, trained, organ if trained["organ_mask"] else None, batch_chunks,
+                    cf_progress if shown is None else no_progress, cancel)
+                acat_input = source.class_agnostic("per_scan")
             timings["counterfactual_s"] = time.perf_counter() - t1
         check_cancel()
 
         t2 = time.perf_counter()
         with torch.no_grad(), frozen(self.baseline, self.acat):
             if self.acat is not None:
-                logits = self.acat(x, result.saliency)
+                logits = self.acat(x, acat_input)
                 classifier_name = "acat"
             else:
                 logits = self.baseline(x)
@@ -210,34 +239,36 @@ class Explainer:
         timings["classify_s"] = time.perf_counter() - t2
         check_cancel()
 
-        if method == "counterfactual" and saliency_classifier == "acat":
-            fixed = result.saliency.detach()
-            t3 = time.perf_counter()
-            # ACAT reads (scan, saliency): the saliency is fixed and repeated for every target (target-major
-            # batches), so all chunks go in one batch here.
-            result = self._counterfactual(
-                lambda imgs: self.acat(imgs, fixed.repeat(imgs.shape[0] // fixed.shape[0], 1, 1, 1, 1)),
-                x, target_ids, params, x.shape[0], cf_progress, cancel)
+        if options.method == "counterfactual" and options.saliency_classifier == "acat":
+            t3 = time.perf_counter()  # ACAT reads (scan, saliency): its saliency input stays fixed
+            shown = self._counterfactual(self.acat, x, params, organ, batch_chunks, cf_progress, cancel,
+                                         context=acat_input.detach())
             timings["counterfactual_acat_s"] = time.perf_counter() - t3
 
         t4 = time.perf_counter()
         label_id = int(probs.argmax())
         explanation = Explanation(
             label=self.labels[label_id], probabilities={n: float(p) for n, p in zip(self.labels, probs)},
-            class_names=list(self.labels), method=method, parameters=params, classifier=classifier_name,
+            class_names=list(self.labels), method=options.method, parameters=params, classifier=classifier_name,
             saliency=volume, preprocessing={"geometry": prepared.geometry.to_dict(),
                                             "input": self.bundle.spec.to_dict(),
                                             "chunks": int(prepared.slice_index.shape[0]),
-                                            "slices_per_chunk": int(prepared.slice_index.shape[1])},
+                                            "slices_per_chunk": int(prepared.slice_index.shape[1]),
+                                            "organ_fraction": (round(float(organ.float().mean()), 4)
+                                                               if organ is not None else None)},
             warnings=list(prepared.notes))
-        if method == "counterfactual":
-            saliency_model = result.saliency
+        if organ is not None and not bool(organ.any()):
+            explanation.warnings.append(f"no {self.bundle.spec.organ} was found in the scan: the map is empty "
+                                        "(check that this is the kind of scan the model reads)")
+        if options.method == "counterfactual":
+            saliency_model, params["saliency_map"] = self._shown_map(shown, params["output"])
             explanation.counterfactuals = LazyVolumes({})
-            self._add_counterfactuals(explanation, prepared, result, volume)
+            self._add_counterfactuals(explanation, prepared, shown, volume)
         else:
             check_cancel()
             t5 = time.perf_counter()
-            saliency_model = self._comparison_method(method, x, label_id)
+            saliency_model = self._comparison_method(options.method, x, label_id, params["output"], organ)
+            params["saliency_map"] = options.method
             timings["saliency_s"] = time.perf_counter() - t5
         saliency = prepared.to_input_grid(saliency_model[:, :, 0])
         explanation.saliency = volume.with_voxels(np.clip(saliency, 0, 1, out=saliency))  # in place: one volume
@@ -256,7 +287,12 @@ class Explainer:
         return explanation
 
     # ---------------------------------------------------------------------------------------------
-    def _target_ids(self, targets: Optional[Sequence[str]]) -> list[int]:
+    def _target_ids(self, targets: Optional[Sequence[str]], output: str) -> list[int]:
+        if output == "decision":
+            if targets:
+                raise ACATInputError("--targets needs --output class (the decision's targets are fixed: "
+                                     f"{self.labels[0]} and {self.target_name(~0)})")
+            return decision_targets(0)
         if not targets:
             return list(range(len(self.labels)))
         ids = []
@@ -266,25 +302,36 @@ class Explainer:
             ids.append(self.labels.index(t))
         return ids
 
-    def _counterfactual(self, classifier, x, target_ids, params, batch_chunks, progress, cancel):
+    def _counterfactual(self, classifier, x, params: dict, organ, batch_chunks, progress, cancel,
+                        context: Optional[torch.Tensor] = None) -> CounterfactualResult:
         method = CounterfactualSaliency(classifier, self.fast_autoencoder, alpha=params["alpha"],
                                         steps=params["steps"], step_size=params["step_size"],
-                                        optimizer=params["optimizer"],
-                                        reference=params["reference"], num_classes=len(self.labels),
+                                        optimizer=params["optimizer"], reference=params["reference"],
+                                        start=params["start"], early_stop=params["early_stop"],
+                                        num_classes=len(self.labels),
                                         autocast_dtype=torch.bfloat16 if params["precision"] == "bf16" else None)
+        targets = self._target_ids(params["targets"] if params["output"] == "class" else None, params["output"])
         if batch_chunks is None:
-            batch_chunks = default_batch_chunks(x.device, len(target_ids), x.shape[1])
-        return method.explain(x, targets=target_ids, normalise="joint", batch_scans=batch_chunks,
-                              progress=progress, cancel=cancel)
+            batch_chunks = default_batch_chunks(x.device, len(targets), x.shape[1])
+        return method.explain(x, targets=targets, normalise="joint", batch_scans=batch_chunks, mask=organ,
+                              context=context, progress=progress, cancel=cancel)
+
+    @staticmethod
+    def _shown_map(result: CounterfactualResult, output: str) -> tuple[torch.Tensor, str]:
+        """(C, S, 1, H, W) the map shown, and which it is: "negative", "positive" or "class-agnostic"."""
+        if output == "class":
+            return result.saliency, "class-agnostic"
+        if bool((result.maps[0] > 0).any()):
+            return result.maps[0], "negative"
+        return result.maps[1], "positive"  # already read as healthy: where it would see something
 
     def _add_counterfactuals(self, explanation: Explanation, prepared: PreparedScan, result, volume: CTVolume):
         width = float(self.bundle.spec.hu_window[1])
-        deltas = {}
         for i, t in enumerate(result.targets):
-            label = self.labels[t]
-            deltas[label] = ((result.counterfactuals[i] - result.reference)[:, :, 0] * width).cpu()  # (C, S, H, W) HU
+            label = self.target_name(t)
+            delta = ((result.counterfactuals[i] - result.reference)[:, :, 0] * width).cpu()  # (C, S, H, W) HU
 
-            def counterfactual(delta=deltas[label]) -> CTVolume:
+            def counterfactual(delta=delta) -> CTVolume:
                 cf = prepared.to_input_grid(delta)  # float32; the sum in place holds one volume, not three
                 cf += volume.voxels_hu
                 out = volume.with_voxels(cf)
@@ -295,19 +342,29 @@ class Explainer:
             mean_traj = result.trajectory[i].mean(dim=0).cpu()  # (steps + 1, C), over chunks
             explanation.trajectory[label] = [{n: round(float(p), 6) for n, p in zip(self.labels, row)}
                                              for row in mean_traj]
-            hit = torch.nonzero(mean_traj[:, t] > 0.5)
+            p_target = result.target_probability[i].mean(dim=0).cpu()
+            hit = torch.nonzero(p_target > 0.5)
             explanation.reached_step[label] = int(hit[0]) if len(hit) else None
+            explanation.stopped_step[label] = result.stopped_step[i].cpu().tolist()
             explanation.latent_l1[label] = float(result.latent_l1[i].mean())
 
-    def _comparison_method(self, method: str, x: torch.Tensor, label_id: int) -> torch.Tensor:
+    def _comparison_method(self, method: str, x: torch.Tensor, label_id: int, output: str,
+                           organ: Optional[torch.Tensor]) -> torch.Tensor:
         from .saliency import comparison_method
 
-        target = label_id
-        if method == "latent_shift":  # towards "no finding" unless that is the prediction
-            target = 0 if label_id != 0 else 1
-        if method == "gradcam":  # reads the activations of one of the original model's layers
-            saliency = comparison_method(method, self.baseline, self.autoencoder)
+        baseline = self.baseline if method == "gradcam" else self.fast_baseline  # Grad-CAM reads a layer
+        if output == "decision":
+            classifier = DecisionClassifier(baseline, healthy=0)
+            target = 1  # the abnormal score; latent shift moves towards healthy unless read as healthy
+            if method == "latent_shift":
+                target = 0 if label_id != 0 else 1
         else:
-            saliency = comparison_method(method, self.fast_baseline, self.fast_autoencoder)
-        maps = saliency.raw(x, target) if hasattr(saliency, "raw") else saliency(x, target)
-        return normalise_maps(maps.detach().float(), (0, 1, 2, 3, 4))
+            classifier, target = baseline, label_id
+            if method == "latent_shift":  # towards "no finding" unless that is the prediction
+                target = 0 if label_id != 0 else 1
+        autoencoder = self.autoencoder if method == "gradcam" else self.fast_autoencoder
+        saliency = comparison_method(method, classifier, autoencoder)
+        maps = (saliency.raw(x, target) if hasattr(saliency, "raw") else saliency(x, target)).detach().float()
+        if organ is not None:
+            maps = maps * organ.to(maps.dtype)
+        return normalise_maps(maps, (0, 1, 2, 3, 4))

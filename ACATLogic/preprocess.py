@@ -49,16 +49,25 @@ class InputSpec:
     hu_window: tuple[float, float] = (40.0, 80.0)  # (level, width) in HU
     alignment: Alignment = "brain_midline"
     fov_margin: float = 1.1
+    #: the organ maps are restricted to (`ACATLogic.organ`): "brain", "lungs" or "none"; left empty (as in
+    #: a card written before it existed) it is "brain" for a brain_midline model and "none" otherwise
+    organ: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.organ:
+            object.__setattr__(self, "organ", "brain" if self.alignment == "brain_midline" else "none")
 
     @classmethod
     def from_dict(cls, d: dict) -> "InputSpec":
+        alignment = d.get("alignment", "brain_midline")
         return cls(slices=int(d["slices"]), size=(int(d["size"][0]), int(d["size"][1])),
                    hu_window=(float(d["hu_window"][0]), float(d["hu_window"][1])),
-                   alignment=d.get("alignment", "brain_midline"), fov_margin=float(d.get("fov_margin", 1.1)))
+                   alignment=alignment, fov_margin=float(d.get("fov_margin", 1.1)),
+                   organ=str(d.get("organ", "")))
 
     def to_dict(self) -> dict:
         return {"slices": self.slices, "size": list(self.size), "hu_window": list(self.hu_window),
-                "alignment": self.alignment, "fov_margin": self.fov_margin,
+                "alignment": self.alignment, "fov_margin": self.fov_margin, "organ": self.organ,
                 "orientation": "canonical LPS axial: columns towards the patient's left, rows posterior, "
                                "slices inferior to superior"}
 

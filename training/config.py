@@ -48,11 +48,12 @@ class InputConfig:
     hu_window: list = field(default_factory=lambda: [40.0, 80.0])  # (level, width) in HU
     alignment: str = "brain_midline"  # "brain_midline" (brain) | "centre" (lung)
     fov_margin: float = 1.1
+    organ: str = ""  # "brain" | "lungs" | "none" (`ACATLogic.organ`); "" = brain for brain_midline, else none
 
     def spec(self) -> InputSpec:
         return InputSpec(slices=int(self.slices), size=(int(self.size[0]), int(self.size[1])),
                          hu_window=(float(self.hu_window[0]), float(self.hu_window[1])),
-                         alignment=self.alignment, fov_margin=float(self.fov_margin))
+                         alignment=self.alignment, fov_margin=float(self.fov_margin), organ=self.organ)
 
 
 @dataclass

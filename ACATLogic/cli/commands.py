@@ -178,6 +178,7 @@ def explain(args: argparse.Namespace) -> int:
 
     from ..bundle import load_bundle, resolve_model
     from ..explain import Explainer
+    from ..options import ExplainOptions
     from ..outputs import write_explanation
 
     out = Path(args.out)
@@ -188,11 +189,14 @@ def explain(args: argparse.Namespace) -> int:
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.overwrite:
         raise ACATInputError("the output folder is not empty; choose another or add --overwrite", out)
     jsonl = args.progress_format == "jsonl"
+    try:
+        options = ExplainOptions.from_namespace(args)
+    except ValueError as exc:
+        raise ACATInputError(str(exc)) from None
     bundle = load_bundle(resolve_model(args.model))
     t0 = time.perf_counter()
     volume = _read(args)
     read_s = time.perf_counter() - t0
-    targets = [t.strip() for t in args.targets.split(",")] if args.targets else None
 
     def explain_on(device: str):
         with _progress(args, "loading") as progress:
@@ -200,19 +204,15 @@ def explain(args: argparse.Namespace) -> int:
             explainer = Explainer(bundle, device=device)
             progress(1.0, f"model on {explainer.device.type}")
         with _progress(args, "explaining") as progress:
-            return explainer.explain(
-                volume, method=args.method, targets=targets, steps=args.steps, alpha=args.alpha,
-                step_size=args.step_size, optimizer=args.optimizer, reference=args.reference,
-                saliency_classifier=args.saliency_classifier, coverage=args.coverage, precision=args.precision,
-                progress=progress)
+            return explainer.explain(volume, options, progress=progress)
 
     fallback = None
     try:
-        explanation = explain_on(args.device)
+        explanation = explain_on(options.device)
     except RuntimeError as exc:  # torch.OutOfMemoryError is one
         # --device auto promises the best device that works: out of GPU memory, the CPU takes over.
         # A device named explicitly fails instead (the Slicer module then asks before using the CPU).
-        if args.device != "auto" or not out_of_gpu_memory(exc):
+        if options.device != "auto" or not out_of_gpu_memory(exc):
             raise
         reason = short_reason(exc, 120)
         log.warning("warning: the GPU ran out of memory (%s); explaining on the CPU instead, which is slower", reason)

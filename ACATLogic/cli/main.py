@@ -18,6 +18,7 @@ from typing import Iterator, Sequence
 
 from .. import __version__
 from ..errors import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_OK, ACATInputError
+from ..options import add_explain_arguments
 from . import commands
 from .terminal import configure_logging
 
@@ -84,24 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("input", nargs="+", help="a DICOM folder or file, NRRD, or NIfTI")
     explain.add_argument("--out", required=True, help="the results folder (new or empty; see --overwrite)")
     explain.add_argument("--model", help="a model bundle folder or the id of a bundled model")
-    explain.add_argument("--method", default="counterfactual",
-                         choices=["counterfactual", "latent_shift", "gradient", "gradcam", "integrated_gradients"],
-                         help="the saliency method (default: counterfactual)")
-    explain.add_argument("--device", default="auto", choices=["auto", "cpu", "gpu", "cuda", "mps"],
-                         help="where to compute (auto: CUDA, then MPS, then CPU)")
-    explain.add_argument("--targets", help="comma-separated target classes (default: every class)")
-    explain.add_argument("--steps", type=int, help="optimisation steps (default from the model card: 20)")
-    explain.add_argument("--alpha", type=float, help="weight of |z - E(x)|_1 (default 100)")
-    explain.add_argument("--step-size", type=float, help="gradient step on z (default 0.1)")
-    explain.add_argument("--optimizer", choices=["sgd", "adam"], help="plain gradient descent (default) or Adam")
-    explain.add_argument("--reference", choices=["reconstruction", "image"],
-                         help="compare counterfactuals with D(E(x)) (default) or with the image")
-    explain.add_argument("--saliency-classifier", choices=["baseline", "acat"], default="baseline",
-                         help="classifier that drives the counterfactuals shown (default: baseline)")
-    explain.add_argument("--coverage", choices=["all", "sampled"], default="all",
-                         help="explain every slice (default) or only the model's sampled slices")
-    explain.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
-                         help="fp32 (default), or bf16 mixed precision for the decoder/classifier passes")
+    add_explain_arguments(explain)  # every ExplainOptions field, defined once (ACATLogic/options.py)
     explain.add_argument("--series", metavar="UID", help="the SeriesInstanceUID to read from a DICOM folder")
     explain.add_argument("--overwrite", action="store_true", help="replace the contents of --out")
     explain.add_argument("--progress-format", choices=["bar", "jsonl"], default="bar",

@@ -1,26 +1,44 @@
 """Counterfactual saliency: ACAT's explanation (Fontanella et al., ICML 2023, Sec. 3.1, Eq. 1-2).
 
-For a scan x (all its slices at once) and a target class t::
+For a scan x (all its slices at once) and a target t::
 
     z0 = E(x)
-    z' = argmin_z  CE(f(D(z)), t) + alpha * |z - z0|_1          (alpha = 100, 20 steps)
-    counterfactual_t = D(z')
-    saliency = mean_t  normalise(|ref - D(z'_t)|)               (ref = D(E(x)) by default, or x)
+    z' = argmin_z  -log p_t(f(image(z))) + alpha * |z - z0|_1          (alpha = 100, 20 steps)
+    counterfactual_t = image(z')
+    map_t = |counterfactual_t - reference|, normalised to [0, 1]
+
+Two choices decide what the classifier reads (``start``):
+
+* ``"reconstruction"`` (the paper): ``image(z) = D(z)``. At step 0 the classifier reads D(E(x)), which
+  is not x when the autoencoder is imperfect - the optimisation then starts from another scan and the map
+  records reconstruction artefacts. ``reference`` is D(E(x)) (default) or x.
+* ``"image"`` (residual decoding): ``image(z) = clip(x + D(z) - D(E(x)), 0, 1)``. At step 0 the classifier
+  reads exactly x; only the change the optimisation made is added, and the reference is x. Changes below
+  `EXACT` (float rounding of the two decoder passes) are set to zero, so every voxel the optimisation did
+  not change keeps its exact input value.
+
+Targets are class indices t >= 0 (``-log p_t``), or ``~c`` (= -c-1) for "any class but c"
+(``-log(1 - p_c)``): with c the healthy class, the pair ``[c, ~c]`` is the negative and the positive
+counterfactual of the healthy-vs-abnormal decision (`decision_targets`), which the paper's class-agnostic
+map averages and whose negative half its localisation score uses (Sec. 3.2, 4.4).
 
 * The slices of a scan are optimised *jointly* through the scan-level classifier f.
-* Every target class is optimised in one batch (no Python loop over targets); scans and targets are
-  independent, so the batched result equals the target-by-target result (tested to 1e-5).
-* The L1 term is the mean over the latent's elements (as ``torch.nn.L1Loss`` in the reference code),
-  cross-entropy is per scan; each (scan, target) pair is its own sum, so gradients never mix.
-* Updates are plain gradient descent ``z <- z - step_size * grad`` (step 0.1, the reference code's
-  beta), or Adam with ``optimizer="adam"``.
-* ``reference="reconstruction"`` (default) compares counterfactuals with D(E(x)), so the map shows what
-  the *optimisation* changed, not the autoencoder's reconstruction error; ``"image"`` compares with x,
-  as the paper's text writes it.
-* ``autocast_dtype=torch.bfloat16`` runs the decoder and classifier passes in mixed precision (z, the
-  L1 term and the updates stay float32); off by default.
-* Maps are normalised to [0, 1] per target before averaging - over each scan (``normalise="per_scan"``)
-  or over the whole batch when the batch holds chunks of one volume (``normalise="joint"``).
+* Every (target, scan) pair is its own objective in one batch; the result equals the pair-by-pair one.
+* The L1 term is the mean over the latent's elements (``torch.nn.L1Loss`` in the reference code).
+* Updates (``optimizer``): ``"sgd"``, ``z <- z - step_size * grad`` (the paper, step 0.1);
+  ``"normalised"``, the gradient divided by its largest absolute value over the pair, so the largest
+  latent change per step is ``step_size`` whatever the gradient's scale (the paper's plain step leaves a
+  confident classifier's counterfactual far from its target after 20 steps); ``"adam"``.
+* ``early_stop``: a pair stops (its z frozen, its counterfactual kept) at the first step whose target
+  probability reaches ``stop_probability`` (0.8: the opposite decision's probability is then below the
+  0.2 of the paper's Fig. 5). A pair already there at step 0 is left unchanged (an all-zero map). The
+  stopped pairs leave the batch, so early stops also save time.
+* ``mask`` (B, S, 1, H, W) bool restricts the maps to an organ.
+* ``autocast_dtype=torch.bfloat16`` runs the decoder and classifier passes in mixed precision.
+* Maps are normalised to [0, 1] per target, over each scan (``normalise="per_scan"``) or over the whole
+  batch when it holds chunks of one volume (``normalise="joint"``). The class-agnostic ``saliency`` is
+  their mean (paper Sec. 3.1); with decision targets it is normalised again, because the target already
+  reached contributes an all-zero map.
 """
 
 from __future__ import annotations
@@ -36,32 +54,74 @@ import torch.nn.functional as F
 from ..errors import Cancelled
 from ..progress import ProgressCallback, is_cancelled, no_progress
 
+#: changes of residual decoding below this (in window units: 1e-5 of the window, 0.0008 HU for the brain
+#: window) are float rounding of two decoder passes, not something the optimisation did
+EXACT = 1e-5
+#: a pair stops once its target probability reaches this (the opposite decision is then below 0.2)
+STOP_PROBABILITY = 0.8
+
+
+def decision_targets(healthy: int = 0) -> list[int]:
+    """[negative, positive] targets of the healthy-vs-abnormal decision: ``[healthy, ~healthy]``."""
+    return [int(healthy), ~int(healthy)]
+
+
+def target_log_prob(log_probs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """log_probs (N, C), targets (N,) long (t >= 0: class t; t < 0: any class but ~t) -> (N,) log p."""
+    cls = torch.where(targets >= 0, targets, ~targets)
+    own = log_probs.gather(1, cls.view(-1, 1))[:, 0]
+    others = log_probs.masked_fill(F.one_hot(cls, log_probs.shape[1]).bool(), float("-inf")).logsumexp(dim=1)
+    return torch.where(targets >= 0, own, others)
+
 
 @dataclass
 class CounterfactualResult:
     """Everything the optimisation produced (shapes with T targets, B scans, S slices).
 
     Attributes:
-        saliency: (B, S, 1, H, W) in [0, 1], class-agnostic (mean over targets).
-        counterfactuals: (T, B, S, 1, H, W) D(z'_t) in [0, 1].
-        reference: (B, S, 1, H, W) D(E(x)) or x.
-        differences: (T, B, S, 1, H, W) |reference - counterfactual_t| before normalisation.
-        trajectory: (T, B, steps + 1, C) class probabilities at every step (0 = before any update).
-        reached_step: (T, B) first step at which p_target > 0.5, or -1 if never.
-        targets: the T target class indices.
-        losses: (T, B, steps) the objective CE + alpha * L1 before each update.
+        saliency: (B, S, 1, H, W) in [0, 1], class-agnostic (mean of the per-target maps).
+        maps: (T, B, S, 1, H, W) each target's map, normalised to [0, 1] (masked when a mask was given).
+        counterfactuals: (T, B, S, 1, H, W) what the classifier read at the pair's last step, in [0, 1].
+        reference: (B, S, 1, H, W) x (start "image"), D(E(x)) or x.
+        differences: (T, B, S, 1, H, W) |counterfactual - reference| before normalisation (masked).
+        trajectory: (T, B, steps + 1, C) class probabilities at every step (0 = before any update); after a
+            pair stopped its last probabilities repeat.
+        target_probability: (T, B, steps + 1) the target's probability (for ~c: 1 - p_c).
+        reached_step: (T, B) first step at which the target probability exceeds 0.5, or -1 if never.
+        stopped_step: (T, B) the step whose image is the counterfactual (early stop, else ``steps``).
+        targets: the T targets.
+        losses: (T, B, steps) the objective before each update (nan after the pair stopped).
         latent_l1: (T, B) mean |z' - z0| over the latent's elements at the end.
     """
 
     saliency: torch.Tensor
+    maps: torch.Tensor
     counterfactuals: torch.Tensor
     reference: torch.Tensor
     differences: torch.Tensor
     trajectory: torch.Tensor
+    target_probability: torch.Tensor
     reached_step: torch.Tensor
+    stopped_step: torch.Tensor
     targets: list
     losses: Optional[torch.Tensor] = None
     latent_l1: Optional[torch.Tensor] = None
+
+    def class_agnostic(self, normalise: Literal["per_scan", "joint"] = "per_scan") -> torch.Tensor:
+        """(B, S, 1, H, W) the class-agnostic map with its own normalisation (ACAT's saliency input is
+        normalised per scan in training, whatever the Explainer shows)."""
+        return class_agnostic(self.differences, self.targets, normalise)
+
+
+def class_agnostic(differences: torch.Tensor, targets: Sequence[int],
+                   normalise: Literal["per_scan", "joint"] = "per_scan") -> torch.Tensor:
+    """differences (T, B, S, 1, H, W) -> (B, S, 1, H, W): the mean of the per-target maps, each normalised to
+    [0, 1] (paper Sec. 3.1); normalised again with decision targets, whose reached target adds a zero map."""
+    dims = (1, 2, 3, 4, 5) if normalise == "joint" else (2, 3, 4, 5)
+    saliency = normalise_maps(differences, dims).mean(dim=0)
+    if any(t < 0 for t in targets):
+        saliency = normalise_maps(saliency, tuple(d - 1 for d in dims))
+    return saliency
 
 
 @contextlib.contextmanager
@@ -96,6 +156,7 @@ class CounterfactualSaliency:
         classifier: scan-level classifier, ``classifier(x: (B, S, 1, H, W)) -> logits (B, C)``.
         autoencoder: has ``encode(x2d: (N, 1, H, W)) -> z`` and ``decode(z) -> (N, 1, H, W)``.
         num_classes: C (default: ``len(classifier.class_names)``).
+        The other arguments: module docstring. Their defaults are the paper's.
 
     Example::
 
@@ -106,19 +167,24 @@ class CounterfactualSaliency:
 
     def __init__(self, classifier: Callable[[torch.Tensor], torch.Tensor], autoencoder: nn.Module, *,
                  alpha: float = 100.0, steps: int = 20, step_size: float = 0.1,
-                 optimizer: Literal["sgd", "adam"] = "sgd",
+                 optimizer: Literal["sgd", "adam", "normalised"] = "sgd",
                  reference: Literal["reconstruction", "image"] = "reconstruction",
+                 start: Literal["reconstruction", "image"] = "reconstruction",
+                 early_stop: bool = False, stop_probability: float = STOP_PROBABILITY,
                  num_classes: Optional[int] = None, autocast_dtype: Optional[torch.dtype] = None):
-        if optimizer not in ("sgd", "adam"):
-            raise ValueError(f"optimizer must be 'sgd' or 'adam', not {optimizer!r}")
+        if optimizer not in ("sgd", "adam", "normalised"):
+            raise ValueError(f"optimizer must be 'sgd', 'adam' or 'normalised', not {optimizer!r}")
         if reference not in ("reconstruction", "image"):
             raise ValueError(f"reference must be 'reconstruction' or 'image', not {reference!r}")
+        if start not in ("reconstruction", "image"):
+            raise ValueError(f"start must be 'reconstruction' or 'image', not {start!r}")
+        if not 0.5 <= stop_probability < 1:
+            raise ValueError("stop_probability must be in [0.5, 1)")
         self.classifier = classifier
         self.autoencoder = autoencoder
         self.alpha, self.steps, self.step_size = float(alpha), int(steps), float(step_size)
-        self.optimizer, self.reference = optimizer, reference
-        # Mixed precision for the decoder + classifier passes only; z, the L1 term and the updates stay
-        # float32. Off by default: the difference it makes is measured before it is turned on.
+        self.optimizer, self.reference, self.start = optimizer, reference, start
+        self.early_stop, self.stop_probability = bool(early_stop), float(stop_probability)
         self.autocast_dtype = autocast_dtype
         names = getattr(classifier, "class_names", None)
         self.num_classes = int(num_classes if num_classes is not None else len(names))
@@ -129,81 +195,122 @@ class CounterfactualSaliency:
 
     def explain(self, x: torch.Tensor, targets: Optional[Sequence[int]] = None, *,
                 normalise: Literal["per_scan", "joint"] = "per_scan", batch_scans: Optional[int] = None,
+                mask: Optional[torch.Tensor] = None, context: Optional[torch.Tensor] = None,
                 progress: ProgressCallback = no_progress, cancel=None) -> CounterfactualResult:
-        """Run the optimisation for every target; ``batch_scans`` bounds how many scans go at once."""
+        """Run the optimisation for every target; ``batch_scans`` bounds how many scans go at once.
+
+        ``context`` (B, ...): a second input per scan, passed as ``classifier(images, context)`` (ACAT's
+        fixed saliency map when its classifier is the one explained, paper Sec. 4.4)."""
         if x.ndim != 5 or x.shape[2] != 1:
             raise ValueError(f"x must be (B, S, 1, H, W), got {tuple(x.shape)}")
+        if mask is not None and tuple(mask.shape) != tuple(x.shape):
+            raise ValueError(f"mask must have x's shape {tuple(x.shape)}, got {tuple(mask.shape)}")
         targets = list(range(self.num_classes)) if targets is None else [int(t) for t in targets]
-        if not targets or any(t < 0 or t >= self.num_classes for t in targets):
-            raise ValueError(f"targets must be class indices in [0, {self.num_classes}), got {targets}")
+        if not targets or any(not (-self.num_classes <= t < self.num_classes) for t in targets):
+            raise ValueError(f"targets must be class indices in [0, {self.num_classes}) or ~index, got {targets}")
         b = x.shape[0]
         group = b if batch_scans is None else max(1, int(batch_scans))
         parts = []
         with frozen(self.autoencoder, self.classifier if isinstance(self.classifier, nn.Module) else None):
-            for start in range(0, b, group):
-                stop = min(b, start + group)
-                def sub_progress(f, m, _s=start, _e=stop):
-                    progress((_s + f * (_e - _s)) / b, m)
-                parts.append(self._optimise(x[start:stop], targets, sub_progress, cancel))
-        cfs = torch.cat([p[0] for p in parts], dim=1)
-        ref = torch.cat([p[1] for p in parts], dim=0)
-        traj = torch.cat([p[2] for p in parts], dim=1)
-        reached = torch.cat([p[3] for p in parts], dim=1)
-        losses = torch.cat([p[4] for p in parts], dim=1)
-        latent_l1 = torch.cat([p[5] for p in parts], dim=1)
-        diffs = (ref.unsqueeze(0) - cfs).abs()
-        dims = (1, 2, 3, 4, 5) if normalise == "joint" else (2, 3, 4, 5)
-        saliency = normalise_maps(diffs, dims).mean(dim=0)
-        progress(1.0, "counterfactuals done")
-        return CounterfactualResult(saliency, cfs, ref, diffs, traj, reached, targets, losses, latent_l1)
+            for first in range(0, b, group):
+                last = min(b, first + group)
 
-    def _optimise(self, x: torch.Tensor, targets: list, progress: ProgressCallback, cancel):
+                def sub_progress(f, m, _s=first, _e=last):
+                    progress((_s + f * (_e - _s)) / b, m)
+                parts.append(self._optimise(x[first:last], targets, sub_progress, cancel,
+                                            None if context is None else context[first:last]))
+        cfs, ref, traj, p_target, stopped, losses, latent_l1 = (
+            torch.cat([p[i] for p in parts], dim=0 if i == 1 else 1) for i in range(7))
+        diffs = (ref.unsqueeze(0) - cfs).abs()
+        if mask is not None:
+            diffs = diffs * mask.to(diffs.dtype).unsqueeze(0)
+        maps = normalise_maps(diffs, (1, 2, 3, 4, 5) if normalise == "joint" else (2, 3, 4, 5))
+        saliency = class_agnostic(diffs, targets, normalise)
+        hit = p_target > 0.5
+        reached = torch.where(hit.any(dim=2), hit.float().argmax(dim=2),
+                              torch.full(hit.shape[:2], -1.0, device=hit.device)).long()
+        progress(1.0, "counterfactuals done")
+        return CounterfactualResult(saliency, maps, cfs, ref, diffs, traj, p_target, reached, stopped, targets,
+                                    losses, latent_l1)
+
+    # ---------------------------------------------------------------------------------------------
+    def _autocast(self, device: torch.device):
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=device.type, dtype=self.autocast_dtype)
+
+    def _optimise(self, x: torch.Tensor, targets: list, progress: ProgressCallback, cancel, context=None):
         b, s, _, h, w = x.shape
         t = len(targets)
+        n = t * b  # pairs, target-major: pair i is target i // b on scan i % b
+        device = x.device
         with torch.no_grad():
             z0 = self.autoencoder.encode(x.reshape(b * s, 1, h, w))
-            ref = self.autoencoder.decode(z0).reshape(b, s, 1, h, w) if self.reference == "reconstruction" else x
-        z0 = z0.detach()
-        zt0 = z0.unsqueeze(0).expand(t, *z0.shape).reshape(t * b * s, *z0.shape[1:])  # (T*B*S, C, h', w')
-        z = zt0.clone().requires_grad_(True)
-        labels = torch.as_tensor(targets, device=x.device).repeat_interleave(b)  # (T*B,), target-major
-        adam = torch.optim.Adam([z], lr=self.step_size) if self.optimizer == "adam" else None
-        trajectory, losses = [], []
+            d0 = self.autoencoder.decode(z0).reshape(b, s, 1, h, w).float()
+        z0 = z0.detach().reshape(b, s, *z0.shape[1:])
+        residual = self.start == "image"
+        ref = x if residual or self.reference == "image" else d0
+        scan_of = torch.arange(n, device=device) % b
+        pair_target = torch.as_tensor(targets, device=device).repeat_interleave(b)
+        z = z0[scan_of].clone()  # (n, S, C_z, h', w')
+        first_moment = torch.zeros_like(z) if self.optimizer == "adam" else None
+        second_moment = torch.zeros_like(z) if self.optimizer == "adam" else None
+        traj = torch.zeros(n, self.steps + 1, self.num_classes, device=device)
+        p_target = torch.zeros(n, self.steps + 1, device=device)
+        losses = torch.full((n, self.steps), float("nan"), device=device)
+        stopped = torch.full((n,), self.steps, dtype=torch.long, device=device)
+        final = torch.empty(n, s, 1, h, w, device=device)
+        active = torch.arange(n, device=device)
         for step in range(self.steps + 1):
             if is_cancelled(cancel):
                 raise Cancelled("cancelled")
-            # the last pass only reads the result: no graph to keep for a backward pass that never comes
-            with (torch.autocast(device_type=x.device.type, dtype=self.autocast_dtype)
-                  if self.autocast_dtype is not None else contextlib.nullcontext()), \
-                    torch.set_grad_enabled(step < self.steps):
-                images = self.autoencoder.decode(z).reshape(t * b, s, 1, h, w)
-                logits = self.classifier(images)
-            images, logits = images.float(), logits.float()
-            trajectory.append(F.softmax(logits.detach().float(), dim=-1))
-            if step == self.steps:
-                break
-            ce = F.cross_entropy(logits, labels, reduction="none")  # (T*B,)
-            l1 = (z - zt0).abs().reshape(t * b, -1).mean(dim=1)  # (T*B,)
-            per_pair = ce + self.alpha * l1
-            losses.append(per_pair.detach().float())
-            loss = per_pair.sum()  # a sum of independent per-(target, scan) losses
-            (grad,) = torch.autograd.grad(loss, z)
-            with torch.no_grad():
-                if adam is None:
-                    z -= self.step_size * grad
+            last = step == self.steps
+            zi = z[active].requires_grad_(not last)
+            with self._autocast(device), torch.set_grad_enabled(not last):
+                decoded = self.autoencoder.decode(zi.flatten(0, 1)).reshape(len(active), s, 1, h, w)
+                if residual:
+                    change = decoded.float() - d0[scan_of[active]]
+                    # rounding-level changes read as zero; the gradient still flows through every voxel
+                    change = change - torch.where(change.abs() < EXACT, change, torch.zeros_like(change)).detach()
+                    images = (x[scan_of[active]] + change).clamp(0.0, 1.0)
                 else:
-                    z.grad = grad
-                    adam.step()
+                    images = decoded
+                logits = (self.classifier(images) if context is None
+                          else self.classifier(images, context[scan_of[active]]))
+            images, log_probs = images.float(), F.log_softmax(logits.float(), dim=-1)
+            lp = target_log_prob(log_probs, pair_target[active])
+            traj[active, step:] = log_probs.detach().exp().unsqueeze(1)
+            p_target[active, step:] = lp.detach().exp().unsqueeze(1)
+            done = torch.ones_like(lp, dtype=torch.bool) if last else (
+                lp.detach().exp() >= self.stop_probability if self.early_stop else torch.zeros_like(lp, dtype=torch.bool))
+            if bool(done.any()):
+                final[active[done]] = images.detach()[done]
+                stopped[active[done]] = step
+            if last or bool(done.all()):
+                break
+            l1 = (zi - z0[scan_of[active]]).abs().flatten(1).mean(dim=1)
+            per_pair = -lp + self.alpha * l1
+            losses[active, step] = per_pair.detach()
+            keep = ~done
+            (grad,) = torch.autograd.grad(per_pair[keep].sum(), zi)
+            grad, moved = grad[keep], active[keep]
+            with torch.no_grad():
+                if self.optimizer == "sgd":
+                    z[moved] -= self.step_size * grad
+                elif self.optimizer == "normalised":
+                    peak = grad.abs().flatten(1).amax(dim=1).clamp_min(1e-30)
+                    z[moved] -= self.step_size * grad / peak.view(-1, *([1] * (grad.dim() - 1)))
+                else:  # Adam (Kingma & Ba), bias-corrected; every pair started at step 0
+                    m = first_moment[moved] * 0.9 + 0.1 * grad
+                    v = second_moment[moved] * 0.999 + 0.001 * grad * grad
+                    first_moment[moved], second_moment[moved] = m, v
+                    m_hat, v_hat = m / (1 - 0.9 ** (step + 1)), v / (1 - 0.999 ** (step + 1))
+                    z[moved] -= self.step_size * m_hat / (v_hat.sqrt() + 1e-8)
+            active = moved
             progress((step + 1) / (self.steps + 1), f"counterfactual step {step + 1}/{self.steps}")
         with torch.no_grad():
-            cfs = images.detach().reshape(t, b, s, 1, h, w)
-        traj = torch.stack(trajectory, dim=1).reshape(t, b, self.steps + 1, -1)
-        p_target = traj.gather(3, torch.as_tensor(targets, device=traj.device).view(t, 1, 1, 1)
-                               .expand(t, b, self.steps + 1, 1))[..., 0]
-        hit = p_target > 0.5
-        reached = torch.where(hit.any(dim=2), hit.float().argmax(dim=2), torch.full((t, b), -1, device=hit.device))
-        loss_traj = (torch.stack(losses, dim=1).reshape(t, b, self.steps) if losses
-                     else torch.zeros(t, b, 0, device=x.device))
-        with torch.no_grad():
-            l1 = (z - zt0).abs().reshape(t, b, -1).mean(dim=2)
-        return cfs, ref.detach(), traj, reached.long(), loss_traj, l1
+            l1 = (z - z0[scan_of]).abs().flatten(1).mean(dim=1)
+        shape = (t, b)
+        return (final.reshape(t, b, s, 1, h, w), ref.detach().float(), traj.reshape(*shape, self.steps + 1, -1),
+                p_target.reshape(*shape, self.steps + 1), stopped.reshape(shape), losses.reshape(*shape, self.steps),
+                l1.reshape(shape))
