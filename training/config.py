@@ -99,19 +99,37 @@ class OptimConfig:
     loss: str = "ce"  # classifiers: ce; autoencoder: mse | l1
     best_metric: str = "val_loss"  # val_loss | val_accuracy | val_balanced_accuracy | val_auc
     grad_clip: float = 0.0  # max gradient norm; 0 = off
+    patience: int = 0  # stop after this many epochs without a better best_metric (0: run every epoch)
 
 
 @dataclass
 class SaliencyConfig:
-    """Counterfactual saliency (`ACATLogic.saliency.CounterfactualSaliency`, paper Sec. 3.1)."""
+    """Counterfactual saliency maps for ACAT's training input (`ACATLogic.saliency.CounterfactualSaliency`,
+    paper Sec. 3.1): `ACATLogic.options.ExplainOptions` fields; None = the variant's default, so that the
+    maps match what `acat explain` computes for the exported bundle (its card records these)."""
 
-    alpha: float = 100.0
-    steps: int = 20
-    step_size: float = 0.1
-    optimizer: str = "sgd"
-    reference: str = "reconstruction"
+    variant: str = "residual"  # residual | paper (ACATLogic/options.py)
+    output: Optional[str] = None  # decision | class
+    alpha: Optional[float] = None
+    steps: Optional[int] = None
+    step_size: Optional[float] = None
+    optimizer: Optional[str] = None  # normalised | sgd | adam
+    start: Optional[str] = None  # image (residual decoding) | reconstruction (the paper)
+    reference: Optional[str] = None
+    early_stop: Optional[bool] = None
+    organ_mask: Optional[bool] = None
     batch_size: int = 4  # scans optimised at once by each process (memory, not results)
     chunk_scans: int = 32  # scans per saliency file: the unit of resumption
+
+    def options(self):
+        """The `ExplainOptions` these maps are computed with (raises ValueError on a bad value)."""
+        from ACATLogic.options import ExplainOptions
+
+        return ExplainOptions(**{k: v for k, v in vars(self).items() if k not in ("batch_size", "chunk_scans")})
+
+    def resolved(self) -> dict:
+        """Every counterfactual parameter in force (`ExplainOptions.resolved`)."""
+        return self.options().resolved()
 
 
 def _autoencoder_defaults() -> OptimConfig:
@@ -202,8 +220,17 @@ class TrainConfig:
             bad(f"autoencoder.loss must be 'mse' or 'l1', not {self.autoencoder.loss!r}")
         if self.autoencoder.best_metric != "val_loss":
             bad("autoencoder.best_metric can only be val_loss")
-        if self.saliency.chunk_scans < 1 or self.saliency.batch_size < 1 or self.saliency.steps < 0:
-            bad("saliency: chunk_scans >= 1, batch_size >= 1 and steps >= 0 are needed")
+        if self.saliency.chunk_scans < 1 or self.saliency.batch_size < 1:
+            bad("saliency: chunk_scans >= 1 and batch_size >= 1 are needed")
+        try:
+            self.saliency.options()
+        except (TypeError, ValueError) as exc:
+            bad(f"saliency: {exc}")
+        if self.input.organ not in ("", "brain", "lungs", "none"):
+            bad(f"input.organ must be brain, lungs or none, not {self.input.organ!r}")
+        for name in ("baseline", "autoencoder", "acat"):
+            if getattr(self, name).patience < 0:
+                bad(f"{name}.patience must be >= 0")
         if self.checkpoint_every_steps < 0:
             bad("checkpoint_every_steps must be >= 0")
         if not self.seeds:

@@ -21,6 +21,7 @@ from typing import Optional
 
 from ACATLogic.bundle import load_bundle, save_bundle
 from ACATLogic.errors import EXIT_BAD_INPUT, ACATInputError
+from ACATLogic.options import RESOLVED_KEYS
 
 from .checkpoint import atomic_write_text, load_weights, sha256_file
 from .config import InputConfig
@@ -109,8 +110,9 @@ def export(run_dir, out, *, bundle_id: Optional[str] = None, version: str = "0.1
     task = trained_from["data"]["task"]
     spec = InputConfig(**trained_from["input"]).spec()
     saliency_done = run.read_done("saliency") or {}
-    explanation = {k: v for k, v in saliency_done.get("parameters", {}).items()
-                   if k in ("alpha", "steps", "step_size", "optimizer", "reference")}
+    explanation = {k: v for k, v in saliency_done.get("parameters", {}).items() if k in RESOLVED_KEYS}
+    if explanation and "variant" not in explanation:  # a run from before variants: the paper's maps
+        explanation["variant"] = "paper"
     data = baseline_done.get("data", {})
     source = trained_from["data"]
     training_data = (f"{source['source']} data {source['path']}: {data.get('train', '?')}/{data.get('val', '?')}/"

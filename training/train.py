@@ -310,6 +310,10 @@ def train_stage(cfg: TrainConfig, ctx: DistContext, run: RunFolder, data: ScanDa
 
     # ---- the loop
     for epoch in range(progress["epoch"], optim_cfg.epochs):
+        if optim_cfg.patience and epoch - best["epoch"] >= optim_cfg.patience:  # checked again on resume
+            log.info(f"{cfg.stage}: stopping early: no better {best['metric']} in the last "
+                     f"{optim_cfg.patience} epochs (best: epoch {best['epoch']})")
+            break
         sampler.set_epoch(epoch, progress["batches_done"])
         loss_fn.train()
         lr = optimizer.param_groups[0]["lr"]
@@ -378,6 +382,7 @@ def train_stage(cfg: TrainConfig, ctx: DistContext, run: RunFolder, data: ScanDa
     best_row = next((r for r in history if r["epoch"] == best["epoch"]), {})
     done = {"stage": cfg.stage, "fingerprint": fp, "weights": "model.safetensors", "sha256": None,
             "architecture": model.registry_name, "config": dict(model.config), "epochs": optim_cfg.epochs,
+            "epochs_run": len(history),
             "best": best, "metrics": {"val": {k[4:]: v for k, v in best_row.items() if k.startswith("val_")},
                                       "test": test},
             "data": data.counts(), "command": command, "world_size": world, "finished_at": now()}

@@ -1,9 +1,11 @@
 """Stage 2: counterfactual saliency maps of every scan (Algorithm 1, lines 2-5; paper Sec. 3.1).
 
 For each cached scan x, `ACATLogic.saliency.CounterfactualSaliency` moves the autoencoder's latent code
-towards every class with the trained baseline as the judge (alpha, steps, step size from the saliency
-section) and returns the class-agnostic map in [0, 1], normalised per scan: (S, 1, H, W), the input
-ACAT's saliency branch reads.
+towards each target with the trained baseline as the judge - the healthy-vs-abnormal decision's two
+targets for the default ``residual`` variant, every class for ``paper`` (the saliency section holds
+`ACATLogic.options.ExplainOptions` fields) - restricted to the organ mask when the variant says so, and
+returns the class-agnostic map in [0, 1], normalised per scan: (S, 1, H, W), the input ACAT's saliency
+branch reads. `acat explain` makes the same map for an exported bundle (its card records the parameters).
 
 Storage: ``saliency/maps/chunk_%05d.npy`` holds the maps of cache rows ``[i*n, (i+1)*n)`` with n =
 ``saliency.chunk_scans`` (rows of skipped scans stay zero). Each chunk is written atomically, so the
@@ -25,7 +27,8 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from ACATLogic.saliency.counterfactual import CounterfactualSaliency
+from ACATLogic.organ import organ_mask
+from ACATLogic.saliency.counterfactual import CounterfactualSaliency, decision_targets
 
 from ..checkpoint import atomic_save_array, atomic_write_json, load_weights
 from ..config import TrainConfig
@@ -121,11 +124,13 @@ def run_saliency(cfg: TrainConfig, ctx: DistContext, run: RunFolder, data: ScanD
             # run about 1.8x faster (measured on the brain CPU models); the maps agree to float rounding
             baseline.to(memory_format=torch.channels_last)
             autoencoder.to(memory_format=torch.channels_last)
-        s = cfg.saliency
+        s, p = cfg.saliency, cfg.saliency.resolved()
         method = CounterfactualSaliency(
-            baseline, autoencoder, alpha=s.alpha, steps=s.steps, step_size=s.step_size, optimizer=s.optimizer,
-            reference=s.reference,
+            baseline, autoencoder, alpha=p["alpha"], steps=p["steps"], step_size=p["step_size"],
+            optimizer=p["optimizer"], reference=p["reference"], start=p["start"], early_stop=p["early_stop"],
+            num_classes=len(baseline.class_names),
             autocast_dtype=torch.bfloat16 if cfg.bf16 and ctx.device.type == "cuda" else None)
+        targets = decision_targets(0) if p["output"] == "decision" else None
         images = np.load(data.images_path, mmap_mode="r")
         usable = set(data.rows)
         started = time.time()
@@ -135,7 +140,9 @@ def run_saliency(cfg: TrainConfig, ctx: DistContext, run: RunFolder, data: ScanD
             maps = []
             for start in range(0, len(mine), s.batch_size):
                 batch = torch.from_numpy(np.stack([images[r] for r in mine[start:start + s.batch_size]]))
-                result = method.explain(batch.to(ctx.device), normalise="per_scan")
+                batch = batch.to(ctx.device)
+                mask = organ_mask(batch, spec.organ, spec.hu_window) if p["organ_mask"] else None
+                result = method.explain(batch, targets=targets, normalise="per_scan", mask=mask)
                 maps.append(result.saliency.float().cpu().numpy())
             mine_maps = np.concatenate(maps) if maps else np.zeros((0,) + shape, np.float32)
             gathered = all_gather_objects((mine, mine_maps), ctx)
@@ -150,7 +157,7 @@ def run_saliency(cfg: TrainConfig, ctx: DistContext, run: RunFolder, data: ScanD
                     f"{elapsed / done_chunks:.1f} s per chunk)")
     barrier(ctx)
     done = {"stage": "saliency", "fingerprint": fp, "n_rows": n_rows, "chunk_scans": cs, "map_shape": list(shape),
-            "chunks": n_chunks, "parameters": {k: v for k, v in vars(cfg.saliency).items()},
+            "chunks": n_chunks, "parameters": cfg.saliency.resolved(),
             "command": command, "finished_at": now(), "world_size": ctx.world_size}
     if ctx.is_main:
         atomic_write_json(run.done_path("saliency"), done)
