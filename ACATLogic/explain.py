@@ -124,6 +124,8 @@ class Explanation:
     parameters: dict
     classifier: str  # "acat" or "baseline": which model gave the prediction
     saliency: CTVolume
+    # the classifier the map explains (the baseline, or ACAT for saliency_classifier="acat") on the real image
+    explained_probabilities: dict = field(default_factory=dict)
     # label -> CTVolume (HU) and mask name -> CTVolume in [0, 1]; both `LazyVolumes`, made when read
     counterfactuals: Mapping = field(default_factory=dict)
     attention: Mapping = field(default_factory=dict)
@@ -236,6 +238,9 @@ class Explainer:
                 classifier_name = "baseline"
             probs = F.softmax(logits.float(), dim=-1).mean(dim=0).cpu()
             attention = self.acat.attention_maps() if self.acat is not None else {}
+            explained = probs  # the explained classifier's reading of the real image (the metrics' "original")
+            if self.acat is not None and options.saliency_classifier == "baseline":
+                explained = F.softmax(self.fast_baseline(x).float(), dim=-1).mean(dim=0).cpu()
         timings["classify_s"] = time.perf_counter() - t2
         check_cancel()
 
@@ -250,6 +255,7 @@ class Explainer:
         explanation = Explanation(
             label=self.labels[label_id], probabilities={n: float(p) for n, p in zip(self.labels, probs)},
             class_names=list(self.labels), method=options.method, parameters=params, classifier=classifier_name,
+            explained_probabilities={n: float(p) for n, p in zip(self.labels, explained)},
             saliency=volume, preprocessing={"geometry": prepared.geometry.to_dict(),
                                             "input": self.bundle.spec.to_dict(),
                                             "chunks": int(prepared.slice_index.shape[0]),
@@ -308,6 +314,7 @@ class Explainer:
                                         steps=params["steps"], step_size=params["step_size"],
                                         optimizer=params["optimizer"], reference=params["reference"],
                                         start=params["start"], early_stop=params["early_stop"],
+                                        stop_probability=params["stop_probability"],
                                         num_classes=len(self.labels),
                                         autocast_dtype=torch.bfloat16 if params["precision"] == "bf16" else None)
         targets = self._target_ids(params["targets"] if params["output"] == "class" else None, params["output"])

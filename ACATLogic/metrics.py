@@ -6,7 +6,9 @@
 * Saliency localisation (Sec. 4.4): `saliency_hit` / `hit_score` - is the saliency maximum inside
   one of the scan's lesion territories?
 * Saliency overlap (Appendix H): `top_p_mask` keeps the n most salient voxels, n = the lesion's voxel
-  count; `iou_dice` compares that with the lesion mask.
+  count; `iou_dice` compares that with the lesion mask, inside the organ when given.
+* Chance lines (`chance_hit`, `chance_iou_dice`) and paired comparisons of two methods on the same
+  cases (`paired_comparison`: wins/losses and a bootstrap 95 % interval of the mean difference).
 * Counterfactual quality (Fig. 5): `counterfactual_success` on an explanation's trajectory,
   `mean_abs_change_outside_lesion` and `counterfactual_summary`.
 
@@ -235,18 +237,78 @@ def binary_iou_dice(predicted: np.ndarray, truth: np.ndarray) -> tuple[float, fl
     return _ratio(intersection, union), _ratio(2 * intersection, total)
 
 
-def iou_dice(saliency: np.ndarray, lesion_mask: np.ndarray) -> tuple[float, float]:
+def iou_dice(saliency: np.ndarray, lesion_mask: np.ndarray,
+             organ_mask: Optional[np.ndarray] = None) -> tuple[float, float]:
     """Appendix H: IoU and Dice between the top-n saliency voxels and the lesion, n = lesion voxel count.
 
     ``lesion_mask``: nonzero inside any lesion (lesion n labelled n; all lesions count together).
+    ``organ_mask``: when given, only its voxels compete for the top n (like the hit score, which looks
+    inside the territories): a map is not scored on the scalp, the skull or the air, where no lesion can
+    be, and lesion voxels outside the organ (none, in the phantom) are not counted.
     A scan without a lesion gives (nan, nan): it is not scored.
     """
     lesion = np.asarray(lesion_mask) != 0
-    _same_shape(np.asarray(saliency), lesion, "saliency vs lesion mask")
+    s = np.asarray(saliency, dtype=np.float64)
+    _same_shape(s, lesion, "saliency vs lesion mask")
+    if organ_mask is not None:
+        organ = np.asarray(organ_mask) != 0
+        _same_shape(organ, lesion, "organ mask vs lesion mask")
+        s = np.where(organ, s, np.nan)  # NaN ranks last in top_p_mask
+        lesion = lesion & organ
     n = int(np.count_nonzero(lesion))
     if n == 0:
         return math.nan, math.nan
-    return binary_iou_dice(top_p_mask(saliency, n), lesion)
+    return binary_iou_dice(top_p_mask(s, n), lesion)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# What chance scores: a map that points at a uniformly random voxel of the organ
+# ---------------------------------------------------------------------------------------------------------
+def chance_hit(territory_map: np.ndarray, lesion_territory_ids: Iterable[int]) -> float:
+    """The hit probability of a uniformly random voxel of the territories: their share in lesion territories."""
+    territories = np.asarray(territory_map)
+    inside = np.count_nonzero(territories > 0)
+    if inside == 0:
+        return math.nan
+    return float(np.count_nonzero(np.isin(territories, list(lesion_territory_ids)))) / inside
+
+
+def chance_iou_dice(lesion_voxels: int, organ_voxels: int) -> tuple[float, float]:
+    """Expected (IoU, Dice) of n uniformly random organ voxels against an n-voxel lesion inside the organ.
+
+    The expected overlap is n * n / N (hypergeometric mean); IoU = overlap / (2n - overlap) and Dice =
+    overlap / n at that overlap (a first-order expectation, exact enough for a chance line).
+    """
+    n, total = int(lesion_voxels), int(organ_voxels)
+    if n <= 0 or total <= 0:
+        return math.nan, math.nan
+    overlap = n * min(n, total) / total
+    return overlap / (2 * n - overlap), overlap / n
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Paired comparison of two methods on the same cases
+# ---------------------------------------------------------------------------------------------------------
+def paired_comparison(a: Sequence[Optional[float]], b: Sequence[Optional[float]], *, resamples: int = 10000,
+                      seed: int = 0) -> dict:
+    """Method A against method B, case by case: wins, losses, ties and the mean difference A - B with a
+    bootstrap 95 % interval (percentile, ``resamples`` resamplings of the cases, fixed ``seed``).
+
+    ``a``, ``b``: one score per case (a hit as 1/0, an IoU...); cases where either is None/nan are left out.
+    """
+    x = np.asarray([np.nan if v is None else float(v) for v in a], dtype=np.float64)
+    y = np.asarray([np.nan if v is None else float(v) for v in b], dtype=np.float64)
+    if x.shape != y.shape:
+        raise ValueError(f"paired scores need the same cases: {x.size} vs {y.size}")
+    keep = np.isfinite(x) & np.isfinite(y)
+    d = x[keep] - y[keep]
+    out = {"n": int(d.size), "wins": int((d > 0).sum()), "losses": int((d < 0).sum()), "ties": int((d == 0).sum()),
+           "mean_difference": float(d.mean()) if d.size else math.nan, "ci95": [math.nan, math.nan]}
+    if d.size >= 2:
+        rng = np.random.default_rng(seed)
+        means = d[rng.integers(0, d.size, size=(int(resamples), d.size))].mean(axis=1)
+        out["ci95"] = [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -256,26 +318,34 @@ def iou_dice(saliency: np.ndarray, lesion_mask: np.ndarray) -> tuple[float, floa
 class CounterfactualOutcome:
     """Whether a counterfactual towards the healthy class flipped the prediction, and how fast.
 
-    ``steps_to_success``: the first trajectory index at which the original class's probability is below
-    the threshold (index 0 = before any optimisation step); None when it never is.
+    ``steps_to_success``: the first optimisation step (>= 1) after which the original class's probability
+    is below the threshold; None when it never is. ``before_any_step``: it was already below at entry 0
+    (the scan the optimisation started from was read otherwise than the real image: the paper variant's
+    reconstruction) - never a success, since the method did nothing.
     """
 
     success: bool
     steps_to_success: Optional[int]
+    before_any_step: bool = False
 
 
 def counterfactual_success(trajectory: Sequence[Mapping[str, float]], original_class: str,
                            threshold: float = SUCCESS_PROBABILITY) -> CounterfactualOutcome:
-    """Fig. 5: success when p(original predicted class) drops below ``threshold`` within the steps.
+    """Fig. 5: success when p(original class) drops below ``threshold`` at an optimisation step >= 1.
 
-    ``trajectory``: `Explanation.trajectory[healthy class]`, a list over steps (entry 0 = the unchanged
-    scan, entry t = after step t) of {class name: probability}. A scan whose probability is already
-    below the threshold at entry 0 succeeds in 0 steps (the classifier behind the optimisation is not
-    always the one that made the prediction, e.g. an ACAT bundle's baseline).
+    ``trajectory``: `Explanation.trajectory[healthy class]`, a list over steps (entry 0 = what the
+    classifier read before any update, entry t = after step t) of {class name: probability}.
+    ``original_class``: the explained classifier's prediction on the real image. Entry 0 never counts:
+    a probability already below the threshold there is the starting point's doing, not the method's.
     """
-    for step, probabilities in enumerate(trajectory):
+    for probabilities in trajectory:
         if original_class not in probabilities:
             raise ValueError(f"the trajectory has no probability for class {original_class!r}")
+    if not trajectory:
+        return CounterfactualOutcome(False, None)
+    if float(trajectory[0][original_class]) < threshold:
+        return CounterfactualOutcome(False, None, before_any_step=True)
+    for step, probabilities in enumerate(trajectory[1:], start=1):
         if float(probabilities[original_class]) < threshold:
             return CounterfactualOutcome(True, step)
     return CounterfactualOutcome(False, None)
@@ -324,11 +394,13 @@ def counterfactual_summary(outcomes: Sequence[CounterfactualOutcome],
         "successes": len(successes),
         "success_rate": _ratio(len(successes), len(outcomes)),
         "mean_steps_to_success": _nanmean(o.steps_to_success for o in successes),
+        "before_any_step": sum(o.before_any_step for o in outcomes),
         "mean_latent_l1": _nanmean(latent_l1),
         "mean_abs_change_outside_lesion_hu": _nanmean(change_outside_lesion_hu),
     }
 
 
-__all__ = ["SUCCESS_PROBABILITY", "CounterfactualOutcome", "argmax_voxel", "binary_iou_dice",
-           "classification_metrics", "counterfactual_success", "counterfactual_summary", "hit_score", "iou_dice",
-           "mean_abs_change_outside_lesion", "mean_and_sem", "saliency_hit", "top_p_mask"]
+__all__ = ["SUCCESS_PROBABILITY", "CounterfactualOutcome", "argmax_voxel", "binary_iou_dice", "chance_hit",
+           "chance_iou_dice", "classification_metrics", "counterfactual_success", "counterfactual_summary",
+           "hit_score", "iou_dice", "mean_abs_change_outside_lesion", "mean_and_sem", "paired_comparison",
+           "saliency_hit", "top_p_mask"]

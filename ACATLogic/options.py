@@ -42,13 +42,15 @@ SALIENCY_CLASSIFIERS = ("baseline", "acat")
 #: What each variant sets when neither the options nor the model card say otherwise.
 VARIANT_DEFAULTS: dict[str, dict[str, Any]] = {
     "residual": {"start": "image", "optimizer": "normalised", "step_size": 0.2, "alpha": 100.0, "steps": 20,
-                 "early_stop": True, "output": "decision", "organ_mask": True, "reference": "image"},
+                 "early_stop": True, "stop_probability": 0.8, "output": "decision", "organ_mask": True,
+                 "reference": "image"},
     "paper": {"start": "reconstruction", "optimizer": "sgd", "step_size": 0.1, "alpha": 100.0, "steps": 20,
-              "early_stop": False, "output": "class", "organ_mask": False, "reference": "reconstruction"},
+              "early_stop": False, "stop_probability": 0.8, "output": "class", "organ_mask": False,
+              "reference": "reconstruction"},
 }
 #: the parameters a variant resolves (what report.json records under "parameters")
-RESOLVED_KEYS = ("variant", "start", "optimizer", "step_size", "alpha", "steps", "early_stop", "output",
-                 "organ_mask", "reference")
+RESOLVED_KEYS = ("variant", "start", "optimizer", "step_size", "alpha", "steps", "early_stop", "stop_probability",
+                 "output", "organ_mask", "reference")
 
 
 def _opt(help_text: str, *, flag: Optional[str] = None, choices: Optional[Sequence[str]] = None,
@@ -87,6 +89,9 @@ class ExplainOptions:
                                     "(default) or with the image", choices=REFERENCES)
     early_stop: Optional[bool] = _opt("stop each counterfactual once its target probability reaches 0.8 "
                                       "(residual default) or always run every step (paper)", kind=bool)
+    stop_probability: Optional[float] = _opt("with early stop: the target probability at which a counterfactual "
+                                             "stops (default 0.8: the opposite decision is then below 0.2)",
+                                             kind=float)
     organ_mask: Optional[bool] = _opt("restrict maps to the organ (brain parenchyma, lungs) found in the CT "
                                       "(residual default) or not (paper)", kind=bool)
     saliency_classifier: str = _opt("the classifier the counterfactuals explain (acat: paper Sec. 4.4)",
@@ -124,6 +129,8 @@ class ExplainOptions:
             return f"alpha must be >= 0, not {self.alpha}"
         if self.step_size is not None and not 0 < self.step_size < 1e6:
             return f"step_size must be > 0, not {self.step_size}"
+        if self.stop_probability is not None and not 0.5 <= self.stop_probability < 1:
+            return f"stop_probability must be in [0.5, 1), not {self.stop_probability}"
         if self.targets is not None and (not self.targets or not all(isinstance(t, str) and t for t in self.targets)):
             return "targets must be a non-empty list of class names"
         return ""
@@ -146,6 +153,7 @@ class ExplainOptions:
             value = getattr(self, key)
             out[key] = base[key] if value is None else value
         out["steps"], out["alpha"], out["step_size"] = int(out["steps"]), float(out["alpha"]), float(out["step_size"])
+        out["stop_probability"] = float(out["stop_probability"])
         return out
 
     # -------------------------------------------------------------------------------------------

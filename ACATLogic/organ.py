@@ -9,18 +9,21 @@ Never from ground truth: only thresholds and morphology on the image.
   1-pixel dilation closes thin spots of the temporal squama; the cavity is what the dilated skull
   encloses in each slice (the part no 4-connected path from the slice border reaches), grown back by
   the dilation without entering the skull. Slices where the skull is not a closed ring (below the skull
-  base, the vertex) give no cavity, and so no mask: the paper's brain lesions are supratentorial.
+  base, the vertex) give no cavity, and so no mask: the paper's brain lesions are supratentorial. Air
+  cells of the skull base that bone encloses in-plane stay in (the window reads every HU <= 0 as 0, so
+  they cannot be told from the darkest lesion there): 2.6 % of the mask on the Cranium head CT.
 * ``"lungs"`` (any window reaching -1000..-300 HU): the air below -300 HU (aerated lung and ground glass)
   that no 4-connected path through air links to the slice border (so not the air around the patient, nor
   the gap to the table), holes filled, then closed with a radius of 2 pixels so that consolidation
   against the lung wall (-100..+40 HU) stays inside.
 * ``"none"``: every pixel.
 
-`organ_mask` is per slice and vectorised over every slice of a batch (torch max-pooling, no scipy).
+`organ_mask` works slice by slice (ITK's hole filling, torch max-pooling for dilation; no scipy).
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -41,28 +44,22 @@ def _erode(mask: torch.Tensor, radius: int) -> torch.Tensor:
     return ~_dilate(~mask, radius)
 
 
+def fill_holes(mask: torch.Tensor) -> torch.Tensor:
+    """(N, H, W) bool -> the mask plus everything it encloses in each slice (the background is 4-connected,
+    so a diagonal gap does not open a hole to the outside). ITK's BinaryFillhole, slice by slice."""
+    import SimpleITK as sitk
+
+    array = mask.detach().cpu().numpy().astype(np.uint8)
+    out = np.empty_like(array)
+    for n in range(array.shape[0]):
+        image = sitk.GetImageFromArray(array[n])
+        out[n] = sitk.GetArrayFromImage(sitk.BinaryFillhole(image, fullyConnected=False, foregroundValue=1))
+    return torch.from_numpy(out.astype(bool)).to(mask.device)
+
+
 def _reach_from_border(free: torch.Tensor) -> torch.Tensor:
     """(N, H, W) bool: the ``free`` pixels a 4-connected path inside ``free`` links to the slice border."""
-    border = torch.zeros_like(free)
-    border[:, 0, :] = border[:, -1, :] = True
-    border[:, :, 0] = border[:, :, -1] = True
-    reach = free & border
-    while True:
-        f = reach[:, None].float()
-        grown = ((F.max_pool2d(f, (1, 3), stride=1, padding=(0, 1)) + F.max_pool2d(f, (3, 1), stride=1,
-                 padding=(1, 0)))[:, 0] > 0) & free
-        for _ in range(7):  # several growth steps per convergence check
-            f = grown[:, None].float()
-            grown = ((F.max_pool2d(f, (1, 3), stride=1, padding=(0, 1)) + F.max_pool2d(f, (3, 1), stride=1,
-                     padding=(1, 0)))[:, 0] > 0) & free
-        if torch.equal(grown, reach):
-            return reach
-        reach = grown
-
-
-def fill_holes(mask: torch.Tensor) -> torch.Tensor:
-    """(N, H, W) bool -> the mask plus everything it encloses in each slice."""
-    return ~_reach_from_border(~mask)
+    return ~fill_holes(~free)
 
 
 def _hu(images: torch.Tensor, hu_window) -> torch.Tensor:

@@ -252,6 +252,15 @@ class PreparedScan:
         np.add.at(count, self.slice_index.reshape(-1), 1)
         return (total / np.maximum(count, 1)[:, None, None]).astype(np.float32)
 
+    def to_model_grid(self, array: np.ndarray, mode: str = "nearest") -> torch.Tensor:
+        """(K, J, I) on the *input* grid (a mask, a map) -> (C, S, H, W) float32 on the model's slices, the
+        way the scan itself was sampled (``mode`` "nearest" for labels, "bilinear" for values)."""
+        canonical = np.ascontiguousarray(self.reorientation.apply(np.asarray(array, dtype=np.float32)))
+        needed = canonical[self.slice_index.reshape(-1)]
+        sampled = F.grid_sample(torch.from_numpy(needed)[None], _model_grid(self.geometry), mode=mode,
+                                padding_mode="zeros", align_corners=True)[0]
+        return sampled.reshape(*self.slice_index.shape, *self.spec.size)
+
     def to_input_grid(self, maps: torch.Tensor) -> np.ndarray:
         """(C, S, H, W) model-space maps -> (K, J, I) float32 on the *input* volume's own grid (bilinear
         in-plane; zero outside the model's field of view). A new array the caller may change in place."""

@@ -140,3 +140,108 @@ def test_bf16_autocast_stays_close_to_fp32(blob_model):
     assert (half.saliency - full.saliency).abs().max() < 0.01  # measured: 0.002
     peak = torch.nonzero(half.saliency[0, :, 0].mean(0) == half.saliency[0, :, 0].mean(0).max())[0]
     assert abs(int(peak[0]) - int(r)) <= 3 and abs(int(peak[1]) - int(c)) <= 3
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Residual decoding, decision targets, early stopping (the default "residual" variant)
+class LeftQuarterClassifier(torch.nn.Module):
+    """Reads only the left quarter of every slice: logits [-(mean - 0.5) * 40, 0] over that region, so a
+    bright left quarter says "class 1" and the other three quarters never matter (zero gradient there)."""
+
+    class_names = ("healthy", "finding")
+
+    def forward(self, x):
+        w = x.shape[-1] // 4
+        score = (x[..., :w].mean(dim=(1, 2, 3, 4)) - 0.5) * 40
+        return torch.stack([-score, torch.zeros_like(score)], dim=1)
+
+
+def _bright_left(n=2, size=32, slices=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = 0.4 + 0.1 * torch.rand(n, slices, 1, size, size, generator=g)
+    x[..., : size // 4] += 0.3
+    return x
+
+
+@pytest.mark.parametrize("autoencoder", ["shuffle", "conv"])
+def test_residual_decoding_leaves_unchanged_voxels_exactly_equal(autoencoder):
+    from ACATLogic.models.autoencoder import SliceAutoencoder
+    from ACATLogic.saliency.counterfactual import decision_targets
+
+    torch.manual_seed(0)
+    ae = ShuffleAutoencoder() if autoencoder == "shuffle" else SliceAutoencoder().eval()
+    x = _bright_left(size=128)
+    method = CounterfactualSaliency(LeftQuarterClassifier(), ae, start="image", optimizer="normalised",
+                                    step_size=0.5, alpha=1.0, early_stop=True, num_classes=2)
+    result = method.explain(x, targets=decision_targets(0))
+    assert torch.equal(result.reference, x)
+    neg = result.counterfactuals[0]
+    assert (result.target_probability[0, :, 0] < 0.5).all()  # it had to move...
+    assert (result.target_probability[0, :, -1] >= 0.8).all()  # ...and reached healthy
+    changed = neg != x
+    assert changed[..., :32].any()
+    # the right quarter is beyond the classifier's view and the decoder's reach: bit for bit the input
+    assert torch.equal(neg[..., 96:], x[..., 96:])
+    # the positive target (already reached at step 0: "finding" is read) is left exactly as it was
+    assert (result.stopped_step[1] == 0).all() and torch.equal(result.counterfactuals[1], x)
+    assert float(result.maps[1].abs().max()) == 0.0
+    # class-agnostic: the negative map alone, normalised again (the reached target adds zeros)
+    torch.testing.assert_close(result.saliency, result.maps[0])
+
+
+def test_early_stop_freezes_each_pair_and_saves_steps():
+    from ACATLogic.saliency.counterfactual import decision_targets
+
+    x = _bright_left(3)
+    x[1, ..., :8] += 0.15  # brighter: needs more steps
+    kwargs = dict(start="image", optimizer="normalised", step_size=0.2, alpha=1.0, num_classes=2)
+    early = CounterfactualSaliency(LeftQuarterClassifier(), ShuffleAutoencoder(), early_stop=True, **kwargs)
+    full = CounterfactualSaliency(LeftQuarterClassifier(), ShuffleAutoencoder(), early_stop=False, **kwargs)
+    a = early.explain(x, targets=decision_targets(0))
+    b = full.explain(x, targets=decision_targets(0))
+    stop = a.stopped_step[0]
+    assert (stop > 0).all() and (stop < 20).all() and stop[1] > stop[0]
+    for scan in range(3):
+        k = int(stop[scan])
+        assert a.target_probability[0, scan, k] >= 0.8 and a.target_probability[0, scan, k - 1] < 0.8
+        # the probabilities repeat once frozen; the run without early stop matches it up to the stop
+        assert torch.allclose(a.target_probability[0, scan, k:], a.target_probability[0, scan, k])
+        torch.testing.assert_close(a.target_probability[0, scan, :k + 1], b.target_probability[0, scan, :k + 1])
+    assert (b.stopped_step == 20).all()
+
+
+def test_decision_target_log_probability():
+    from ACATLogic.saliency.counterfactual import target_log_prob
+
+    log_probs = torch.log(torch.tensor([[0.1, 0.2, 0.3, 0.4]]))
+    lp = target_log_prob(log_probs.repeat(2, 1), torch.tensor([0, ~0]))
+    torch.testing.assert_close(lp.exp(), torch.tensor([0.1, 0.9]))
+
+
+def test_normalised_and_paper_steps_reach_the_target_at_different_speeds(blob_model):
+    x, _ = _one_blob_scan()
+    paper = CounterfactualSaliency(blob_model, ShuffleAutoencoder(), start="image").explain(x, targets=[0])
+    normalised = CounterfactualSaliency(blob_model, ShuffleAutoencoder(), start="image", optimizer="normalised",
+                                        step_size=0.2, early_stop=True).explain(x, targets=[0])
+    assert int(normalised.stopped_step[0, 0]) < 20 and normalised.target_probability[0, 0, -1] >= 0.8
+    assert paper.stopped_step[0, 0] == 20  # no early stop in the paper's settings
+
+
+def test_context_is_passed_per_scan():
+    """A classifier with a second input (ACAT's saliency) gets each scan's own, also after early stops."""
+    seen = []
+
+    class WithContext(torch.nn.Module):
+        class_names = ("healthy", "finding")
+
+        def forward(self, x, context):
+            seen.append(context[:, 0, 0, 0, 0].tolist())
+            return LeftQuarterClassifier()(x)
+
+    x = _bright_left(2)
+    x[1, ..., :8] += 0.15
+    context = torch.arange(2.0).view(2, 1, 1, 1, 1).expand(2, 3, 1, 32, 32)
+    CounterfactualSaliency(WithContext(), ShuffleAutoencoder(), start="image", optimizer="normalised",
+                           step_size=0.2, alpha=1.0, early_stop=True, num_classes=2).explain(
+        x, targets=[0], context=context)
+    assert seen[0] == [0.0, 1.0] and seen[-1] == [1.0]  # scan 0 stopped first; scan 1 kept its own context

@@ -7,9 +7,10 @@ import math
 import numpy as np
 import pytest
 
-from ACATLogic.metrics import (CounterfactualOutcome, argmax_voxel, binary_iou_dice, classification_metrics,
-                               counterfactual_success, counterfactual_summary, hit_score, iou_dice,
-                               mean_abs_change_outside_lesion, mean_and_sem, saliency_hit, top_p_mask)
+from ACATLogic.metrics import (CounterfactualOutcome, argmax_voxel, binary_iou_dice, chance_hit, chance_iou_dice,
+                               classification_metrics, counterfactual_success, counterfactual_summary, hit_score,
+                               iou_dice, mean_abs_change_outside_lesion, mean_and_sem, paired_comparison,
+                               saliency_hit, top_p_mask)
 
 BRAIN = ["none", "left", "right", "both"]
 
@@ -190,7 +191,11 @@ def _trajectory(p_left: list[float]) -> list[dict]:
 def test_counterfactual_success_on_hand_made_trajectories():
     assert counterfactual_success(_trajectory([0.9, 0.6, 0.25, 0.19, 0.1]), "left") == CounterfactualOutcome(True, 3)
     assert counterfactual_success(_trajectory([0.9, 0.6, 0.2]), "left") == CounterfactualOutcome(False, None)
-    assert counterfactual_success(_trajectory([0.1, 0.9]), "left") == CounterfactualOutcome(True, 0)
+    # below the threshold before any step (the paper variant's reconstruction read as healthy): the method did
+    # nothing, so it is no success - whatever happens after
+    assert counterfactual_success(_trajectory([0.1, 0.9]), "left") == CounterfactualOutcome(False, None, True)
+    assert counterfactual_success(_trajectory([0.1, 0.05, 0.01]), "left") == CounterfactualOutcome(False, None, True)
+    assert counterfactual_success(_trajectory([0.1]), "left").success is False
     assert counterfactual_success(_trajectory([0.9, 0.45]), "left", threshold=0.5).steps_to_success == 1
     with pytest.raises(ValueError, match="no probability"):
         counterfactual_success(_trajectory([0.9]), "covid19")
@@ -219,3 +224,44 @@ def test_counterfactual_summary():
     assert s["mean_abs_change_outside_lesion_hu"] == 3.0
     empty = counterfactual_summary([])
     assert empty["n"] == 0 and math.isnan(empty["success_rate"]) and math.isnan(empty["mean_steps_to_success"])
+
+
+# --- in-organ overlap, chance lines, paired comparisons ---------------------------------------------------
+def test_iou_dice_inside_the_organ_ignores_maxima_outside_it():
+    lesion = np.zeros((1, 4, 6), np.uint8)
+    lesion[0, 1, 1:3] = 1
+    organ = np.zeros_like(lesion)
+    organ[0, :, :4] = 1
+    saliency = np.zeros(lesion.shape)
+    saliency[0, :, 4:] = 5.0  # the scalp: brighter than anything inside
+    saliency[0, 1, 1:3] = 1.0
+    assert iou_dice(saliency, lesion) == (0.0, 0.0)  # over the whole volume, the scalp wins
+    assert iou_dice(saliency, lesion, organ) == (1.0, 1.0)
+    with pytest.raises(ValueError, match="shapes differ"):
+        iou_dice(saliency, lesion, organ[:, :2])
+
+
+def test_chance_lines():
+    territories = np.array([[[0, 1, 1, 2], [2, 2, 3, 0]]])
+    assert chance_hit(territories, [2]) == pytest.approx(3 / 6)
+    assert chance_hit(territories, [1, 3]) == pytest.approx(3 / 6)
+    assert math.isnan(chance_hit(np.zeros((1, 2, 2)), [1]))
+    iou, dice = chance_iou_dice(10, 1000)  # overlap 0.1 voxel expected
+    assert dice == pytest.approx(0.01) and iou == pytest.approx(0.1 / 19.9)
+    assert chance_iou_dice(50, 50) == (1.0, 1.0)
+    assert all(math.isnan(v) for v in chance_iou_dice(0, 10))
+
+
+def test_paired_comparison_counts_and_interval():
+    a = [1, 1, 0, 1, None, 1, 1, 1]
+    b = [0, 1, 0, 0, 1, 0, 1, 0]
+    out = paired_comparison(a, b, resamples=2000, seed=1)
+    assert out["n"] == 7 and (out["wins"], out["losses"], out["ties"]) == (4, 0, 3)
+    assert out["mean_difference"] == pytest.approx(4 / 7)
+    lo, hi = out["ci95"]
+    assert 0 < lo < 4 / 7 < hi <= 1
+    assert paired_comparison(a, b, resamples=2000, seed=1) == out  # reproducible
+    same = paired_comparison([0.5, 0.2], [0.5, 0.2])
+    assert same["mean_difference"] == 0 and same["ci95"] == [0.0, 0.0]
+    with pytest.raises(ValueError, match="same cases"):
+        paired_comparison([1, 2], [1])

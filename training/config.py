@@ -100,6 +100,9 @@ class OptimConfig:
     best_metric: str = "val_loss"  # val_loss | val_accuracy | val_balanced_accuracy | val_auc
     grad_clip: float = 0.0  # max gradient norm; 0 = off
     patience: int = 0  # stop after this many epochs without a better best_metric (0: run every epoch)
+    # autoencoder only: weight of KL(f(x) || f(D(E(x)))) with the trained baseline f as the judge, so that
+    # the classifier reads a reconstruction as it reads the scan (training.autoencoder_fitness); 0 = off
+    consistency: float = 0.0
 
 
 @dataclass
@@ -117,6 +120,7 @@ class SaliencyConfig:
     start: Optional[str] = None  # image (residual decoding) | reconstruction (the paper)
     reference: Optional[str] = None
     early_stop: Optional[bool] = None
+    stop_probability: Optional[float] = None
     organ_mask: Optional[bool] = None
     batch_size: int = 4  # scans optimised at once by each process (memory, not results)
     chunk_scans: int = 32  # scans per saliency file: the unit of resumption
@@ -231,6 +235,10 @@ class TrainConfig:
         for name in ("baseline", "autoencoder", "acat"):
             if getattr(self, name).patience < 0:
                 bad(f"{name}.patience must be >= 0")
+            if name != "autoencoder" and getattr(self, name).consistency:
+                bad(f"{name}.consistency is for the autoencoder only")
+        if self.autoencoder.consistency < 0:
+            bad("autoencoder.consistency must be >= 0")
         if self.checkpoint_every_steps < 0:
             bad("checkpoint_every_steps must be >= 0")
         if not self.seeds:

@@ -2,40 +2,47 @@
 
 ::
 
-    python -m training.evaluate --bundle Resources/Models/brain-demo --data data/brain/manifest.csv \\
-        --methods counterfactual,latent-shift,gradient,gradcam,integrated-gradients --out results/eval
+    python -m training.evaluate --bundle brain-stroke-phantom --data data/brain/manifest.csv --out results/eval
+    python -m training.evaluate --bundle brain-stroke-phantom --data D/manifest.csv --split all \
+        --methods counterfactual,gradient,gradcam --out results/fresh
 
-For every case of the split (``--split``, default test; ``--limit N`` keeps the first N in manifest
-order), the `Explainer` runs once per method; the first run's prediction is the classification (every
-method shares the classifier). Per case and method it records the paper's measures
-(`ACATLogic.metrics`):
+**It scores what a user gets.** Each method is an `ACATLogic.options.ExplainOptions` (`METHOD_SPECS`);
+``counterfactual`` is ``ExplainOptions()`` - exactly what ``acat explain`` computes with its defaults,
+through the same `Explainer`, every slice explained (``--coverage all``, the default), the map on the
+input's own grid. For every case of the split (``--split``, default test, or ``all``; ``--limit N``
+keeps the first N in manifest order) it records (`ACATLogic.metrics`):
 
-* hit (Sec. 4.4): does the territory holding the saliency maximum - taken over the six territories,
-  the paper's "6 possible regions" - hold a lesion (brain scans with a lesion and a territory map;
-  lung scans have no territories and get none);
-* IoU / Dice (Appendix H): the top-n saliency voxels against the lesion mask, n = lesion voxel count;
-* counterfactual quality (Fig. 5, method ``counterfactual`` only): towards the healthy class 0, for
-  scans with a lesion that the model did not already call healthy (pushing a "healthy" prediction
-  towards healthy cannot flip anything): success when p(predicted class) < 0.2 on the trajectory,
-  steps to success, latent L1 and the mean |HU change| outside the lesion, inside the organ mask;
-* time: ``time_s`` is the wall time of the whole Explainer call (what a user waits; for an ACAT bundle
-  it includes the counterfactual saliency its classifier reads, whatever the method), ``map_time_s``
-  the part that made this method's map (preprocessing + the method + mapping back). One untimed
-  warm-up run per method on the first scan keeps start-up costs out of both.
+* hit (Sec. 4.4): does the territory holding the map's maximum - over the six territories, the paper's
+  "6 possible regions" - hold a lesion (brain scans with a lesion and a territory map);
+* IoU / Dice (Appendix H): the top-n voxels of the map *inside the organ* (brain parenchyma, lungs; the
+  dataset's organ mask) against the lesion, n = lesion voxel count - like the hit score, which also
+  looks only where a lesion can be;
+* the chance line: what a uniformly random organ voxel scores (`chance_hit`, `chance_iou_dice`);
+* counterfactual quality (Fig. 5; counterfactual methods): towards the healthy class, for scans with a
+  lesion that the *explained* classifier reads as not healthy on the real image; success when that
+  classifier's probability of its original prediction falls below 0.2 at an optimisation step >= 1 -
+  never at step 0, where the method has done nothing (`counterfactual_success`);
+* time: ``time_s`` is the wall time of the Explainer call, ``map_time_s`` the part that made this
+  method's map. One untimed warm-up run per method on the first scan keeps start-up costs out.
 
-Writes ``OUT/metrics.json`` (settings, provenance, aggregates and every per-case result; nan is
-written as null) and ``OUT/metrics.md`` (the paper's table layout), each atomically.
+Aggregates: per method (hit score, mean IoU/Dice, per lesion size class or severity), the chance row,
+and the reference method (the first of ``--methods``) against every other one case by case
+(`paired_comparison`: wins, losses, mean difference with a bootstrap 95 % interval).
 
-``--coverage`` defaults to ``sampled`` (one uniform sample of the model's S slices per scan, maps
-interpolated along k) rather than the Explainer's ``all``: an evaluation runs every method on every
-scan, and "all" costs about K/S times more. Use ``--coverage all`` to score what the Slicer module shows.
+Comparison methods explain the baseline's healthy-vs-abnormal decision by default (`DecisionClassifier`:
+for the brain model the lesion head, its strongest gradient baselines); the ``-class`` specs explain the
+predicted class instead, as the paper's comparisons did. For speed, methods other than the first run on
+a copy of the bundle without its ACAT classifier (whose saliency input would otherwise be recomputed for
+every method); the first method's run gives the classification.
 
-Exit codes: 0 success, 2 bad input (one line on stderr), 1 internal error.
+Writes ``OUT/metrics.json`` (settings, provenance, aggregates and every per-case result; nan is written
+as null) and ``OUT/metrics.md``, each atomically. Exit codes: 0 success, 2 bad input, 1 internal error.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import math
@@ -51,51 +58,78 @@ import numpy as np
 import torch
 
 from ACATLogic import __version__ as acat_version
-from ACATLogic.bundle import load_bundle, resolve_model, sha256_file
+from ACATLogic.bundle import ModelBundle, load_bundle, resolve_model, sha256_file
 from ACATLogic.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_OK, ACATInputError
-from ACATLogic.explain import METHODS, Explainer, Explanation
+from ACATLogic.explain import Explainer, Explanation
 from ACATLogic.io.atomic import atomic_path
-from ACATLogic.metrics import (SUCCESS_PROBABILITY, CounterfactualOutcome, classification_metrics,
-                               counterfactual_success, counterfactual_summary, hit_score, iou_dice,
-                               mean_abs_change_outside_lesion, saliency_hit)
+from ACATLogic.metrics import (SUCCESS_PROBABILITY, CounterfactualOutcome, chance_hit, chance_iou_dice,
+                               classification_metrics, counterfactual_success, counterfactual_summary, hit_score,
+                               iou_dice, mean_abs_change_outside_lesion, paired_comparison, saliency_hit)
+from ACATLogic.options import ExplainOptions
 
 from .phantom.common import TERRITORIES
 from .phantom.io import LoadedCase, load_case, read_manifest
 
 PROG = "python -m training.evaluate"
 NOTICE = "SIMULATED phantom benchmark"
-#: command-line method names (hyphens) -> Explainer method names (underscores), in table order
-CLI_METHODS = {m.replace("_", "-"): m for m in METHODS}
-DISPLAY_NAMES = {"counterfactual": "ACAT counterfactual", "latent_shift": "Latent shift", "gradient": "Gradient",
-                 "gradcam": "Grad-CAM", "integrated_gradients": "Integrated gradients"}
+#: method name -> (table name, the ExplainOptions fields it sets); the first is the product's default
+METHOD_SPECS: dict[str, tuple[str, dict]] = {
+    "counterfactual": ("ACAT counterfactual (default: residual, towards healthy)", {}),
+    "counterfactual-paper": ("ACAT counterfactual, paper variant (class-agnostic)", {"variant": "paper"}),
+    "gradient": ("Gradient, healthy-vs-abnormal decision", {"method": "gradient"}),
+    "integrated-gradients": ("Integrated gradients, decision", {"method": "integrated_gradients"}),
+    "gradcam": ("Grad-CAM, decision", {"method": "gradcam"}),
+    "latent-shift": ("Latent shift towards healthy", {"method": "latent_shift"}),
+    "gradient-class": ("Gradient, predicted class", {"method": "gradient", "output": "class"}),
+    "integrated-gradients-class": ("Integrated gradients, predicted class",
+                                   {"method": "integrated_gradients", "output": "class"}),
+    "gradcam-class": ("Grad-CAM, predicted class", {"method": "gradcam", "output": "class"}),
+    "latent-shift-class": ("Latent shift, class output", {"method": "latent_shift", "output": "class"}),
+}
+DISPLAY_NAMES = {name: display for name, (display, _) in METHOD_SPECS.items()}
+DEFAULT_METHODS = ("counterfactual", "counterfactual-paper", "gradient", "integrated-gradients", "gradcam",
+                   "latent-shift", "gradient-class")
 #: the manifest column whose values group the accuracy (paper Table 1: lesion size class for the brain)
 GROUP_COLUMN = {"brain_stroke": "size_class", "lung_covid": "severity"}
 TERRITORY_IDS = {name: tid for tid, name in TERRITORIES.items()}
 #: how a hit is scored (recorded with the results; `ACATLogic.metrics.saliency_hit`)
 HIT_RULE = "the saliency maximum over the six territories lies in a lesion territory"
+#: how IoU / Dice are scored (recorded with the results)
+OVERLAP_RULE = "top-n map voxels inside the organ mask against the lesion, n = lesion voxels"
+SUCCESS_RULE = ("the explained classifier's probability of its prediction on the real image falls below 0.2 "
+                "at an optimisation step >= 1")
 
 
 def parse_methods(methods: Union[str, Sequence[str]]) -> list[str]:
-    """"counterfactual,latent-shift" or a list (hyphens or underscores) -> unique Explainer names."""
+    """"counterfactual,latent-shift" or a list (hyphens or underscores) -> unique `METHOD_SPECS` names."""
     items = methods.split(",") if isinstance(methods, str) else list(methods)
     out: list[str] = []
     for item in (m.strip() for m in items):
-        name = CLI_METHODS.get(item, item)
-        if name not in METHODS:
-            raise ACATInputError(f"unknown method {item!r}; choose from {', '.join(CLI_METHODS)}")
+        name = item.replace("_", "-")
+        if name not in METHOD_SPECS:
+            raise ACATInputError(f"unknown method {item!r}; choose from {', '.join(METHOD_SPECS)}")
         if name not in out:
             out.append(name)
     if not out:
-        raise ACATInputError("no method given; choose from " + ", ".join(CLI_METHODS))
+        raise ACATInputError("no method given; choose from " + ", ".join(METHOD_SPECS))
     return out
+
+
+def method_options(name: str, *, coverage: str, steps: Optional[int], saliency_classifier: str) -> ExplainOptions:
+    """The `ExplainOptions` of one method spec, with the run's coverage (and steps / classifier for the
+    counterfactual methods)."""
+    changes = dict(METHOD_SPECS[name][1])
+    options = ExplainOptions(**changes, coverage=coverage)
+    if options.method == "counterfactual":
+        options = options.replace(steps=steps, saliency_classifier=saliency_classifier)
+    return options
 
 
 def command_line(bundle_path, manifest_path, methods: Sequence[str], out_dir, split: str, limit: Optional[int],
                  device: str, coverage: str, steps: Optional[int], saliency_classifier: str = "baseline") -> str:
     """The command line equivalent to an `evaluate` call (recorded when it was not run from a shell)."""
-    argv = ["--bundle", str(bundle_path), "--data", str(manifest_path),
-            "--methods", ",".join(m.replace("_", "-") for m in methods), "--out", str(out_dir), "--split", split,
-            "--device", device, "--coverage", coverage]
+    argv = ["--bundle", str(bundle_path), "--data", str(manifest_path), "--methods", ",".join(methods),
+            "--out", str(out_dir), "--split", split, "--device", device, "--coverage", coverage]
     argv += ["--limit", str(limit)] if limit is not None else []
     argv += ["--steps", str(steps)] if steps is not None else []
     argv += ["--saliency-classifier", saliency_classifier] if saliency_classifier != "baseline" else []
@@ -124,11 +158,11 @@ def _nanmean(values) -> float:
 # ---------------------------------------------------------------------------------------------------------
 def select_cases(rows: list[dict], split: str, limit: Optional[int], task: str, labels: Sequence[str],
                  manifest_path: Path) -> list[dict]:
-    """The split's rows in manifest order (first ``limit``), checked against the bundle's task and labels."""
-    chosen = [r for r in rows if r.get("split", "") == split]
+    """The split's rows (``all``: every row) in manifest order (first ``limit``), checked against the bundle."""
+    chosen = list(rows) if split == "all" else [r for r in rows if r.get("split", "") == split]
     if not chosen:
         splits = sorted({r.get("split", "") for r in rows})
-        raise ACATInputError(f"no case in split {split!r} (the manifest has splits {splits})", manifest_path)
+        raise ACATInputError(f"no case in split {split!r} (the manifest has splits {splits}, or all)", manifest_path)
     chosen = chosen[:limit] if limit is not None else chosen
     for row in chosen:
         where = f"case {row['case_id']}"
@@ -172,26 +206,40 @@ def _map_time_s(explanation: Explanation) -> float:
     return float(t.get("preprocess_s", 0.0) + own + t.get("map_back_s", 0.0))
 
 
-def counterfactual_quality(explanation: Explanation, case: LoadedCase, predicted: str, has_lesion: bool) -> dict:
-    """Fig. 5 for one scan: the counterfactual towards the healthy class 0."""
+def counterfactual_quality(explanation: Explanation, case: LoadedCase, has_lesion: bool) -> dict:
+    """Fig. 5 for one scan: the counterfactual towards the healthy class 0 (module docstring)."""
     healthy = explanation.class_names[0]
     if not has_lesion:
         return {"applicable": False, "reason": "no lesion"}
-    if predicted == healthy:
-        return {"applicable": False, "reason": f"predicted {healthy}"}
-    outcome = counterfactual_success(explanation.trajectory[healthy], predicted)
+    explained = explanation.explained_probabilities or explanation.probabilities
+    original = max(explained, key=explained.get)
+    if original == healthy:
+        return {"applicable": False, "reason": f"the explained classifier reads it as {healthy}"}
+    if healthy not in explanation.trajectory:
+        return {"applicable": False, "reason": f"no counterfactual towards {healthy}"}
+    outcome = counterfactual_success(explanation.trajectory[healthy], original)
     change = math.nan
     if case.lesion_mask is not None and healthy in explanation.counterfactuals:
         change = mean_abs_change_outside_lesion(explanation.counterfactuals[healthy].voxels_hu,
                                                 case.volume.voxels_hu, case.lesion_mask, case.organ_mask)
-    return {"applicable": True, "success": outcome.success, "steps_to_success": outcome.steps_to_success,
-            "latent_l1": explanation.latent_l1.get(healthy, math.nan),
-            "mean_abs_change_outside_lesion_hu": change}
+    return {"applicable": True, "original": original, "success": outcome.success,
+            "steps_to_success": outcome.steps_to_success, "before_any_step": outcome.before_any_step,
+            "latent_l1": explanation.latent_l1.get(healthy, math.nan), "mean_abs_change_outside_lesion_hu": change}
 
 
-def evaluate_case(explainer: Explainer, case: LoadedCase, methods: Sequence[str], *, coverage: str,
+def score_map(saliency: np.ndarray, case: LoadedCase, territories: Sequence[int], has_lesion: bool) -> dict:
+    """Hit, IoU and Dice of one map (the module docstring's rules)."""
+    hit = saliency_hit(saliency, case.territory_map, territories) if territories else None
+    iou, dice = (iou_dice(saliency, case.lesion_mask, case.organ_mask) if has_lesion and case.lesion_mask is not None
+                 else (math.nan, math.nan))
+    return {"hit": hit, "iou": iou, "dice": dice}
+
+
+def evaluate_case(explainers: tuple, case: LoadedCase, methods: Sequence[str], *, coverage: str,
                   steps: Optional[int], saliency_classifier: str = "baseline") -> dict:
-    """Run every method on one case; returns its JSON-ready record (see the module docstring)."""
+    """Run every method on one case; returns its JSON-ready record (see the module docstring).
+
+    ``explainers``: (the full bundle's, one without the ACAT classifier for the methods after the first)."""
     row = case.row
     lesion_voxels = int(np.count_nonzero(case.lesion_mask)) if case.lesion_mask is not None else None
     has_lesion = lesion_voxels > 0 if lesion_voxels is not None else row["label"] != 0
@@ -200,31 +248,31 @@ def evaluate_case(explainer: Explainer, case: LoadedCase, methods: Sequence[str]
                     "size_class": row.get("size_class", ""), "severity": row.get("severity", ""),
                     "lesion_territories": row.get("lesion_territories", ""), "has_lesion": has_lesion,
                     "lesion_voxels": lesion_voxels, "methods": {}}
-    for method in methods:
+    if has_lesion:
+        organ_voxels = int(np.count_nonzero(case.organ_mask)) if case.organ_mask is not None else 0
+        inside = (int(np.count_nonzero((case.lesion_mask != 0) & (case.organ_mask != 0)))
+                  if case.organ_mask is not None and case.lesion_mask is not None else 0)
+        iou, dice = chance_iou_dice(inside, organ_voxels)
+        record["chance"] = {"hit": chance_hit(case.territory_map, territories) if territories else math.nan,
+                            "iou": iou, "dice": dice}
+    for n, method in enumerate(methods):
+        options = method_options(method, coverage=coverage, steps=steps, saliency_classifier=saliency_classifier)
+        explainer = explainers[0] if n == 0 or options.saliency_classifier == "acat" else explainers[1]
         t0 = time.perf_counter()
-        explanation = explainer.explain(case.volume, method=method, coverage=coverage, steps=steps,
-                                        **_classifier_option(method, saliency_classifier))
+        explanation = explainer.explain(case.volume, options)
         wall_s = time.perf_counter() - t0
-        if "predicted" not in record:  # the classifier is the same for every method: the first run decides
+        if n == 0:  # the classification: the full bundle's prediction
             record.update(predicted=explanation.class_names.index(explanation.label),
                           predicted_name=explanation.label, probabilities=explanation.probabilities,
                           classifier=explanation.classifier, warnings=explanation.warnings)
-        saliency = explanation.saliency.voxels_hu
-        hit = saliency_hit(saliency, case.territory_map, territories) if territories else None
-        iou, dice = (iou_dice(saliency, case.lesion_mask) if has_lesion and case.lesion_mask is not None
-                     else (math.nan, math.nan))
-        result = {"hit": hit, "iou": iou, "dice": dice, "time_s": wall_s, "map_time_s": _map_time_s(explanation),
-                  "timings": explanation.timings, "steps": explanation.parameters["steps"]}
-        if method == "counterfactual":
-            result["counterfactual"] = counterfactual_quality(explanation, case, record["predicted_name"],
-                                                              has_lesion)
+        result = {**score_map(explanation.saliency.voxels_hu, case, territories, has_lesion), "time_s": wall_s,
+                  "map_time_s": _map_time_s(explanation), "timings": explanation.timings,
+                  "map": explanation.parameters.get("saliency_map")}
+        if options.method == "counterfactual":
+            result["steps"] = explanation.parameters["steps"]
+            result["counterfactual"] = counterfactual_quality(explanation, case, has_lesion)
         record["methods"][method] = result
     return record
-
-
-def _classifier_option(method: str, saliency_classifier: str) -> dict:
-    """Only the counterfactual method can explain the ACAT classifier; the others explain the baseline."""
-    return {"saliency_classifier": saliency_classifier} if method == "counterfactual" else {}
 
 
 def _groups(record: dict, task: str) -> list[str]:
@@ -233,28 +281,63 @@ def _groups(record: dict, task: str) -> list[str]:
     return [g for g in value.split(";") if g]
 
 
+def _localisation(results: list[dict]) -> dict:
+    """Hit score, mean IoU / Dice over per-case results (dicts with hit, iou, dice)."""
+    hits = sum(r["hit"] is True for r in results)
+    misses = sum(r["hit"] is False for r in results)
+    scored = [r for r in results if r["iou"] is not None and math.isfinite(r["iou"])]
+    return {"hit_score": hit_score(hits, misses), "hits": hits, "misses": misses,
+            "mean_iou": _nanmean(r["iou"] for r in scored), "mean_dice": _nanmean(r["dice"] for r in scored),
+            "n_overlap_cases": len(scored)}
+
+
+def _by_group(cases: list[dict], task: str, pick) -> dict:
+    groups: dict = {}
+    for c in cases:
+        for g in _groups(c, task):
+            groups.setdefault(g, []).append(pick(c))
+    return {g: {"n": len(rs), **_localisation(rs)} for g, rs in sorted(groups.items())}
+
+
 def aggregate(cases: list[dict], methods: Sequence[str], class_names: Sequence[str], task: str) -> dict:
-    """Classification (with accuracy per size class / severity) and one summary row per method."""
+    """Classification, one summary row per method (with groups), the chance row and the paired comparisons."""
     classification = classification_metrics([c["label"] for c in cases], [c["predicted"] for c in cases],
                                             class_names, groups=[_groups(c, task) for c in cases])
     classification["group_column"] = GROUP_COLUMN.get(task)
     per_method: dict = {}
     for method in methods:
         results = [c["methods"][method] for c in cases]
-        hits = sum(r["hit"] is True for r in results)
-        misses = sum(r["hit"] is False for r in results)
-        scored = [r for r in results if math.isfinite(r["iou"])]
-        row = {"hit_score": hit_score(hits, misses), "hits": hits, "misses": misses,
-               "mean_iou": _nanmean(r["iou"] for r in scored), "mean_dice": _nanmean(r["dice"] for r in scored),
-               "n_overlap_cases": len(scored), "time_per_scan_s": _nanmean(r["time_s"] for r in results),
-               "map_time_per_scan_s": _nanmean(r["map_time_s"] for r in results), "n_cases": len(results)}
-        if method == "counterfactual":
+        row = {**_localisation(results), "time_per_scan_s": _nanmean(r["time_s"] for r in results),
+               "map_time_per_scan_s": _nanmean(r["map_time_s"] for r in results), "n_cases": len(results),
+               "by_group": _by_group([c for c in cases if c["has_lesion"]], task, lambda c, m=method: c["methods"][m])}
+        if "counterfactual" in results[0]:
             quality = [r["counterfactual"] for r in results if r["counterfactual"]["applicable"]]
             row["counterfactual"] = counterfactual_summary(
-                [CounterfactualOutcome(q["success"], q["steps_to_success"]) for q in quality],
+                [CounterfactualOutcome(q["success"], q["steps_to_success"], q["before_any_step"]) for q in quality],
                 [q["latent_l1"] for q in quality], [q["mean_abs_change_outside_lesion_hu"] for q in quality])
         per_method[method] = row
-    return {"classification": classification, "methods": per_method}
+    lesion_cases = [c for c in cases if c["has_lesion"] and "chance" in c]
+    chance = {"hit_score": _nanmean(c["chance"]["hit"] for c in lesion_cases),
+              "mean_iou": _nanmean(c["chance"]["iou"] for c in lesion_cases),
+              "mean_dice": _nanmean(c["chance"]["dice"] for c in lesion_cases), "n": len(lesion_cases)}
+    reference = methods[0]
+    paired = {}
+    for other in methods[1:]:
+        pair = {}
+        for key in ("hit", "iou", "dice"):
+            a = [_as_score(c["methods"][reference][key]) for c in cases if c["has_lesion"]]
+            b = [_as_score(c["methods"][other][key]) for c in cases if c["has_lesion"]]
+            pair[key] = paired_comparison(a, b)
+        paired[other] = pair
+    return {"classification": classification, "methods": per_method, "chance": chance,
+            "paired": {"reference": reference, "against": paired}}
+
+
+def _as_score(value) -> Optional[float]:
+    """A hit (True/False/None) or an overlap (float/None) as a number for `paired_comparison`."""
+    if value is None:
+        return None
+    return float(value)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -266,8 +349,14 @@ def _md(text: str) -> str:
     return str(text).replace("|", "\\|")
 
 
+def _ci(pair: dict, digits: int = 3) -> str:
+    lo, hi = pair["ci95"]
+    return (f"{pair['mean_difference']:+.{digits}f} [{_fmt(lo, digits)}, {_fmt(hi, digits)}]"
+            if pair["n"] else "n/a")
+
+
 def render_markdown(report: dict) -> str:
-    """metrics.md: provenance at the head, then the paper-style tables."""
+    """metrics.md: provenance at the head, then the tables."""
     b, d, s, v = report["bundle"], report["dataset"], report["settings"], report["versions"]
     hashes = "; ".join(f"{role} `{sha}`" for role, sha in b["sha256"].items())
     lines = [f"# ACAT evaluation: {NOTICE}", "",
@@ -278,15 +367,16 @@ def render_markdown(report: dict) -> str:
              f"| Command | `{_md(report['command'])}` |",
              f"| Date | {report['date']} |",
              f"| Versions | acat {v['acat']}, torch {v['torch']}, python {v['python']}, numpy {v['numpy']} |",
-             f"| Bundle | `{_md(b['id'])}` {b['version']} (task {b['task']}) at `{_md(b['path'])}` |",
+             f"| Bundle | `{_md(b['id'])}` {b['version']} (task {b['task']}) |",
              f"| Bundle sha256 | {hashes} |",
              f"| Dataset | `{_md(d['manifest'])}` (sha256 `{d['manifest_sha256']}`), split `{d['split']}`, "
-             f"{d['n_cases']} cases |",
-             f"| Settings | device {s['device']}, coverage {s['coverage']}, counterfactual steps {s['steps']}, "
-             f"the counterfactual method explains the {s.get('saliency_classifier', 'baseline')} classifier |", ""]
+             f"{d['n_cases']} cases, {d['n_lesion_cases']} with a lesion |",
+             f"| Settings | device {s['device']}, coverage {s['coverage']} (what `acat explain` writes: "
+             f"{'yes' if s['coverage'] == 'all' else 'no'}), counterfactual steps {s['steps']}, the "
+             f"counterfactual methods explain the {s.get('saliency_classifier', 'baseline')} classifier |", ""]
 
-    lines += ["## Explanations (hit score: Sec. 4.4; IoU/Dice: Appendix H; counterfactual success: Fig. 5)", "",
-              "| Method | Hit score | IoU | Dice | Time/scan (s) | Map time/scan (s) | CF success rate |",
+    lines += ["## Localisation (hit score: Sec. 4.4; IoU/Dice inside the organ: Appendix H)", "",
+              "| Method | Hit score | IoU | Dice | CF success (step >= 1) | Time/scan (s) | Map time/scan (s) |",
               "|---|---|---|---|---|---|---|"]
     for method, row in report["methods"].items():
         scored = row["hits"] + row["misses"]
@@ -295,20 +385,56 @@ def render_markdown(report: dict) -> str:
         success = (f"{_fmt(cf['success_rate'])} ({cf['successes']}/{cf['n']})" if cf and cf["n"] else
                    ("n/a" if cf else "-"))
         lines.append(f"| {DISPLAY_NAMES[method]} | {hit} | {_fmt(row['mean_iou'])} | {_fmt(row['mean_dice'])} | "
-                     f"{_fmt(row['time_per_scan_s'], 2)} | {_fmt(row['map_time_per_scan_s'], 2)} | {success} |")
-    lines += ["", "Hit score over scans with a lesion and a territory map; IoU/Dice over scans with a lesion "
-              "(top-n saliency voxels, n = lesion voxel count). Time/scan: the whole Explainer call; map "
-              "time: this method's map alone.", ""]
+                     f"{success} | {_fmt(row['time_per_scan_s'], 2)} | {_fmt(row['map_time_per_scan_s'], 2)} |")
+    ch = report["chance"]
+    lines.append(f"| Chance (a uniformly random organ voxel) | {_fmt(ch['hit_score'])} | {_fmt(ch['mean_iou'])} | "
+                 f"{_fmt(ch['mean_dice'])} | - | - | - |")
+    lines += ["", "Hit score over scans with a lesion and a territory map (the maximum over the six territories); "
+              "IoU/Dice over scans with a lesion: the top-n map voxels inside the organ mask, n = lesion voxels. "
+              f"CF success: {SUCCESS_RULE}, over scans with a lesion that the explained classifier reads as "
+              "not healthy. Time/scan: the whole Explainer call; map time: this method's map alone.", ""]
 
-    cf = report["methods"].get("counterfactual", {}).get("counterfactual")
-    if cf is not None:
+    paired = report["paired"]
+    ref = paired["reference"]
+    if paired["against"]:
+        lines += [f"## {DISPLAY_NAMES[ref]} against each method, case by case", "",
+                  "Mean difference (reference minus method) with its bootstrap 95 % interval; wins / losses / "
+                  "ties over the scans both scored.", "",
+                  "| Method | Hit: difference [95 % CI] | Hit: W / L / T | IoU: difference [95 % CI] | IoU: W / L | "
+                  "Dice: difference [95 % CI] |", "|---|---|---|---|---|---|"]
+        for other, pair in paired["against"].items():
+            h, i, dc = pair["hit"], pair["iou"], pair["dice"]
+            lines.append(f"| {DISPLAY_NAMES[other]} | {_ci(h)} | {h['wins']} / {h['losses']} / {h['ties']} | "
+                         f"{_ci(i)} | {i['wins']} / {i['losses']} | {_ci(dc)} |")
+        lines.append("")
+
+    groups = sorted({g for row in report["methods"].values() for g in row.get("by_group", {})})
+    if groups:
+        column = report["classification"].get("group_column") or "group"
+        lines += [f"## Hit score / IoU by {column}", "",
+                  "| Method | " + " | ".join(f"{g} (n={next(iter(report['methods'].values()))['by_group'].get(g, {}).get('n', 0)})"
+                                          for g in groups) + " |", "|---" * (len(groups) + 1) + "|"]
+        for method, row in report["methods"].items():
+            cells = []
+            for g in groups:
+                r = row["by_group"].get(g)
+                cells.append(f"{_fmt(r['hit_score'])} / {_fmt(r['mean_iou'])}" if r else "n/a")
+            lines.append(f"| {DISPLAY_NAMES[method]} | " + " | ".join(cells) + " |")
+        lines.append("")
+
+    cfs = {m: r["counterfactual"] for m, r in report["methods"].items() if r.get("counterfactual")}
+    if cfs:
         lines += ["## Counterfactual quality (Fig. 5)", "",
-                  f"| Scans | Success rate (p < {s['success_probability']}) | Mean steps to success | "
-                  "Mean latent L1 | Mean \\|ΔHU\\| outside lesion |", "|---|---|---|---|---|",
-                  f"| {cf['n']} | {_fmt(cf['success_rate'])} | {_fmt(cf['mean_steps_to_success'], 1)} | "
-                  f"{_fmt(cf['mean_latent_l1'], 4)} | {_fmt(cf['mean_abs_change_outside_lesion_hu'], 2)} |", "",
-                  "Towards the healthy class, over scans with a lesion not already predicted healthy; the HU "
-                  "change is measured inside the organ mask.", ""]
+                  f"| Method | Scans | Success (p < {s['success_probability']} at a step >= 1) | "
+                  "Below before any step | Mean steps to success | Mean latent L1 | Mean \\|ΔHU\\| outside lesion |",
+                  "|---|---|---|---|---|---|---|"]
+        for m, cf in cfs.items():
+            lines.append(f"| {DISPLAY_NAMES[m]} | {cf['n']} | {_fmt(cf['success_rate'])} | "
+                         f"{cf.get('before_any_step', 0)} | {_fmt(cf['mean_steps_to_success'], 1)} | "
+                         f"{_fmt(cf['mean_latent_l1'], 4)} | {_fmt(cf['mean_abs_change_outside_lesion_hu'], 2)} |")
+        lines += ["", "Towards the healthy class, over scans with a lesion that the explained classifier reads as "
+                  "not healthy; \"below before any step\": the starting point (the paper variant's reconstruction) "
+                  "already read as healthy - counted as a failure. The HU change is measured inside the organ.", ""]
 
     c = report["classification"]
     names = c["class_names"]
@@ -329,18 +455,23 @@ def render_markdown(report: dict) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------------
-def evaluate(bundle_path, manifest_path, methods: Union[str, Sequence[str]], out_dir, split: str = "test",
-             limit: Optional[int] = None, device: str = "auto", coverage: str = "sampled",
+def without_acat(bundle: ModelBundle) -> ModelBundle:
+    """The same bundle less its ACAT classifier (the comparison methods explain the baseline)."""
+    if "acat" not in bundle.models:
+        return bundle
+    return dataclasses.replace(bundle, models={k: m for k, m in bundle.models.items() if k != "acat"})
+
+
+def evaluate(bundle_path, manifest_path, methods: Union[str, Sequence[str]] = DEFAULT_METHODS, out_dir=".",
+             split: str = "test", limit: Optional[int] = None, device: str = "auto", coverage: str = "all",
              steps: Optional[int] = None, *, overwrite: bool = False, command: Optional[str] = None,
              progress: bool = True, saliency_classifier: str = "baseline") -> dict:
     """Evaluate ``bundle_path`` on the ``split`` cases of ``manifest_path``; write and return the report.
 
-    ``methods``: Explainer names or command-line names ("latent-shift"), as a list or comma-separated.
-    ``saliency_classifier="acat"`` explains the ACAT classifier instead of the baseline with the
-    counterfactual method (its saliency input fixed; paper Sec. 4.4); the other methods always explain
-    the baseline.
-    ``out_dir`` receives metrics.json and metrics.md (an existing metrics.json is an error unless
-    ``overwrite``). ``command`` is the command line to record (default: the equivalent one).
+    ``methods``: `METHOD_SPECS` names, as a list or comma-separated; the first is the reference of the
+    paired comparisons. ``saliency_classifier="acat"`` makes the counterfactual methods explain the ACAT
+    classifier (its saliency input fixed; paper Sec. 4.4). ``out_dir`` receives metrics.json and
+    metrics.md (an existing metrics.json is an error unless ``overwrite``).
     Raises `ACATInputError` for anything the user can fix, before any long computation where possible.
     """
     methods = parse_methods(methods)
@@ -370,7 +501,8 @@ def evaluate(bundle_path, manifest_path, methods: Union[str, Sequence[str]], out
         command = command_line(bundle_path, manifest_path, methods, out_dir, split, limit, device, coverage, steps,
                                saliency_classifier)
 
-    explainer = Explainer(bundle, device=device)
+    full = Explainer(bundle, device=device)
+    explainers = (full, Explainer(without_acat(bundle), device=device) if "acat" in bundle.models else full)
     from tqdm import tqdm
 
     cases = []
@@ -381,14 +513,14 @@ def evaluate(bundle_path, manifest_path, methods: Union[str, Sequence[str]], out
         if not cases:
             # One untimed run per method first: the first call pays one-off costs (allocator, kernel
             # selection, CUDA context) that would otherwise be charged to the first scan's time.
-            for method in methods:
-                explainer.explain(case.volume, method=method, coverage=coverage, steps=1,
-                                  **_classifier_option(method, saliency_classifier))
-        cases.append(evaluate_case(explainer, case, methods, coverage=coverage, steps=steps,
+            for n, method in enumerate(methods):
+                options = method_options(method, coverage=coverage, steps=1, saliency_classifier=saliency_classifier)
+                explainers[0 if n == 0 else 1].explain(case.volume, options)
+        cases.append(evaluate_case(explainers, case, methods, coverage=coverage, steps=steps,
                                    saliency_classifier=saliency_classifier))
 
     summary = aggregate(cases, methods, bundle.labels, task)
-    effective_steps = cases[0]["methods"][methods[0]]["steps"]
+    cf_steps = [c["methods"][m].get("steps") for c in cases[:1] for m in methods if "steps" in c["methods"][m]]
     report = {
         "benchmark": NOTICE,
         "command": command,
@@ -396,12 +528,16 @@ def evaluate(bundle_path, manifest_path, methods: Union[str, Sequence[str]], out
         "versions": {"acat": acat_version, "torch": torch.__version__, "python": platform.python_version(),
                      "numpy": np.__version__},
         "bundle": {"id": bundle.id, "version": bundle.card.get("version", ""), "task": task,
-                   "path": str(bundle_folder), "labels": bundle.labels, "sha256": bundle.sha256()},
+                   "labels": bundle.labels, "sha256": bundle.sha256()},
         "dataset": {"manifest": str(manifest_path), "manifest_sha256": sha256_file(manifest_path), "split": split,
-                    "limit": limit, "n_cases": len(cases)},
-        "settings": {"methods": methods, "device": str(explainer.device), "coverage": coverage, "hit": HIT_RULE,
-                     "saliency_classifier": saliency_classifier,
-                     "steps": effective_steps, "success_probability": SUCCESS_PROBABILITY, "warmup": True},
+                    "limit": limit, "n_cases": len(cases), "n_lesion_cases": sum(c["has_lesion"] for c in cases)},
+        "settings": {"methods": methods, "options": {m: method_options(m, coverage=coverage, steps=steps,
+                                                                       saliency_classifier=saliency_classifier
+                                                                       ).to_dict() for m in methods},
+                     "device": str(full.device), "coverage": coverage, "hit": HIT_RULE, "overlap": OVERLAP_RULE,
+                     "success": SUCCESS_RULE, "saliency_classifier": saliency_classifier,
+                     "steps": cf_steps[0] if cf_steps else None, "success_probability": SUCCESS_PROBABILITY,
+                     "warmup": True},
         **summary,
         "cases": cases,
     }
@@ -417,23 +553,24 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG, formatter_class=argparse.RawDescriptionHelpFormatter,
         description=f"Evaluate a model bundle and its explanations on a phantom dataset ({NOTICE}).\n"
-                    "Writes OUT/metrics.json (every case) and OUT/metrics.md (paper-style tables).",
-        epilog=f"example:\n  {PROG} --bundle Resources/Models/brain-demo --data data/brain/manifest.csv \\\n"
+                    "Writes OUT/metrics.json (every case) and OUT/metrics.md (tables).",
+        epilog=f"example:\n  {PROG} --bundle brain-stroke-phantom --data data/brain/manifest.csv \\\n"
                "      --methods counterfactual,gradient --out results/eval --limit 10\n"
                "Exit codes: 0 success, 2 bad input, 1 internal error.")
     parser.add_argument("--bundle", required=True, help="a model bundle folder or the id of a bundled model")
     parser.add_argument("--data", required=True, help="the dataset's manifest.csv")
-    parser.add_argument("--methods", default=",".join(CLI_METHODS),
-                        help=f"comma-separated, from {', '.join(CLI_METHODS)} (default: all)")
+    parser.add_argument("--methods", default=",".join(DEFAULT_METHODS),
+                        help=f"comma-separated, the first is the reference, from {', '.join(METHOD_SPECS)} "
+                             f"(default: {','.join(DEFAULT_METHODS)})")
     parser.add_argument("--out", required=True, help="the folder for metrics.json and metrics.md")
-    parser.add_argument("--split", default="test", help="which split of the manifest (default: test)")
+    parser.add_argument("--split", default="test", help="which split of the manifest, or all (default: test)")
     parser.add_argument("--limit", type=int, help="evaluate only the first N cases of the split")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "gpu", "cuda", "mps"])
-    parser.add_argument("--coverage", default="sampled", choices=["all", "sampled"],
-                        help="slices explained per scan: the model's sample (default, fast) or all")
+    parser.add_argument("--coverage", default="all", choices=["all", "sampled"],
+                        help="slices explained per scan: all (default: what acat explain does) or the model's sample")
     parser.add_argument("--steps", type=int, help="counterfactual steps (default: the model card's)")
     parser.add_argument("--saliency-classifier", choices=["baseline", "acat"], default="baseline",
-                        help="the classifier the counterfactual method explains (acat: paper Sec. 4.4)")
+                        help="the classifier the counterfactual methods explain (acat: paper Sec. 4.4)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing OUT/metrics.json")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no summary")
     parser.add_argument("-v", "--verbose", action="store_true", help="tracebacks of internal errors")

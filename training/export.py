@@ -9,6 +9,10 @@ a card holding the input spec, the counterfactual parameters the saliency stage 
 saw, and every validation and test metric of done.json - each with the exact command line that
 produced it (recorded by train / pipeline in done.json and commands.jsonl). The bundle is loaded back
 (`load_bundle`: sha256, names and shapes checked) before the command reports success.
+
+Refused: an autoencoder that fails `training.autoencoder_fitness.GATE` on the validation split (the
+classifier must read D(E(x)) as it reads x, and the reconstructions must keep the lesions); its three
+numbers go into the card's metrics.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from ACATLogic.bundle import load_bundle, save_bundle
 from ACATLogic.errors import EXIT_BAD_INPUT, ACATInputError
 from ACATLogic.options import RESOLVED_KEYS
 
+from . import autoencoder_fitness
 from .checkpoint import atomic_write_text, load_weights, sha256_file
 from .config import InputConfig
 from .run_folder import RunFolder, command_line
@@ -105,6 +110,12 @@ def export(run_dir, out, *, bundle_id: Optional[str] = None, version: str = "0.1
         if not weights.is_file() or sha256_file(weights) != done["sha256"]:
             raise ACATInputError(f"the {stage} weights are missing or differ from done.json", weights)
         models[role] = load_weights(weights).eval()
+    fitness_numbers = autoencoder_fitness.measure_run(run.root)
+    unfit = autoencoder_fitness.problems(fitness_numbers)
+    if unfit:
+        raise ACATInputError("the autoencoder is not fit for counterfactuals on the validation split: "
+                             + "; ".join(unfit) + " - train it longer (autoencoder.epochs, autoencoder.patience) "
+                             "or give it more capacity (model.autoencoder_config), then export again", run.root)
     baseline_done = _done(run, "baseline")
     trained_from = baseline_done["fingerprint"]["config"]
     task = trained_from["data"]["task"]
@@ -124,8 +135,13 @@ def export(run_dir, out, *, bundle_id: Optional[str] = None, version: str = "0.1
         stages = "; ".join(f"{s}: {c}" for s, c in commands.items() if c)
         description = (f"ACAT {task} models ({models['baseline'].registry_name}) trained with training/ "
                        f"(Algorithm 1 of Fontanella et al., ICML 2023). Commands - {stages}")
+    fitness_command = f"python -m training.autoencoder_fitness {run.root}"
+    metrics = card_metrics(run, roles) + [
+        {"name": f"fitness_{name}", "value": float(fitness_numbers[name]), "split": "val", "model": "autoencoder",
+         "command": fitness_command}
+        for name, _, _ in autoencoder_fitness.GATE if math.isfinite(fitness_numbers[name])]
     save_bundle(out, models=models, bundle_id=bundle_id or Path(out).name, version=version, task=BUNDLE_TASK[task],
-                spec=spec, training_data=training_data, metrics=card_metrics(run, roles), licence=licence,
+                spec=spec, training_data=training_data, metrics=metrics, licence=licence,
                 explanation=explanation, description=description, overwrite=overwrite)
     bundle = load_bundle(out)  # refuse to report success for a bundle the application could not open
     atomic_write_text(Path(out) / "README.md",

@@ -193,10 +193,18 @@ def digest(value) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
 
 
-def upstream_inputs(run: RunFolder, stage: str) -> dict:
+def upstream_stages(cfg: TrainConfig, stage: str) -> tuple[str, ...]:
+    """The stages whose outputs ``stage`` reads: the autoencoder reads the baseline only when trained with
+    its classifier-consistency term."""
+    if stage == "autoencoder" and cfg.autoencoder.consistency > 0:
+        return ("baseline",)
+    return UPSTREAM[stage]
+
+
+def upstream_inputs(run: RunFolder, stage: str, cfg: Optional[TrainConfig] = None) -> dict:
     """sha256 of each upstream output; StageError naming the command to run when one is missing."""
     inputs = {}
-    for up in UPSTREAM[stage]:
+    for up in (upstream_stages(cfg, stage) if cfg is not None else UPSTREAM[stage]):
         done = run.read_done(up)
         if done is None:
             raise StageError(f"the {up} stage has not finished in {run.root}; run it first "
@@ -212,7 +220,7 @@ def upstream_inputs(run: RunFolder, stage: str) -> dict:
 
 
 def fingerprint(cfg: TrainConfig, stage: str, run: RunFolder, data_digest: str) -> dict:
-    return {"config": stage_config(cfg, stage), "data": data_digest, "inputs": upstream_inputs(run, stage)}
+    return {"config": stage_config(cfg, stage), "data": data_digest, "inputs": upstream_inputs(run, stage, cfg)}
 
 
 def differences(old, new, prefix: str = "") -> list[str]:

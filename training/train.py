@@ -257,7 +257,7 @@ def train_stage(cfg: TrainConfig, ctx: DistContext, run: RunFolder, data: ScanDa
     model.to(ctx.device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
-    loss_fn = stage.make_loss(model, cfg, train_labels).to(ctx.device)
+    loss_fn = stage.make_loss(model, cfg, train_labels, run=run).to(ctx.device)
     if cfg.sync_batchnorm:
         loss_fn = distributed.convert_batchnorm(loss_fn, ctx)
     step_fn = loss_fn

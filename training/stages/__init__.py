@@ -21,7 +21,7 @@ class TrainableStage:
         name: "baseline", "autoencoder" or "acat".
         uses_saliency: batches carry "saliency" maps (ACAT).
         build_model: (cfg, run) -> the model to train, initialised (ACAT: from the baseline's weights).
-        make_loss: (model, cfg, train_labels) -> nn.Module whose forward(batch) is the loss to minimise:
+        make_loss: (model, cfg, train_labels, run=) -> nn.Module whose forward(batch) is the loss to minimise:
             a sum over the batch's scans divided by the batch size (see distributed.py for why).
         evaluate: (model, batch, cfg) -> per-scan outputs {name: (B, ...) tensor} in eval mode.
         summarise: (outputs {name: (N, ...) array}, cfg) -> metrics {name: float}; "loss" is always one.

@@ -33,7 +33,7 @@ def build_model(cfg: TrainConfig, run) -> nn.Module:
     return model
 
 
-def make_loss(model: nn.Module, cfg: TrainConfig, train_labels) -> nn.Module:
+def make_loss(model: nn.Module, cfg: TrainConfig, train_labels, run=None) -> nn.Module:  # noqa: ARG001
     return _make_loss(model, cfg, train_labels, uses_saliency=True)
 
 

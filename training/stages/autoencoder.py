@@ -2,12 +2,20 @@
 
 Trained to reconstruct every slice of the training scans: ``autoencoder.loss`` mse (default) or l1,
 averaged over each scan's pixels, then summed over the batch / batch size (DDP-exact, see baseline.py).
-The best-validation checkpoint (lowest validation loss) is kept.
+The best-validation checkpoint (lowest validation loss) is kept; ``autoencoder.patience`` stops early.
+
+With ``autoencoder.consistency`` > 0 the trained baseline f is the judge: each scan's loss adds
+``consistency * KL(f(x) || f(D(E(x))))``, so the autoencoder learns to keep what the classifier reads
+(the export's bar, `training.autoencoder_fitness`). The judge is frozen and in eval mode throughout;
+the stage then depends on the baseline (its sha256 is part of the fingerprint). Validation reports the
+KL and the share of scans whose predicted class is the same on x and D(E(x)) ("agreement").
 """
 
 from __future__ import annotations
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ACATLogic.models import create_model
@@ -15,44 +23,82 @@ from ACATLogic.models import create_model
 from ..config import TrainConfig
 from . import TrainableStage
 
+#: the frozen judge of each model in training (id(model) -> baseline), for `evaluate`, which the training
+#: loop calls with the model alone
+_JUDGES: dict[int, nn.Module] = {}
+
 
 def build_model(cfg: TrainConfig, run=None) -> nn.Module:  # noqa: ARG001
     return create_model("autoencoder", **cfg.model.autoencoder_config)
 
 
-def _errors(model: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
-    """x: (B, S, 1, H, W) -> per-scan (mse, l1), each (B,)."""
-    diff = model(x).float() - x.float()
-    return diff.pow(2).flatten(1).mean(1), diff.abs().flatten(1).mean(1)
+def _errors(model: nn.Module, x: Tensor, judge=None) -> dict[str, Tensor]:
+    """x: (B, S, 1, H, W) -> per-scan mse, l1 (and kl, agree with a judge), each (B,)."""
+    recon = model(x)
+    diff = recon.float() - x.float()
+    out = {"mse": diff.pow(2).flatten(1).mean(1), "l1": diff.abs().flatten(1).mean(1)}
+    if judge is not None:
+        with torch.no_grad():
+            target = F.log_softmax(judge(x).float(), dim=-1)
+        read = F.log_softmax(judge(recon).float(), dim=-1)
+        out["kl"] = (target.exp() * (target - read)).sum(dim=-1)
+        out["agree"] = (target.argmax(-1) == read.argmax(-1)).float()
+    return out
 
 
 class ReconstructionLoss(nn.Module):
-    """forward(batch {"x"}) -> per-scan mean squared (or absolute) error, summed / batch size."""
+    """forward(batch {"x"}) -> per-scan reconstruction error (+ consistency * KL), summed / batch size."""
 
-    def __init__(self, model: nn.Module, loss: str = "mse") -> None:
+    def __init__(self, model: nn.Module, loss: str = "mse", judge=None, consistency: float = 0.0) -> None:
         super().__init__()
         self.model = model
         self.loss = loss
+        self.consistency = float(consistency)
+        self._judge = [judge]  # in a list: not a submodule (never trained, saved or put in train mode)
 
     def forward(self, batch: dict) -> Tensor:
-        mse, l1 = _errors(self.model, batch["x"])
-        per_scan = mse if self.loss == "mse" else l1
+        errors = _errors(self.model, batch["x"], self._judge[0])
+        per_scan = errors["mse"] if self.loss == "mse" else errors["l1"]
+        if "kl" in errors:
+            per_scan = per_scan + self.consistency * errors["kl"]
         return per_scan.sum() / per_scan.shape[0]
 
 
-def make_loss(model: nn.Module, cfg: TrainConfig, train_labels=None) -> nn.Module:  # noqa: ARG001
-    return ReconstructionLoss(model, cfg.autoencoder.loss)
+def _judge(cfg: TrainConfig, run, device) -> nn.Module | None:
+    if cfg.autoencoder.consistency <= 0:
+        return None
+    from ..checkpoint import load_weights
+
+    judge = load_weights(run.weights("baseline")).to(device).eval()
+    for p in judge.parameters():
+        p.requires_grad_(False)
+    return judge
+
+
+def make_loss(model: nn.Module, cfg: TrainConfig, train_labels=None, run=None) -> nn.Module:  # noqa: ARG001
+    judge = _judge(cfg, run, next(model.parameters()).device) if run is not None else None
+    if judge is not None:
+        _JUDGES[id(model)] = judge
+    return ReconstructionLoss(model, cfg.autoencoder.loss, judge, cfg.autoencoder.consistency)
 
 
 def evaluate(model: nn.Module, batch: dict, cfg: TrainConfig) -> dict:  # noqa: ARG001
-    mse, l1 = _errors(model, batch["x"])
-    return {"mse": mse, "l1": l1}
+    judge = _JUDGES.get(id(model))
+    if judge is not None:
+        judge.to(batch["x"].device)
+    return _errors(model, batch["x"], judge)
 
 
 def summarise(outputs: dict, cfg: TrainConfig) -> dict:
-    mse = float(np.mean(outputs["mse"])) if len(outputs["mse"]) else float("nan")
-    l1 = float(np.mean(outputs["l1"])) if len(outputs["l1"]) else float("nan")
-    return {"loss": mse if cfg.autoencoder.loss == "mse" else l1, "mse": mse, "l1": l1}
+    def mean(name: str) -> float:
+        return float(np.mean(outputs[name])) if len(outputs.get(name, [])) else float("nan")
+
+    out = {"mse": mean("mse"), "l1": mean("l1")}
+    out["loss"] = out["mse"] if cfg.autoencoder.loss == "mse" else out["l1"]
+    if "kl" in outputs:
+        out.update(kl=mean("kl"), agreement=mean("agree"))
+        out["loss"] += cfg.autoencoder.consistency * out["kl"]
+    return {"loss": out.pop("loss"), **out}
 
 
 STAGE = TrainableStage("autoencoder", False, build_model, make_loss, evaluate, summarise)

@@ -80,7 +80,7 @@ class ClassificationLoss(nn.Module):
         return per_scan.sum() / y.shape[0]
 
 
-def make_loss(model: nn.Module, cfg: TrainConfig, train_labels, uses_saliency: bool = False) -> nn.Module:
+def make_loss(model: nn.Module, cfg: TrainConfig, train_labels, uses_saliency: bool = False, run=None) -> nn.Module:  # noqa: ARG001
     optim = cfg.acat if uses_saliency else cfg.baseline
     return ClassificationLoss(model, cfg.data.task, class_weights(cfg.data.task, train_labels, optim.class_weights),
                               uses_saliency)
