@@ -103,6 +103,7 @@ class OptimConfig:
     # autoencoder only: weight of KL(f(x) || f(D(E(x)))) with the trained baseline f as the judge, so that
     # the classifier reads a reconstruction as it reads the scan (training.autoencoder_fitness); 0 = off
     consistency: float = 0.0
+    consistency_warmup: int = 0  # epochs over which the consistency weight ramps up linearly from 0
 
 
 @dataclass

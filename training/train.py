@@ -321,6 +321,7 @@ def train_stage(cfg: TrainConfig, ctx: DistContext, run: RunFolder, data: ScanDa
         for batch in loader:
             batch = augment_batch(to_device(batch, ctx.device), epoch=epoch, seed=cfg.seed,
                                   flip_lr=optim_cfg.flip_lr, flip_ap=optim_cfg.flip_ap, task=cfg.data.task)
+            batch["epoch"] = epoch  # for losses whose terms follow a schedule (the autoencoder's consistency)
             with autocast(cfg, ctx.device):
                 loss = step_fn(batch)
             # the global batch's loss (a sync point); checked before any weight changes
