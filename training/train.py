@@ -310,7 +310,8 @@ def train_stage(cfg: TrainConfig, ctx: DistContext, run: RunFolder, data: ScanDa
 
     # ---- the loop
     for epoch in range(progress["epoch"], optim_cfg.epochs):
-        if optim_cfg.patience and epoch - best["epoch"] >= optim_cfg.patience:  # checked again on resume
+        since = max(best["epoch"], optim_cfg.consistency_warmup)  # a changing objective does not count
+        if optim_cfg.patience and epoch - since >= optim_cfg.patience:  # checked again on resume
             log.info(f"{cfg.stage}: stopping early: no better {best['metric']} in the last "
                      f"{optim_cfg.patience} epochs (best: epoch {best['epoch']})")
             break

@@ -71,12 +71,13 @@ class LungParams:
     """Everything a lung phantom dataset varies, with its range. Ranges are (low, high), drawn uniformly.
 
     Severity (MosMed: CT-0 none, CT-1 < 25 %, CT-2 25-50 %, CT-3 50-75 %, CT-4 > 75 % of the lung volume):
-        include_ct1: let the covid19 class also draw CT-1. Off by default because the paper's binary task
-            is CT-0 versus CT-2..CT-4 (mild cases are left out of both classes).
+        include_ct1: let the covid19 class also draw CT-1 (< 25 % involved). On by default since the CT-2+
+            only task saturated (every model 1.000, docs/PHANTOM.md "Difficulty"); off gives the paper's
+            CT-0 versus CT-2..CT-4 task.
         severity_weights: relative frequency of CT-1, CT-2, CT-3, CT-4 in the covid19 class (CT-1's weight
-            is dropped unless ``include_ct1``). MosMedData has 684 / 125 / 45 / 2 such scans; we keep the
-            order (milder is more common) but give CT-3/CT-4 more weight, 0.6 / 0.3 / 0.1 without CT-1,
-            so that a few hundred cases still contain severe ones.
+            is dropped unless ``include_ct1``). MosMedData has 684 / 125 / 45 / 2 such scans; the defaults
+            keep that order with CT-1 most common but give CT-3/CT-4 more weight (0.55 / 0.30 / 0.12 /
+            0.03), so that a few hundred cases still contain severe ones.
         involvement_margin: the target involvement is drawn at least this far inside the class range, so
             that the achieved value (exact up to one voxel) is never ambiguous between two classes.
         max_involvement: upper bound for CT-4 (a lung entirely opacified is not a useful case).
@@ -118,7 +119,8 @@ class LungParams:
         min_island_mm3: lesion fragments smaller than this (about a 1 cm ball) are dropped: a few thin
             lung edges score high by chance and would leave specks of one or two voxels.
         ggo_hu_range: HU of a focus's ground glass at full strength, between aerated lung (about -850)
-            and soft tissue; the texture makes most of it fainter (a GGO focus averages -600 to -500 HU).
+            and soft tissue; the texture makes most of it fainter. Default -720 to -450 HU: faint ground
+            glass (the earlier -600 to -250 made every case obvious).
         texture_range / texture_scale_mm: mottled attenuation: the lesion's strength is multiplied by a
             smooth random field (two scales: ``texture_scale_mm`` and three times that) mapped to this
             range.
@@ -144,7 +146,8 @@ class LungParams:
             deformation at ``deformation_strength`` 1 (0 = the template's own anatomy, 2 = twice as far).
         inplane_spacing_mm_choices, slice_spacing_mm_choices: output voxel size (cases stay small:
             at most about 156 x 156 x 67 voxels).
-        noise_sigma_hu_range: standard deviation of the added noise (on top of the scan's own noise).
+        noise_sigma_hu_range: standard deviation of the added noise (on top of the scan's own noise);
+            10-30 HU, a low-dose chest CT's range.
         noise_correlation_voxels: in-plane Gaussian correlation length (sigma, voxels) of that noise, like
             a reconstruction kernel's.
         hu_gain_jitter, hu_offset_jitter_hu: calibration error ``hu * (1 + g) + o`` with ``|g|`` and ``|o|``
@@ -153,8 +156,8 @@ class LungParams:
             matching direction matrix; off = canonical LPS storage.
     """
 
-    include_ct1: bool = False
-    severity_weights: tuple[float, float, float, float] = (0.4, 0.36, 0.18, 0.06)
+    include_ct1: bool = True
+    severity_weights: tuple[float, float, float, float] = (0.55, 0.30, 0.12, 0.03)
     involvement_margin: float = 0.03
     max_involvement: float = 0.92
 
@@ -173,7 +176,7 @@ class LungParams:
     shape_noise_scale_mm: float = 15.0
     edge_mm: float = 8.0
     min_island_mm3: float = 500.0
-    ggo_hu_range: tuple[float, float] = (-600.0, -250.0)
+    ggo_hu_range: tuple[float, float] = (-720.0, -450.0)
     consolidation_hu_range: tuple[float, float] = (-100.0, 40.0)
     consolidation_probability: tuple[float, float, float, float] = (0.0, 0.15, 0.35, 0.5)
     consolidation_core_mm_range: tuple[float, float] = (3.0, 12.0)
@@ -192,7 +195,7 @@ class LungParams:
     elastic_mm_range: tuple[float, float] = (0.0, 6.0)
     inplane_spacing_mm_choices: tuple[float, ...] = (2.5, 3.0, 3.5)
     slice_spacing_mm_choices: tuple[float, ...] = (5.0, 7.5, 10.0)
-    noise_sigma_hu_range: tuple[float, float] = (5.0, 20.0)
+    noise_sigma_hu_range: tuple[float, float] = (10.0, 30.0)
     noise_correlation_voxels: float = 0.8
     hu_gain_jitter: float = 0.02
     hu_offset_jitter_hu: float = 15.0

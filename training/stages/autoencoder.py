@@ -6,10 +6,12 @@ The best-validation checkpoint (lowest validation loss) is kept; ``autoencoder.p
 
 With ``autoencoder.consistency`` > 0 the trained baseline f is the judge: each scan's loss adds
 ``consistency * KL(f(x) || f(D(E(x))))``, so the autoencoder learns to keep what the classifier reads
-(the export's bar, `training.autoencoder_fitness`). The weight ramps up linearly over the first
-``consistency_warmup`` epochs (from the start the term would pull an untrained decoder into a constant
-image the classifier reads with confidence; measured: collapse at 0.05 from epoch 1). The validation
-loss always carries the full weight, so the best epoch is chosen on one objective. The judge is frozen
+(the export's bar, `training.autoencoder_fitness`). The term is off for the first
+``consistency_warmup`` epochs: from the start it pulls an untrained decoder towards a constant image the
+classifier reads with confidence (measured: a collapse at weight 0.05 from epoch 1, and a reconstruction
+error stuck at 0.04 with a 15-epoch ramp), so the autoencoder first learns to reconstruct, then to keep
+what the classifier reads. The validation loss always carries the full weight, so the best epoch is
+chosen on one objective, and ``patience`` counts only from the end of the warm-up. The judge is frozen
 and in eval mode throughout; the stage then depends on the baseline (its sha256 is part of the
 fingerprint). Validation reports the KL and the share of scans whose predicted class is the same on x
 and D(E(x)) ("agreement").
@@ -62,8 +64,8 @@ class ReconstructionLoss(nn.Module):
         self._judge = [judge]  # in a list: not a submodule (never trained, saved or put in train mode)
 
     def weight(self, epoch: int) -> float:
-        """The consistency weight in (zero-based) ``epoch``: the linear ramp, then ``consistency``."""
-        return self.consistency * min(1.0, (epoch + 1) / self.warmup) if self.warmup > 0 else self.consistency
+        """The consistency weight in (zero-based) ``epoch``: 0 during the warm-up, then ``consistency``."""
+        return self.consistency if epoch >= self.warmup else 0.0
 
     def forward(self, batch: dict) -> Tensor:
         errors = _errors(self.model, batch["x"], self._judge[0])
