@@ -335,7 +335,7 @@ class ACATSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 class ACATSlicerLogic(ScriptedLoadableModuleLogic):
     """The panel's work without the panel (batch mode, the self-test): converts the parameter node and
     delegates to `ExplainController` (ACATSlicerLib), which does everything else without Qt.
-    ``runnerFactory`` makes the background-process runner (default: ``PythonSlicer -m ACATLogic.cli.main``)."""
+    ``runnerFactory`` makes the background-process runner (default: ``PythonSlicer -m ACATCli``)."""
 
     def __init__(self, runnerFactory=ExplainProcess) -> None:
         ScriptedLoadableModuleLogic.__init__(self)

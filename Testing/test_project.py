@@ -63,8 +63,8 @@ def test_layout_exists():
 
 def test_distribution_installs_the_packages_and_the_acat_script():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    assert project["project"]["scripts"]["acat"] == "ACATLogic.cli.main:main"
-    assert project["tool"]["setuptools"]["packages"]["find"]["include"] == ["ACATLogic*", "ACATWeb*", "training*"]
+    assert project["project"]["scripts"]["acat"] == "ACATCli.main:main"
+    assert project["tool"]["setuptools"]["packages"]["find"]["include"] == ["ACATLogic*", "ACATCli*", "ACATWeb*", "training*"]
     deps = " ".join(project["project"]["dependencies"])
     for name in ("torch", "numpy", "SimpleITK", "pydicom", "pylibjpeg-openjpeg", "safetensors", "tqdm"):
         assert name in deps

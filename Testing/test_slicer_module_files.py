@@ -51,21 +51,25 @@ def test_cmake_lists_every_script_and_resource_and_nothing_else():
     assert len(set(scripts)) == len(scripts)
 
 
-def test_top_level_cmake_installs_acatlogic_and_the_bundled_models_beside_the_module():
-    """Globbed, so every ACATLogic .py file and every bundle is installed (Testing/test_slicer_packaging.py
-    builds and installs it for real); here: the globs cover the files and land where the lookups look."""
+def test_top_level_cmake_installs_acatlogic_acatcli_and_the_bundled_models_beside_the_module():
+    """Globbed, so every ACATLogic and ACATCli .py file (the module's background process runs
+    ``-m ACATCli``) and every bundle is installed (Testing/test_slicer_packaging.py builds and installs it
+    for real); here: the globs cover the files and land where the lookups look."""
     text = (ROOT / "CMakeLists.txt").read_text()
-    glob = re.search(r"file\(GLOB_RECURSE ACATLogic_PYTHON_SCRIPTS RELATIVE \$\{CMAKE_CURRENT_SOURCE_DIR\} "
-                     r"CONFIGURE_DEPENDS\s+\$\{CMAKE_CURRENT_SOURCE_DIR\}/(\S+)\s+\)", text)
-    assert glob and glob.group(1) == "ACATLogic/*.py"
-    globbed = {str(p.relative_to(ROOT)) for p in ROOT.glob("ACATLogic/**/*.py") if "__pycache__" not in p.parts}
-    assert {"ACATLogic/__init__.py", "ACATLogic/bundle.py", "ACATLogic/cli/main.py"} <= globbed
+    block = re.search(r"file\(GLOB_RECURSE ACAT_PYTHON_SCRIPTS RELATIVE \$\{CMAKE_CURRENT_SOURCE_DIR\} "
+                      r"CONFIGURE_DEPENDS\s+(.*?)\)", text, re.S).group(1)
+    globs = [line.strip().replace("${CMAKE_CURRENT_SOURCE_DIR}/", "") for line in block.splitlines() if line.strip()]
+    assert globs == ["ACATLogic/*.py", "ACATCli/*.py"]
+    globbed = {str(p.relative_to(ROOT)) for g in ("ACATLogic/**/*.py", "ACATCli/**/*.py") for p in ROOT.glob(g)
+               if "__pycache__" not in p.parts}
+    assert {"ACATLogic/__init__.py", "ACATLogic/bundle.py", "ACATLogic/catalogue.py", "ACATCli/__main__.py",
+            "ACATCli/main.py"} <= globbed
     for pattern in ("Resources/Models/*/model.json", "Resources/Models/*/*.safetensors"):
         assert f"${{CMAKE_CURRENT_SOURCE_DIR}}/{pattern}" in text
     call = re.search(r"ctkMacroCompilePythonScript\((.*?)\)\n", text, re.S).group(1)
     assert "DESTINATION_DIR ${CMAKE_BINARY_DIR}/${Slicer_QTSCRIPTEDMODULES_LIB_DIR}" in call
     assert "INSTALL_DIR ${Slicer_INSTALL_QTSCRIPTEDMODULES_LIB_DIR}" in call and "NO_INSTALL_SUBDIR" in call
-    assert 'SCRIPTS "${ACATLogic_PYTHON_SCRIPTS}"' in call and 'RESOURCES "${ACAT_MODEL_FILES}"' in call
+    assert 'SCRIPTS "${ACAT_PYTHON_SCRIPTS}"' in call and 'RESOURCES "${ACAT_MODEL_FILES}"' in call
 
 
 def test_top_level_cmake_has_real_metadata_and_adds_the_module():

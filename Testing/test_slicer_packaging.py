@@ -3,7 +3,7 @@
 The extension's CMakeLists are configured, built and installed with CMake itself; only Slicer's two
 Python packaging macros are replaced (Testing/slicer_cmake_stub/, the copy and install semantics of
 Slicer's SlicerMacroBuildScriptedModule and CTK's ctkMacroCompilePythonScript). Then the installed
-tree is used as Slicer would use it: the module finds ACATLogic beside itself, and ACATLogic finds
+tree is used as Slicer would use it: the module finds ACATLogic (and the ACATCli it runs) beside itself, and ACATLogic finds
 the bundled models - from the installed files, not the checkout.
 """
 
@@ -44,7 +44,7 @@ def installed(tmp_path_factory):
     source.mkdir()
     shutil.copy(ROOT / "CMakeLists.txt", source)
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    for folder in ("ACATSlicer", "ACATLogic"):
+    for folder in ("ACATSlicer", "ACATLogic", "ACATCli"):
         shutil.copytree(ROOT / folder, source / folder, ignore=ignore)
     bundle = source / "Resources" / "Models" / "tiny-brain"
     bundle.mkdir(parents=True)  # a stand-in bundle: the layout test needs files, not trained weights
@@ -68,7 +68,11 @@ def test_module_acatlogic_and_models_are_installed_side_by_side(installed):
     # every ACATLogic .py file, sub-packages included (the CMake glob), and nothing else
     installed_logic = _python_files(modules / "ACATLogic")
     assert installed_logic == _python_files(ROOT / "ACATLogic")
-    assert {"__init__.py", "bundle.py", "cli/main.py"} <= installed_logic
+    assert {"__init__.py", "bundle.py", "catalogue.py", "options.py"} <= installed_logic
+    # the command the module runs in its background process (``-m ACATCli``), and nothing else of the front ends
+    assert _python_files(modules / "ACATCli") == _python_files(ROOT / "ACATCli")
+    assert {"__main__.py", "main.py", "commands.py"} <= _python_files(modules / "ACATCli")
+    assert not {"ACATWeb", "ACATData", "training"} & {p.name for p in modules.iterdir()}
     assert sorted(p.name for p in (modules / "Resources" / "Models" / "tiny-brain").iterdir()) == [
         "baseline.safetensors", "model.json"]
 

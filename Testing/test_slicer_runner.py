@@ -78,7 +78,7 @@ def test_jsonl_progress_lines_and_unchanged_default_output(tiny_bundle, tmp_path
 
     voxels, _ = syntheticHeadCT()
     write_volume(CTVolume(voxels, (4, 4, 5), (0, 0, 0), np.eye(3)), tmp_path / "ct.nrrd")
-    base = [sys.executable, "-m", "ACATLogic.cli.main", "explain", str(tmp_path / "ct.nrrd"), "--model",
+    base = [sys.executable, "-m", "ACATCli", "explain", str(tmp_path / "ct.nrrd"), "--model",
             str(tiny_bundle), "--device", "cpu"]
     run = subprocess.run(base + ["--out", str(tmp_path / "a"), "--progress-format", "jsonl"],
                          capture_output=True, text=True, timeout=300)

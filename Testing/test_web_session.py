@@ -22,7 +22,7 @@ pytest.importorskip("trame_slicer", reason="trame-slicer is not installed (pip i
 import slicer  # noqa: E402
 from slicer_scene import slicer_scene_fixture  # noqa: E402
 
-from ACATLogic.cli.main import main as acat_main  # noqa: E402
+from ACATCli.main import main as acat_main  # noqa: E402
 from ACATLogic.errors import ACATInputError  # noqa: E402
 from ACATLogic.io.itk_files import read_itk_file, write_itk_file  # noqa: E402
 from ACATLogic.volume import CTVolume  # noqa: E402

@@ -1,7 +1,7 @@
 """``acat explain`` in a background process: the GUI never freezes, and Cancel kills the process tree.
 
 The pattern of SlicerTotalSegmentator / MONAIAuto3DSeg: the input is written as NRRD, the child
-(``PythonSlicer -m ACATLogic.cli.main explain ... --progress-format jsonl``) writes one JSON object
+(``PythonSlicer -m ACATCli explain ... --progress-format jsonl``) writes one JSON object
 per line on stdout (progress events, then the result) and one line on stderr if it fails; the
 caller's timer calls `ExplainProcess.poll`, which hands progress to a callback on the caller's thread.
 
@@ -115,7 +115,7 @@ class ExplainProcess:
 
         self.outDir = Path(outDir)
         self._onProgress = onProgress
-        command = [self.pythonExecutable, "-m", "ACATLogic.cli.main",
+        command = [self.pythonExecutable, "-m", "ACATCli",
                    *settings.commandLineArguments(str(inputPath), str(self.outDir))]
         kwargs = {}
         if os.name == "nt":

@@ -58,7 +58,7 @@ class ExplainSettings:
                    targets=p.targets, reference=None if p.reference == MODEL_DEFAULT else p.reference)
 
     def commandLineArguments(self, inputPath: str, outDir: str) -> list[str]:
-        """``explain INPUT --out OUT --model ... --progress-format jsonl ...`` (after ``-m ACATLogic.cli.main``)."""
+        """``explain INPUT --out OUT --model ... --progress-format jsonl ...`` (after ``-m ACATCli``)."""
         args = ["explain", str(inputPath), "--out", str(outDir), "--model", str(self.model),
                 "--method", self.method, "--device", self.device, "--progress-format", "jsonl"]
         if self.steps is not None:
