@@ -23,7 +23,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 $(STAMP): pyproject.toml Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet $(TORCH_SPEC)
-	$(PY) -m pip install --quiet --editable ".[test,train,slicer]"
+	$(PY) -m pip install --quiet --editable ".[test,train,data,slicer]"
 	@touch $@
 
 venv: $(STAMP)
@@ -31,7 +31,7 @@ venv: $(STAMP)
 # Real CT data comes from packages by name (Debian's invesalius-examples, PyPI's slicerio and
 # pydicom-data), cached under ~/.cache/acat; nothing is committed and nothing else is downloaded.
 data: venv
-	$(PY) -m ACATLogic.sample_data fetch
+	$(PY) -m ACATData.sample_data fetch
 
 # Installs only what is missing (apt-get, with sudo unless root); on a system without dpkg it says what to install.
 system-deps:
@@ -54,7 +54,7 @@ test: system-deps data
 demo: system-deps data
 	@mkdir -p $(DEMO_OUT)
 	rm -rf $(DEMO_OUT)/phantom_case
-	$(PY) -m training.phantom.demo --out $(DEMO_OUT)/phantom_case > $(DEMO_OUT)/.demo_image
+	$(PY) -m ACATData.phantom.demo --out $(DEMO_OUT)/phantom_case > $(DEMO_OUT)/.demo_image
 	$(VENV)/bin/acat info "$$(cat $(DEMO_OUT)/.demo_image)"
 	$(VENV)/bin/acat explain "$$(cat $(DEMO_OUT)/.demo_image)" --out $(DEMO_OUT)/explanation --overwrite
 	@test -f $(DEMO_OUT)/explanation/overview.png

@@ -43,7 +43,8 @@ import numpy as np
 import pydicom
 import SimpleITK as sitk
 
-from ACATLogic import CTVolume, sample_data, write_dicom_series, write_volume
+from ACATData import sample_data
+from ACATLogic import CTVolume, write_dicom_series, write_volume
 from ACATLogic.io.itk_files import write_itk_file
 
 INFO_TIMEOUT_S = 120  # far above the slowest case (2000 slices: ~10 s on a busy 2-core machine)

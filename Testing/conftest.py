@@ -13,7 +13,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from ACATLogic import sample_data
+from ACATData import sample_data
 from ACATLogic.io import write_dicom_series
 
 

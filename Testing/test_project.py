@@ -50,7 +50,7 @@ def test_only_the_web_viewer_imports_the_web_viewer():
         bad = _imports(f) & trame
         assert not bad, f"{f.relative_to(ROOT)} imports {bad}"
     web = set().union(*(_imports(f) for f in (ROOT / "ACATWeb").rglob("*.py")))
-    assert "trame_slicer" in web and "ACATSlicerLib" in web and "training" in web  # training: the demo case
+    assert "trame_slicer" in web and "ACATSlicerLib" in web and "ACATData" in web and "training" not in web
     assert not web & {"qt", "ctk"}  # no Slicer GUI in the browser
 
 
@@ -64,7 +64,7 @@ def test_layout_exists():
 def test_distribution_installs_the_packages_and_the_acat_script():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())
     assert project["project"]["scripts"]["acat"] == "ACATCli.main:main"
-    assert project["tool"]["setuptools"]["packages"]["find"]["include"] == ["ACATLogic*", "ACATCli*", "ACATWeb*", "training*"]
+    assert project["tool"]["setuptools"]["packages"]["find"]["include"] == ["ACATLogic*", "ACATCli*", "ACATData*", "ACATWeb*", "training*"]
     deps = " ".join(project["project"]["dependencies"])
     for name in ("torch", "numpy", "SimpleITK", "pydicom", "pylibjpeg-openjpeg", "safetensors", "tqdm"):
         assert name in deps

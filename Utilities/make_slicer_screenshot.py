@@ -110,7 +110,7 @@ def main(argv=None) -> int:
     from ACATSlicerLib.runner import SUCCEEDED
     from ACATSlicerLib.session import ViewOptions
     from ACATSlicerLib.settings import ExplainSettings
-    from training.phantom.demo import write_demo_case
+    from ACATData.phantom.demo import write_demo_case
 
     with tempfile.TemporaryDirectory(prefix="acat-slicer-screenshot-") as tmp:
         tmp = Path(tmp)

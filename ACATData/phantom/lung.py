@@ -36,7 +36,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ACATLogic.io.read import read_volume
-from ACATLogic.sample_data import ctchest_path, ctchest_segmentation_path
+from ACATData.sample_data import ctchest_path, ctchest_segmentation_path
 from ACATLogic.volume import CTVolume, Reorientation, to_canonical
 
 from .common import LUNG_LABELS, PhantomCase, case_rng
@@ -700,7 +700,7 @@ def generate_lung_case(seed: int, index: int, label: int, params: LungParams = L
 
     info: dict = {
         "simulated": True,
-        "generator": "training.phantom.lung",
+        "generator": "ACATData.phantom.lung",
         "source": "Slicer CTChest sample (slicerio CTChest4.nrrd + Segmentation.seg.nrrd)",
         "seed": int(seed), "index": int(index), "label": int(label), "label_name": LUNG_LABELS[label],
         "severity": sev, "severity_range": list(SEVERITY_RANGES[sev]),
