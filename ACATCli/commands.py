@@ -177,7 +177,8 @@ def release_gpu_memory() -> None:
 def explain(args: argparse.Namespace) -> int:
     import time
 
-    from ACATLogic.bundle import load_bundle, resolve_model
+    from ACATLogic.bundle import load_bundle
+    from ACATLogic.catalogue import resolve_model
     from ACATLogic.explain import Explainer
     from ACATLogic.options import ExplainOptions
     from ACATLogic.outputs import write_explanation

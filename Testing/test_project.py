@@ -64,7 +64,9 @@ def test_layout_exists():
 def test_distribution_installs_the_packages_and_the_acat_script():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())
     assert project["project"]["scripts"]["acat"] == "ACATCli.main:main"
-    assert project["tool"]["setuptools"]["packages"]["find"]["include"] == ["ACATLogic*", "ACATCli*", "ACATData*", "ACATWeb*", "training*"]
+    find = project["tool"]["setuptools"]["packages"]["find"]
+    assert find["include"] == ["ACATLogic*", "ACATCli*", "ACATData*", "ACATWeb*", "ACATSlicerLib*", "training*"]
+    assert find["where"] == [".", "ACATSlicer"]  # ACATSlicerLib lives in the Slicer module's folder
     deps = " ".join(project["project"]["dependencies"])
     for name in ("torch", "numpy", "SimpleITK", "pydicom", "pylibjpeg-openjpeg", "safetensors", "tqdm"):
         assert name in deps

@@ -179,7 +179,58 @@ def test_module_follows_the_template_order():
     assert classes == ["ACATSlicer", "ACATSlicerParameterNode", "ACATSlicerWidget", "ACATSlicerLogic", "ACATSlicerTest"]
     bases = {n.name: [ast.unparse(b) for b in n.bases] for n in tree.body if isinstance(n, ast.ClassDef)}
     assert bases["ACATSlicerTest"] == ["ScriptedLoadableModuleTest"]
-    assert bases["ACATSlicerLogic"] == ["ScriptedLoadableModuleLogic"]
+    # the logic is the template's logic and the run's one controller (ACATSlicerLib, shared with the web viewer)
+    assert bases["ACATSlicerLogic"] == ["ScriptedLoadableModuleLogic", "ExplainController"]
+
+
+def test_the_widget_talks_to_its_logic_only():
+    """One route for a run: the widget calls ``self.logic`` (the controller); it holds no controller, session
+    or runner of its own and reaches into none, and what it calls exists on the logic."""
+    sys.path.insert(0, str(MODULE))
+    from ACATSlicerLib.controller import ExplainController
+
+    tree = _tree(MODULE_PY)
+    classes = {n.name: n for n in tree.body if isinstance(n, ast.ClassDef)}
+    widget, logic = classes["ACATSlicerWidget"], classes["ACATSlicerLogic"]
+    assigned = {ast.unparse(t) for n in ast.walk(widget) if isinstance(n, ast.Assign) for t in n.targets}
+    assert not {a for a in assigned if a.startswith("self.") and a.count(".") == 1} & {
+        "self.explainer", "self.controller", "self.session", "self.runner"}
+    used = {n.attr for n in ast.walk(widget)
+            if isinstance(n, ast.Attribute) and ast.unparse(n.value) == "self.logic"}
+    reached = {ast.unparse(n) for n in ast.walk(widget) if isinstance(n, ast.Attribute)
+               and isinstance(n.value, ast.Attribute) and ast.unparse(n.value.value) == "self.logic"}
+    assert not reached, f"the widget reaches past its logic: {sorted(reached)}"
+    own = {f.name for f in logic.body if isinstance(f, ast.FunctionDef)}
+    assert {"startExplain", "poll", "cancel"} <= used
+    assert used <= own | set(dir(ExplainController)) | {"running", "result"}, used - own - set(dir(ExplainController))
+    names = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
+    assert not names & {"ExplainSession", "ExplainSettings", "ViewerSession"}
+
+
+def test_the_panels_explain_options_are_explainoptions_fields():
+    """Options are defined once (ACATLogic/options.py): every parameter-node field that is not the panel's
+    own (input, model, display, lesion) is an ExplainOptions field under its camelCase name, and its choices
+    are that field's."""
+    import dataclasses
+
+    from ACATLogic.options import ExplainOptions
+
+    sys.path.insert(0, str(MODULE))
+    from ACATSlicerLib.request import MODEL_DEFAULT, panelName
+
+    options = {panelName(f.name): f for f in dataclasses.fields(ExplainOptions)}
+    panel_own = {"inputVolume", "model", "opacity", "thresholdPercentile", "lesionMask"}
+    fields = _parameter_fields()
+    assert set(fields) - panel_own <= set(options), set(fields) - panel_own - set(options)
+    assert {"method", "device", "steps", "alpha", "stepSize", "targets", "reference"} <= set(fields)
+    import ACATLogic.options as defined
+
+    for name, annotation in fields.items():
+        choice = re.search(r"Choice\((?:list\(|\[MODEL_DEFAULT, \*)([A-Z_]+)", ast.unparse(annotation))
+        if "Choice(" in ast.unparse(annotation):
+            assert choice, f"{name}: the panel's choices must be ACATLogic.options' constant"
+            assert tuple(getattr(defined, choice.group(1))) == tuple(options[name].metadata["choices"]), name
+    assert MODEL_DEFAULT not in ExplainOptions.__dataclass_fields__["reference"].metadata["choices"]
 
 
 def test_help_and_acknowledgement_cite_the_paper_and_say_research_use():

@@ -86,10 +86,12 @@ sys.path.insert(0, sys.argv[1])  # what Slicer does for a module folder
 from ACATSlicerLib import models, paths
 parent = paths.ensureACATLogicImportable()
 import ACATLogic.bundle as bundle
-print(json.dumps({"parent": str(parent), "acatlogic": bundle.__file__,
-                  "dirs": [str(d) for d in bundle.models_dirs()],
-                  "available": {k: str(v) for k, v in bundle.available_models().items()},
-                  "choices": [c.path for c in models.bundledModels()]}))
+import ACATLogic.catalogue as catalogue
+import ACATCli
+print(json.dumps({"parent": str(parent), "acatlogic": bundle.__file__, "acatcli": ACATCli.__file__,
+                  "dirs": [str(d) for d in catalogue.models_dirs()],
+                  "available": {k: str(v) for k, v in catalogue.available_models().items()},
+                  "choices": [str(c.path) for c in models.ModelList().choices()]}))
 """
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}  # no PYTHONPATH, no ACAT_MODELS_DIR
     done = subprocess.run([sys.executable, "-c", probe, str(modules)], cwd=tmp_path, env=env,
@@ -98,16 +100,18 @@ print(json.dumps({"parent": str(parent), "acatlogic": bundle.__file__,
     found = json.loads(done.stdout)
     assert found["parent"] == str(modules)
     assert found["acatlogic"] == str(modules / "ACATLogic" / "bundle.py")
+    assert found["acatcli"] == str(modules / "ACATCli" / "__init__.py")  # what the background process runs
     assert found["dirs"] == [str(modules / "Resources" / "Models")]
     assert found["available"] == {"tiny-brain": str(modules / "Resources" / "Models" / "tiny-brain")}
     assert found["choices"] == [str(modules / "Resources" / "Models" / "tiny-brain")]
 
 
 def test_models_dirs_puts_the_environment_first_then_the_folder_beside_acatlogic(monkeypatch, tmp_path):
-    from ACATLogic import bundle
+    from ACATLogic import bundle, catalogue
 
     monkeypatch.delenv("ACAT_MODELS_DIR", raising=False)
-    beside = Path(bundle.__file__).resolve().parents[1] / "Resources" / "Models"
-    assert bundle.models_dirs() == [beside]
+    beside = Path(catalogue.__file__).resolve().parents[1] / "Resources" / "Models"
+    assert catalogue.models_dirs() == [beside]
     monkeypatch.setenv("ACAT_MODELS_DIR", str(tmp_path))
-    assert bundle.models_dirs() == [tmp_path, beside]
+    assert catalogue.models_dirs() == [tmp_path, beside]
+    assert bundle.models_dirs is catalogue.models_dirs and bundle.resolve_model is catalogue.resolve_model  # one
