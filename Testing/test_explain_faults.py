@@ -36,7 +36,7 @@ from ACATLogic.io import read_volume, write_volume
 from ACATLogic.outputs import write_explanation
 
 from bundles import make_random_bundle
-from test_training_toy import head_volume
+from toy_training import head_volume
 
 ROOT = Path(__file__).resolve().parents[1]
 # ``acat explain`` whose every result file takes half a second more to write: a signal sent once the

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from test_evaluate import _head
-from test_training_toy import tiny_config
+from toy_training import tiny_config
 from training import reproduce
 from ACATData.phantom.common import BRAIN_LABELS
 from ACATData.phantom.io import write_case, write_manifest

@@ -27,7 +27,7 @@ from ACATLogic.models import create_model
 
 from ..augment import inverse_frequency
 from ..config import TrainConfig
-from ..metrics import classification_metrics
+from ..metrics import epoch_metrics
 from . import TrainableStage
 
 
@@ -98,7 +98,7 @@ def evaluate(model: nn.Module, batch: dict, cfg: TrainConfig, uses_saliency: boo
 
 
 def summarise(outputs: dict, cfg: TrainConfig) -> dict:  # noqa: ARG001
-    return classification_metrics(outputs["probs"], outputs["labels"])
+    return epoch_metrics(outputs["probs"], outputs["labels"])
 
 
 STAGE = TrainableStage("baseline", False, build_model, make_loss, evaluate, summarise)
