@@ -28,7 +28,7 @@ from ACATLogic.models import create_model
 from ..augment import inverse_frequency
 from ..config import TrainConfig
 from ..metrics import epoch_metrics
-from . import TrainableStage
+from .stage import TrainableStage
 
 
 def build_model(cfg: TrainConfig, run=None) -> nn.Module:  # noqa: ARG001 - same signature as acat's
