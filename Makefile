@@ -18,7 +18,7 @@ DEMO_PORT ?= 8080
 SYSTEM_PACKAGES ?= chromium libegl1 libegl-mesa0 libgl1-mesa-dri libgl1 libopengl0 fonts-dejavu-core
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: venv data system-deps test demo bench fuzz clean
+.PHONY: venv data system-deps test test-fast demo bench fuzz clean
 
 $(STAMP): pyproject.toml Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -48,6 +48,11 @@ system-deps:
 test: system-deps data
 	@$(PY) -m pytest; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$rc
+
+# The edit loop: every test but the ones marked slow (Testing/conftest.py says which and why); CI runs `make test`.
+test-fast: venv data
+	@$(PY) -m pytest -m "not slow" -q; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test-fast: pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
 # The demo case (the real head CT with a simulated left MCA infarct, as a DICOM series), explained with the
 # default bundled model (overview.png among the outputs), then shown in the web viewer.

@@ -290,6 +290,33 @@ def test_readme_gives_the_two_setup_commands():
     assert "download.pytorch.org" in readme  # the GPU install is documented
 
 
+def test_make_test_runs_everything_and_make_test_fast_leaves_out_the_slow_tests():
+    makefile = (ROOT / "Makefile").read_text()
+    test = re.search(r"^test: .*?\n((?:\t.*\n)+)", makefile, re.M).group(1)
+    fast = re.search(r"^test-fast: .*?\n((?:\t.*\n)+)", makefile, re.M).group(1)
+    assert "-m pytest;" in test and "-m " not in test.replace("-m pytest", "")  # CI's make test: the full suite
+    assert '-m pytest -m "not slow"' in fast and "rc -eq 5" in fast
+    markers = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]["markers"]
+    assert any(m.startswith("slow:") for m in markers)
+
+
+def test_the_slow_list_names_real_tests_and_fixtures():
+    """Every entry of conftest's SLOW and SLOW_FIXTURES names a test file and a test or fixture in it, so a
+    renamed test cannot silently move into `make test-fast`."""
+    from conftest import SLOW, SLOW_FIXTURES, is_slow
+
+    for key in list(SLOW) + list(SLOW_FIXTURES):
+        file, _, name = key.partition("::")
+        source = (ROOT / "Testing" / file).read_text()
+        assert not name or re.search(rf"^def {re.escape(name)}\(", source, re.M), key
+    assert is_slow("Testing/test_web_browser.py::test_explain_in_the_browser")
+    assert is_slow("Testing/test_web_server.py::test_path_traversal_never_serves[/../../etc/passwd]")
+    assert is_slow("test_cli.py::test_broken_pydicom_data_files_exit_2_with_one_line[no_meta.dcm]")
+    assert not is_slow("test_cli.py::test_info_on_ctchest") and not is_slow("test_cli.py::test_info_on_ctchest_x")
+    assert is_slow("test_counterfactual.py::test_x", ["tmp_path", "blob_model"])
+    assert not is_slow("test_other.py::test_x", ["blob_model"])
+
+
 # -- the before-stop hook's checks, mirrored (shared/hooks/before-stop) ----------------------------------
 def _grep(pattern: str, folders, skip=()) -> list[str]:
     hits = []
