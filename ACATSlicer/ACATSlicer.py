@@ -335,14 +335,14 @@ class ACATSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 #
 
 
-class ACATSlicerLogic(ScriptedLoadableModuleLogic, ExplainController):
+class ACATSlicerLogic(ExplainController, ScriptedLoadableModuleLogic):
     """The panel's work without the panel (batch mode, the self-test): ACATSlicerLib's `ExplainController` on
     ``slicer.mrmlScene`` (tested headless) plus the parameter node. ``runnerFactory`` makes the background
     runner (default: ``PythonSlicer -m ACATCli explain ...``)."""
 
     def __init__(self, runnerFactory=ExplainProcess) -> None:
-        ScriptedLoadableModuleLogic.__init__(self)
         ExplainController.__init__(self, slicer.mrmlScene, runnerFactory)
+        ScriptedLoadableModuleLogic.__init__(self)  # its super().__init__() is object's: the controller is first
 
     def getParameterNode(self):
         return ACATSlicerParameterNode(super().getParameterNode())

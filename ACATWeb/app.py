@@ -97,19 +97,15 @@ class ViewerApp(TrameApp):
         """The page's model list (ACATLogic's catalogue, then ``model`` if it is a folder outside it) and the
         one selected: ``model`` resolved as ``acat explain --model`` does (a folder, a card id or a folder
         name), else the catalogue's default. Raises ACATInputError for an unknown model."""
-        choices = self.controller.modelChoices()
         try:
             folder = catalogue.resolve_model(str(Path(model).expanduser()) if model else None)
         except ACATInputError:
             if model:
                 raise
-            folder = None  # nothing installed: the page says so
-        selected = ""
-        if folder is not None:
-            selected = next((str(c.path) for c in choices if Path(c.path).resolve() == folder.resolve()), "") or \
-                str(self.controller.addModel(folder.resolve()).path)
-            choices = self.controller.modelChoices()
-        return [{"title": c.title, "value": str(c.path)} for c in choices], selected
+            return [], ""  # nothing installed: the page says so
+        offered = {Path(c.path).resolve(): str(c.path) for c in self.controller.modelChoices()}
+        selected = offered.get(folder.resolve()) or str(self.controller.addModel(folder).path)  # verified first
+        return [{"title": c.title, "value": str(c.path)} for c in self.controller.modelChoices()], selected
 
     def _init_state(self, model, input_path) -> None:
         items, selected = self._model_items(model)

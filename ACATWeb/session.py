@@ -127,7 +127,7 @@ class ViewerSession:
         """ACATSlicerLib's `ExplanationNodes` of the last successful run, or None."""
         return self.controller.result
 
-    def explain(self, model: str, options=None) -> None:
+    def explain(self, model: str, options: Optional[ExplainOptions] = None) -> None:
         """Start explaining the input in the background (``options``: `ACATLogic.options.ExplainOptions`,
         default: all defaults); the page polls ``controller.poll`` and the result is shown when it succeeds.
         Raises ValueError for a missing input or model, the controller's `AlreadyRunning` while a run goes on
