@@ -180,7 +180,7 @@ def read_csv_manifest(cfg: TrainConfig) -> tuple[list[CaseRecord], list[DataProb
 
 
 def read_phantom_manifest(cfg: TrainConfig) -> tuple[list[CaseRecord], list[DataProblem]]:
-    """The phantom benchmark's manifest (training/phantom/io.py); its split column as it is."""
+    """The phantom benchmark's manifest (ACATData/phantom/io.py); its split column as it is."""
     from ACATData.phantom.io import read_manifest
 
     path = Path(cfg.data.path)
