@@ -13,7 +13,7 @@ import pytest
 import SimpleITK as sitk
 
 from ACATLogic.volume import METADATA_KEYS, to_canonical
-from training.phantom.lung import (LEFT_LUNG, RIGHT_LUNG, SEVERITY_RANGES, TISSUE_HU, LungParams,
+from ACATData.phantom.lung import (LEFT_LUNG, RIGHT_LUNG, SEVERITY_RANGES, TISSUE_HU, LungParams,
                                    generate_lung_case, lung_template)
 
 SEED = 20230

@@ -57,8 +57,8 @@ from . import export as export_cli
 from . import pipeline
 from .config import load_config
 from .export import BUNDLE_TASK
-from .phantom.common import BRAIN_LABELS, LUNG_LABELS
-from .phantom.io import read_manifest
+from ACATData.phantom.common import BRAIN_LABELS, LUNG_LABELS
+from ACATData.phantom.io import read_manifest
 
 PROG = "python -m training.reproduce"
 NOTICE = "SIMULATED phantom benchmark"

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from ACATLogic.models import create_model
 
 from ..config import TrainConfig
-from . import TrainableStage
+from .stage import TrainableStage
 
 #: the frozen judge of each model in training (id(model) -> baseline), for `evaluate`, which the training
 #: loop calls with the model alone

@@ -12,10 +12,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import EXIT_INTERNAL, ACATInputError, short_reason
-from ..progress import no_progress
-from ..io import read_volume, write_volume
-from ..volume import CTVolume
+from ACATLogic.errors import EXIT_INTERNAL, ACATInputError, short_reason
+from ACATLogic.io import read_volume, write_volume
+from ACATLogic.progress import no_progress
+from ACATLogic.volume import CTVolume
+
 from .terminal import jsonl_line, progress_reporter
 
 log = logging.getLogger("acat")
@@ -128,8 +129,8 @@ def convert(args: argparse.Namespace) -> int:
 
 
 def view(args: argparse.Namespace) -> int:
-    """``acat view``: the web viewer lives in the ACATWeb package (slicer, vtk, trame), which ACATLogic
-    never imports; it is loaded by name here, only when the command runs."""
+    """``acat view``: the web viewer is the ACATWeb front end (slicer, vtk, trame: the ``slicer`` extra), loaded
+    by name here only when the command runs, so that the other commands work without those packages."""
     import importlib
 
     try:
@@ -176,10 +177,11 @@ def release_gpu_memory() -> None:
 def explain(args: argparse.Namespace) -> int:
     import time
 
-    from ..bundle import load_bundle, resolve_model
-    from ..explain import Explainer
-    from ..options import ExplainOptions
-    from ..outputs import write_explanation
+    from ACATLogic.bundle import load_bundle
+    from ACATLogic.catalogue import resolve_model
+    from ACATLogic.explain import Explainer
+    from ACATLogic.options import ExplainOptions
+    from ACATLogic.outputs import write_explanation
 
     out = Path(args.out)
     for source in map(Path, args.input):
