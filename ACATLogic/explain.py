@@ -343,16 +343,24 @@ class Explainer:
             ids.append(self.labels.index(t))
         return ids
 
+    def counterfactual_method(self, params: dict, classifier=None) -> CounterfactualSaliency:
+        """The `CounterfactualSaliency` an explanation with ``params`` (`parameters`) runs (benchmarks use it)."""
+        return CounterfactualSaliency(classifier if classifier is not None else self.fast_baseline,
+                                      self.fast_autoencoder, alpha=params["alpha"], steps=params["steps"],
+                                      step_size=params["step_size"], optimizer=params["optimizer"],
+                                      reference=params["reference"], start=params["start"],
+                                      early_stop=params["early_stop"], stop_probability=params["stop_probability"],
+                                      num_classes=len(self.labels),
+                                      autocast_dtype=torch.bfloat16 if params["precision"] == "bf16" else None)
+
+    def counterfactual_targets(self, params: dict) -> list[int]:
+        """The targets (class indices, ~healthy for "abnormal") of an explanation with ``params``."""
+        return self._target_ids(params["targets"] if params["output"] == "class" else None, params["output"])
+
     def _counterfactual(self, classifier, x, params: dict, organ, batch_chunks, progress, cancel,
                         context: Optional[torch.Tensor] = None) -> CounterfactualResult:
-        method = CounterfactualSaliency(classifier, self.fast_autoencoder, alpha=params["alpha"],
-                                        steps=params["steps"], step_size=params["step_size"],
-                                        optimizer=params["optimizer"], reference=params["reference"],
-                                        start=params["start"], early_stop=params["early_stop"],
-                                        stop_probability=params["stop_probability"],
-                                        num_classes=len(self.labels),
-                                        autocast_dtype=torch.bfloat16 if params["precision"] == "bf16" else None)
-        targets = self._target_ids(params["targets"] if params["output"] == "class" else None, params["output"])
+        method = self.counterfactual_method(params, classifier)
+        targets = self.counterfactual_targets(params)
         if batch_chunks is None:
             batch_chunks = default_batch_chunks(x.device, len(targets), x.shape[1])
         return method.explain(x, targets=targets, normalise="joint", batch_scans=batch_chunks, mask=organ,

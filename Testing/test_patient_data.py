@@ -103,7 +103,7 @@ def explained(tmp_path_factory, phi_series):
     bundle = make_random_bundle(root / "bundle", size=32, slices=3, steps=2)
     out = root / "explanation"
     result = run_acat("explain", str(phi_series), "--model", str(bundle), "--out", str(out), "--device", "cpu",
-                      "--progress-format", "jsonl", "--verbose", "--coverage", "sampled", "--targets", "none")
+                      "--progress-format", "jsonl", "--verbose", "--coverage", "sampled", "--output", "class", "--targets", "none")
     assert result.returncode == 0, result.stderr
     return result, out
 

@@ -96,6 +96,8 @@ class OptimConfig:
     class_weights: bool = True  # inverse class frequency of the training split (classifiers only)
     flip_lr: float = 0.5  # probability of mirroring a scan left<->right (brain labels swap sides)
     flip_ap: float = 0.0  # probability of mirroring anterior<->posterior
+    blur_sigma_px: float = 0.0  # each training scan blurred in-plane by sigma uniform in [0, this) pixels
+    noise_std: float = 0.0  # and given Gaussian noise of std uniform in [0, this) (window units)
     loss: str = "ce"  # classifiers: ce; autoencoder: mse | l1
     best_metric: str = "val_loss"  # val_loss | val_accuracy | val_balanced_accuracy | val_auc
     grad_clip: float = 0.0  # max gradient norm; 0 = off
@@ -223,6 +225,8 @@ class TrainConfig:
                 bad(f"{name}.best_metric must be one of {list(BEST_METRICS)}, not {optim.best_metric!r}")
             if not (0 <= optim.flip_lr <= 1 and 0 <= optim.flip_ap <= 1):
                 bad(f"{name}: flip probabilities must be in [0, 1]")
+            if not (0 <= optim.blur_sigma_px <= 10 and 0 <= optim.noise_std <= 1):
+                bad(f"{name}: blur_sigma_px must be in [0, 10] and noise_std in [0, 1]")
         if self.autoencoder.loss not in ("mse", "l1"):
             bad(f"autoencoder.loss must be 'mse' or 'l1', not {self.autoencoder.loss!r}")
         if self.autoencoder.best_metric != "val_loss":

@@ -321,7 +321,8 @@ def train_stage(cfg: TrainConfig, ctx: DistContext, run: RunFolder, data: ScanDa
         started = time.time()
         for batch in loader:
             batch = augment_batch(to_device(batch, ctx.device), epoch=epoch, seed=cfg.seed,
-                                  flip_lr=optim_cfg.flip_lr, flip_ap=optim_cfg.flip_ap, task=cfg.data.task)
+                                  flip_lr=optim_cfg.flip_lr, flip_ap=optim_cfg.flip_ap, task=cfg.data.task,
+                                  blur_sigma_px=optim_cfg.blur_sigma_px, noise_std=optim_cfg.noise_std)
             batch["epoch"] = epoch  # for losses whose terms follow a schedule (the autoencoder's consistency)
             with autocast(cfg, ctx.device):
                 loss = step_fn(batch)

@@ -281,19 +281,24 @@ class CounterfactualSaliency:
             lp = target_log_prob(log_probs, pair_target[active])
             traj[active, step:] = log_probs.detach().exp().unsqueeze(1)
             p_target[active, step:] = lp.detach().exp().unsqueeze(1)
-            done = torch.ones_like(lp, dtype=torch.bool) if last else (
-                lp.detach().exp() >= self.stop_probability if self.early_stop else torch.zeros_like(lp, dtype=torch.bool))
-            if bool(done.any()):
-                final[active[done]] = images.detach()[done]
-                stopped[active[done]] = step
-            if last or bool(done.all()):
+            if last:
+                final[active] = images.detach()
+                stopped[active] = step
                 break
+            keep = None  # every pair goes on (also on the meta device, where no value can be read)
+            if self.early_stop:
+                done = lp.detach().exp() >= self.stop_probability
+                if bool(done.any()):
+                    final[active[done]] = images.detach()[done]
+                    stopped[active[done]] = step
+                    if bool(done.all()):
+                        break
+                    keep = ~done
             l1 = (zi - z0[scan_of[active]]).abs().flatten(1).mean(dim=1)
             per_pair = -lp + self.alpha * l1
             losses[active, step] = per_pair.detach()
-            keep = ~done
-            (grad,) = torch.autograd.grad(per_pair[keep].sum(), zi)
-            grad, moved = grad[keep], active[keep]
+            (grad,) = torch.autograd.grad((per_pair if keep is None else per_pair[keep]).sum(), zi)
+            grad, moved = (grad, active) if keep is None else (grad[keep], active[keep])
             with torch.no_grad():
                 if self.optimizer == "sgd":
                     z[moved] -= self.step_size * grad

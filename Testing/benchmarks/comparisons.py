@@ -18,6 +18,7 @@ import torch
 from ACATLogic.bundle import load_bundle
 from ACATLogic.explain import Explainer, default_batch_chunks
 from ACATLogic.io import read_volume
+from ACATLogic.options import ExplainOptions
 from ACATLogic.preprocess import prepare
 from ACATLogic.saliency.counterfactual import CounterfactualSaliency
 
@@ -30,11 +31,8 @@ REPRODUCTION = Path(__file__).resolve().parents[2] / "docs" / "results" / "brain
 
 
 def _method(explainer: Explainer, steps: int) -> CounterfactualSaliency:
-    """The counterfactual method exactly as `Explainer.explain` builds it (bundle defaults, folded models)."""
-    d = explainer.bundle.explanation_defaults
-    return CounterfactualSaliency(explainer.fast_baseline, explainer.fast_autoencoder, alpha=d["alpha"], steps=steps,
-                                  step_size=d["step_size"], optimizer=d["optimizer"], reference=d["reference"],
-                                  num_classes=len(explainer.labels))
+    """The counterfactual method exactly as `Explainer.explain` builds it (its default options, folded models)."""
+    return explainer.counterfactual_method(explainer.parameters(ExplainOptions(steps=steps)))
 
 
 def _batch_chunks(targets: int, slices: int, device: str = "cpu") -> int:
@@ -69,16 +67,17 @@ def run_comparisons(case: dict, bundle_path: Path, *, repeats: int, steps: Optio
     explainer = Explainer(bundle, device="cpu", threads=all_threads)
     steps = int(steps if steps is not None else bundle.explanation_defaults["steps"])
     x = prepare(volume, bundle.spec).images
-    targets = list(range(len(bundle.labels)))
+    targets = explainer.counterfactual_targets(explainer.parameters(ExplainOptions(steps=steps)))
     slices = x.shape[1]
     method = _method(explainer, steps)
-    flops = counterfactual_flops(explainer.fast_baseline, explainer.fast_autoencoder, x.shape, targets, len(targets),
-                                 steps=steps, alpha=method.alpha, step_size=method.step_size,
-                                 optimizer=method.optimizer, reference=method.reference)
+    # FLOPs of every step (no early stop: meta tensors carry no values to stop on): an upper bound
+    flops = counterfactual_flops(explainer.fast_baseline, explainer.fast_autoencoder, x.shape, targets,
+                                 len(bundle.labels), steps=steps, alpha=method.alpha, step_size=method.step_size,
+                                 optimizer=method.optimizer, reference=method.reference, start=method.start)
     per_target_flops = [counterfactual_flops(explainer.fast_baseline, explainer.fast_autoencoder, x.shape, [t],
-                                             len(targets), steps=steps, alpha=method.alpha,
+                                             len(bundle.labels), steps=steps, alpha=method.alpha,
                                              step_size=method.step_size, optimizer=method.optimizer,
-                                             reference=method.reference) for t in targets]
+                                             reference=method.reference, start=method.start) for t in targets]
     out: dict = {"case": case["name"], "bundle": bundle.id, "steps": steps, "chunks": int(x.shape[0]),
                  "targets": len(targets), "counterfactual_flops": flops}
 

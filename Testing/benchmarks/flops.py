@@ -39,12 +39,14 @@ def flop_counter() -> FlopCounterMode:
 
 def counterfactual_flops(classifier: torch.nn.Module, autoencoder: torch.nn.Module, x_shape: Sequence[int],
                          targets: Sequence[int], num_classes: int, *, steps: int, alpha: float = 100.0,
-                         step_size: float = 0.1, optimizer: str = "sgd", reference: str = "reconstruction") -> int:
-    """FLOPs of ``CounterfactualSaliency(...).explain(x)`` for x of ``x_shape`` (B, S, 1, H, W)."""
+                         step_size: float = 0.1, optimizer: str = "sgd", reference: str = "reconstruction",
+                         start: str = "reconstruction") -> int:
+    """FLOPs of ``CounterfactualSaliency(...).explain(x)`` for x of ``x_shape`` (B, S, 1, H, W), every step
+    run (no early stop)."""
     meta_classifier = copy.deepcopy(classifier).to("meta").eval()
     meta_autoencoder = copy.deepcopy(autoencoder).to("meta").eval()
     method = CounterfactualSaliency(meta_classifier, meta_autoencoder, alpha=alpha, steps=steps, step_size=step_size,
-                                    optimizer=optimizer, reference=reference, num_classes=num_classes)
+                                    optimizer=optimizer, reference=reference, start=start, num_classes=num_classes)
     x = torch.empty(tuple(x_shape), device="meta")
     with flop_counter() as counter:
         method.explain(x, targets=list(targets), normalise="joint")
