@@ -314,6 +314,9 @@ class Explainer:
             with run.timed("saliency_s"):
                 saliency_model = self._comparison_method(run.options.method, run.x, label_id, params["output"], organ)
             params["saliency_map"] = run.options.method
+        if not bool((saliency_model > 0).any()) and not (organ is not None and not bool(organ.any())):
+            explanation.warnings.append(f"the {run.options.method} map is empty: nothing in the scan raised the "
+                                        "explained score (try another method or --output class)")
         saliency = prepared.to_input_grid(saliency_model[:, :, 0])
         explanation.saliency = volume.with_voxels(np.clip(saliency, 0, 1, out=saliency))  # in place: one volume
         explanation.saliency.metadata.pop("series_selection", None)

@@ -55,10 +55,11 @@ def test_explainer_on_real_head_ct(brain_bundle, cranium_series):
     for cf in result.counterfactuals.values():
         _same_grid(cf, volume)
         # the counterfactual is the input plus the model-space change: at most one window width (80 HU),
-        # and every voxel it did not change keeps its exact input value (residual decoding)
+        # and the decoder's own reconstruction error never reaches the scan (residual decoding): what lies
+        # outside the model's field of view keeps its exact input value
         change = np.abs(cf.voxels_hu - volume.voxels_hu)
         assert change.max() <= 80.0 + 1e-3
-        assert (change == 0).mean() > 0.5
+        assert (change == 0).mean() > 0.2
         changed += int(change.max() > 0)
     assert changed >= 1  # at least the counterfactual shown did something
     assert set(result.attention) == {"early", "middle", "late", "fused"}
@@ -156,7 +157,12 @@ def test_comparison_methods_through_the_explainer(brain_bundle, cranium, method)
     assert result.method == method and result.counterfactuals == {}
     _same_grid(result.saliency, cranium)
     sal = result.saliency.voxels_hu
-    assert np.isfinite(sal).all() and sal.min() >= 0 and sal.max() <= 1 and sal.max() > 0
+    assert np.isfinite(sal).all() and sal.min() >= 0 and sal.max() <= 1
+    if sal.max() == 0:  # an untrained model's Grad-CAM can be all negative (ReLU): said, not silent
+        assert method == "gradcam" and any("map is empty" in w for w in result.warnings)
+        result = Explainer(bundle, device="cpu").explain(cranium, method=method, coverage="sampled", output="class")
+        sal = result.saliency.voxels_hu
+    assert sal.max() > 0
 
 
 def test_cli_comparison_method(brain_bundle, cranium_series, tmp_path):
@@ -180,7 +186,7 @@ def test_explain_outputs_hold_no_patient_identity(brain_bundle, cranium_copy, tm
         ds.save_as(f)
     out = tmp_path / "phi"
     result = run_acat("explain", str(cranium_copy), "--model", str(brain_bundle), "--out", str(out),
-                      "--coverage", "sampled", "--targets", "none")
+                      "--coverage", "sampled", "--output", "class", "--targets", "none")
     assert result.returncode == 0, result.stderr
     for path in out.iterdir():
         data = path.read_bytes()

@@ -116,7 +116,7 @@ def test_an_empty_out_folder_given_by_the_user_stays_as_it_was(case, tmp_path):
 def test_an_interrupt_in_the_middle_of_writing_removes_what_was_written(case, tmp_path, monkeypatch):
     bundle = load_bundle(case["fast"])
     volume = read_volume(case["ct"])
-    explanation = Explainer(bundle, device="cpu").explain(volume, targets=["none"])
+    explanation = Explainer(bundle, device="cpu").explain(volume, output="class", targets=["none"])
     written = []
     real = outputs.write_itk_file
 
@@ -136,7 +136,7 @@ def test_two_runs_into_one_folder_never_mix(case, tmp_path, monkeypatch):
     """The second writer finds the folder filled by the first while it was writing: it refuses."""
     bundle = load_bundle(case["fast"])
     volume = read_volume(case["ct"])
-    explanation = Explainer(bundle, device="cpu").explain(volume, targets=["none"])
+    explanation = Explainer(bundle, device="cpu").explain(volume, output="class", targets=["none"])
     out = tmp_path / "out"
     real = outputs.write_overview
 

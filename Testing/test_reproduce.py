@@ -98,7 +98,7 @@ def test_tables_hold_the_per_seed_numbers(reproduced, manifest):
 
     text = (root / "table" / "reproduction.md").read_text()
     assert "SIMULATED" in text and "python -m training.reproduce" in text
-    assert "| Baseline |" in text and "| ACAT |" in text and "| ACAT counterfactual |" in text
+    assert "| Baseline |" in text and "| ACAT |" in text and "| ACAT counterfactual (default: residual, towards healthy) |" in text
     assert "| ACAT counterfactual, explaining the ACAT classifier (Sec. 4.4) |" in text
     assert "acc. IS-3" in text
 

@@ -133,7 +133,7 @@ def test_a_run_goes_in_the_background_and_loads_its_results(slicer_scene, head, 
     assert any(e.etaS is not None and e.etaS > 0 for e in events)
     result = outcome.result
     assert loaded == [result] and run.result is result and run.progress is events[-1]
-    assert set(result.counterfactuals) == {"none", "left", "right", "both"}
+    assert set(result.counterfactuals) == {"none", "abnormal"}  # the healthy-vs-abnormal decision (default)
     assert set(result.attention) == {"early", "middle", "late", "fused"}
     np.testing.assert_array_equal(ijkToRasArray(result.saliency), ijkToRasArray(head))
     assert result.saliency.GetName() == "Head CT random-brain_stroke counterfactual saliency"

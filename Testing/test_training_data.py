@@ -265,7 +265,8 @@ def test_paper_configs_hold_the_paper_settings():
         assert (b.epochs, b.lr, b.weight_decay, b.min_lr, b.batch_size) == (200, 1e-4, 5e-5, 1e-7, 8)
         assert b.class_weights and b.flip_lr == 0.5 and b.best_metric == "val_loss"
         assert (cfg.acat.epochs, cfg.acat.lr) == (100, 1e-5)
-        assert (cfg.saliency.alpha, cfg.saliency.steps) == (100, 20)
+        paper = cfg.saliency.resolved()
+        assert (paper["variant"], paper["alpha"], paper["steps"], paper["output"]) == ("paper", 100, 20, "class")
         assert cfg.input.slices == 11 and cfg.data.split_fractions == [0.7, 0.15, 0.15]
         assert cfg.seeds == [0, 1, 2]
     assert load_config(CONFIGS / "lung_paper.yaml").data.source == "mosmed"
