@@ -30,5 +30,5 @@ def make_random_bundle(folder: Path, *, task: str = "brain_stroke", with_acat: b
         acat.load_image_branch_from(baseline)
         models["acat"] = acat.eval()
     return save_bundle(folder, models=models, bundle_id=f"random-{task}", version="0.0.0", task=task, spec=spec,
-                       training_data="none: random weights for tests", explanation={"steps": steps},
+                       training_data="none: random weights for tests", explanation={"variant": "residual", "steps": steps},
                        description="random weights (test helper)")

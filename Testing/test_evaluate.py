@@ -14,7 +14,8 @@ from ACATLogic.bundle import load_bundle
 from ACATLogic.volume import CTVolume
 from ACATLogic.explain import Explainer
 from ACATLogic.metrics import counterfactual_success, iou_dice, saliency_hit
-from training.evaluate import DISPLAY_NAMES, HIT_RULE, NOTICE, counterfactual_quality, evaluate, main, parse_methods
+from training.evaluate import (DISPLAY_NAMES, HIT_RULE, NOTICE, OVERLAP_RULE, SUCCESS_RULE, counterfactual_quality,
+                               evaluate, main, parse_methods)
 from ACATData.phantom.common import BRAIN_LABELS, TERRITORIES, PhantomCase
 from ACATData.phantom.io import load_case, read_manifest, write_case, write_manifest
 
@@ -82,11 +83,11 @@ def bundle(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def report(dataset, bundle, tmp_path_factory) -> tuple[dict, Path]:
     out = tmp_path_factory.mktemp("eval") / "out"
-    return evaluate(bundle, dataset, ALL_METHODS, out, device="cpu"), out
+    return evaluate(bundle, dataset, ALL_METHODS, out, device="cpu", coverage="sampled"), out
 
 
 def test_parse_methods_accepts_both_spellings():
-    assert parse_methods("latent-shift,gradient,latent_shift") == ["latent_shift", "gradient"]
+    assert parse_methods("latent-shift,gradient,latent_shift") == ["latent-shift", "gradient"]
     with pytest.raises(ValueError, match="unknown method 'saliency'"):
         parse_methods("saliency")
 
@@ -100,10 +101,15 @@ def test_metrics_json_is_the_report_and_self_consistent(report, dataset, bundle)
                            "methods", "cases"}
     assert result["bundle"]["sha256"] == load_bundle(bundle).sha256()
     assert result["dataset"]["n_cases"] == 3 and result["dataset"]["manifest"] == str(dataset)
-    assert result["settings"] == {"methods": ["counterfactual", "latent_shift", "gradient", "gradcam",
-                                              "integrated_gradients"], "device": "cpu", "coverage": "sampled",
-                                  "steps": 2, "success_probability": 0.2, "warmup": True, "hit": HIT_RULE,
-                                  "saliency_classifier": "baseline"}
+    settings = dict(result["settings"])
+    options = settings.pop("options")
+    assert settings == {"methods": ALL_METHODS, "device": "cpu", "coverage": "sampled", "steps": 2,
+                        "success_probability": 0.2, "warmup": True, "hit": HIT_RULE, "overlap": OVERLAP_RULE,
+                        "success": SUCCESS_RULE, "saliency_classifier": "baseline"}
+    # what each method ran, as ExplainOptions fields (None: the card's or the variant's default)
+    assert list(options) == ALL_METHODS
+    assert options["counterfactual"]["method"] == "counterfactual" and options["gradcam"]["method"] == "gradcam"
+    assert all(o["coverage"] == "sampled" for o in options.values())
     cases = result["cases"]
     assert [c["case_id"] for c in cases] == ["case-a", "case-b", "case-c"]  # the train case is left out
     assert [c["has_lesion"] for c in cases] == [True, True, False]
@@ -167,18 +173,24 @@ def test_per_case_numbers_match_an_independent_run(report, dataset, bundle):
                                                                         coverage="sampled")
     recorded = result["cases"][0]["methods"]["counterfactual"]
     assert recorded["hit"] == saliency_hit(explanation.saliency.voxels_hu, case.territory_map, [1])  # MCA_left
-    assert recorded["iou"] == pytest.approx(iou_dice(explanation.saliency.voxels_hu, case.lesion_mask)[0])
+    assert recorded["iou"] == pytest.approx(iou_dice(explanation.saliency.voxels_hu, case.lesion_mask, case.organ_mask)[0])
 
-    quality = counterfactual_quality(explanation, case, "left", has_lesion=True)
+    # the prediction that is explained decides whether there is a counterfactual to score
+    read_as = dict(explanation.explained_probabilities)
+    explanation.explained_probabilities = {**read_as, "none": 0.1, "left": 0.7, "right": 0.1, "both": 0.1}
+    quality = counterfactual_quality(explanation, case, has_lesion=True)
     expected = counterfactual_success(explanation.trajectory["none"], "left")
-    assert quality["applicable"] and quality["success"] == expected.success
+    assert quality["applicable"] and quality["original"] == "left" and quality["success"] == expected.success
     assert quality["steps_to_success"] == expected.steps_to_success
-    assert quality["latent_l1"] == explanation.latent_l1["none"] > 0
+    assert quality["before_any_step"] == expected.before_any_step
+    assert quality["latent_l1"] == explanation.latent_l1["none"] >= 0
     outside = (case.lesion_mask == 0) & (case.organ_mask == 1)
     change = np.abs(explanation.counterfactuals["none"].voxels_hu - case.volume.voxels_hu)[outside]
     assert quality["mean_abs_change_outside_lesion_hu"] == pytest.approx(change.mean(), rel=1e-5)
-    assert counterfactual_quality(explanation, case, "none", has_lesion=True) == {"applicable": False,
-                                                                                  "reason": "predicted none"}
+    explanation.explained_probabilities = {**read_as, "none": 0.7, "left": 0.1, "right": 0.1, "both": 0.1}
+    assert counterfactual_quality(explanation, case, has_lesion=True) == {
+        "applicable": False, "reason": "the explained classifier reads it as none"}
+    assert counterfactual_quality(explanation, case, has_lesion=False) == {"applicable": False, "reason": "no lesion"}
 
 
 def test_metrics_md_header_and_tables(report, dataset, bundle):
@@ -191,9 +203,11 @@ def test_metrics_md_header_and_tables(report, dataset, bundle):
     assert "random-brain_stroke" in head and str(dataset) in head and "3 cases" in head
     for sha in load_bundle(bundle).sha256().values():
         assert sha in head
+    localisation = md[md.index("## Localisation"):].split("\n## ")[0].splitlines()
     for method in result["methods"]:
-        assert sum(line.startswith(f"| {DISPLAY_NAMES[method]} |") for line in md.splitlines()) == 1
-    cf_row = next(line for line in md.splitlines() if line.startswith("| ACAT counterfactual |"))
+        assert sum(line.startswith(f"| {DISPLAY_NAMES[method]} |") for line in localisation) == 1
+    assert any(line.startswith("| Chance") for line in localisation)
+    cf_row = next(line for line in localisation if line.startswith(f"| {DISPLAY_NAMES['counterfactual']} |"))
     assert cf_row.split("|")[-2].strip() != "-"  # the success rate is filled for the counterfactual only
     assert "## Classification" in md and "| IS-1 | 1 |" in md and "## Counterfactual quality" in md
 
@@ -205,7 +219,7 @@ def test_limit_and_methods_from_the_command_line(dataset, bundle, tmp_path, caps
     assert main(argv) == 0
     result = json.loads((out / "metrics.json").read_text())
     assert [c["case_id"] for c in result["cases"]] == ["case-a"]
-    assert list(result["methods"]) == ["gradient", "latent_shift"]
+    assert list(result["methods"]) == ["gradient", "latent-shift"]
     assert result["command"].endswith("--limit 1 --device cpu -q")
     # a second run into the same folder is refused without --overwrite: earlier results are never lost
     assert main(argv) == 2
@@ -252,18 +266,18 @@ def test_counterfactual_maps_of_the_acat_classifier(dataset, bundle, tmp_path, c
                  "--out", str(out), "--limit", "1", "--device", "cpu", "--saliency-classifier", "acat", "-q"]) == 0
     result = json.loads((out / "metrics.json").read_text())
     assert result["settings"]["saliency_classifier"] == "acat"
-    assert "explains the acat classifier" in (out / "metrics.md").read_text()
+    assert "counterfactual methods explain the acat classifier" in (out / "metrics.md").read_text()
     case = load_case(dataset, read_manifest(dataset)[0])
     explainer = Explainer(load_bundle(bundle), device="cpu")
     by_acat = explainer.explain(case.volume, method="counterfactual", coverage="sampled", saliency_classifier="acat")
     by_baseline = explainer.explain(case.volume, method="counterfactual", coverage="sampled")
     recorded = result["cases"][0]["methods"]["counterfactual"]
-    assert recorded["iou"] == pytest.approx(iou_dice(by_acat.saliency.voxels_hu, case.lesion_mask)[0])
+    assert recorded["iou"] == pytest.approx(iou_dice(by_acat.saliency.voxels_hu, case.lesion_mask, case.organ_mask)[0])
     assert not np.allclose(by_acat.saliency.voxels_hu, by_baseline.saliency.voxels_hu)
     # the gradient has no ACAT variant: it still explains the baseline
     gradient = explainer.explain(case.volume, method="gradient", coverage="sampled")
     assert result["cases"][0]["methods"]["gradient"]["iou"] == pytest.approx(
-        iou_dice(gradient.saliency.voxels_hu, case.lesion_mask)[0])
+        iou_dice(gradient.saliency.voxels_hu, case.lesion_mask, case.organ_mask)[0])
     # a bundle without an ACAT classifier cannot do it: one line, exit 2
     plain = make_random_bundle(tmp_path / "plain", size=32, slices=3, steps=2, with_acat=False)
     capsys.readouterr()
