@@ -18,10 +18,21 @@ def _colour(n: int) -> str:
     return f"#{r:02x}{g:02x}{b:02x}"
 
 
-def trajectory_svg(trajectory: dict, width: int = 320, height: int = 180) -> str:
-    """``trajectory``: target label -> list over steps of {class label: probability}. Returns "" when
-    there is nothing to plot. Axes: step (x), probability 0..1 (y); one polyline and legend entry per target."""
-    series = {t: [float(row.get(t, float("nan"))) for row in rows] for t, rows in trajectory.items() if rows}
+def _probability(row: dict, target: str, healthy: str | None) -> float:
+    """p(target) in one step's {class: probability}; a target that is no class ("abnormal": any class but
+    the healthy one, `--output decision`) is 1 - p(healthy)."""
+    if target in row:
+        return float(row[target])
+    if healthy is not None and healthy in row:
+        return 1.0 - float(row[healthy])
+    return float("nan")
+
+
+def trajectory_svg(trajectory: dict, width: int = 320, height: int = 180, *, healthy: str | None = None) -> str:
+    """``trajectory``: target label -> list over steps of {class label: probability}; ``healthy``: the
+    healthy class when a target is "abnormal". Returns "" when there is nothing to plot. Axes: step (x),
+    probability 0..1 (y); one polyline and legend entry per target."""
+    series = {t: [_probability(row, t, healthy) for row in rows] for t, rows in trajectory.items() if rows}
     series = {t: ys for t, ys in series.items() if any(y == y for y in ys)}
     if not series:
         return ""

@@ -88,7 +88,9 @@ def test_explain_in_the_browser(demo_image, model, tmp_path):
             shown = dict(re.findall(r"^(none|left|right|both)\s+(\d\.\d{3})$", text, re.M))
             assert sorted(shown) == ["both", "left", "none", "right"], text
             assert abs(sum(float(v) for v in shown.values()) - 1.0) < 0.01
-            assert page.locator("#probability-plot svg polyline").count() == 4
+            # the decision's two counterfactuals: towards none and towards abnormal (1 - p(none))
+            assert page.locator("#probability-plot svg polyline").count() == 2
+            assert "p(abnormal) towards abnormal" in page.locator("#probability-plot").inner_text()
 
             rgb = wait_for_overlay(page)
             heat = web_browser.heat_mask(rgb)

@@ -271,6 +271,12 @@ def test_probability_plot_points():
     assert 'points="34.0,108.0 80.0,58.0 126.0,8.0"' in svg
     assert "p(left) towards left" in svg
     assert plot_svg.trajectory_svg({}) == "" and plot_svg.trajectory_svg({"x": []}) == ""
+    # the decision's "abnormal" target: 1 - p(healthy); without the healthy class named, nothing to draw
+    rows = [{"none": 0.9, "left": 0.1}, {"none": 0.4, "left": 0.6}, {"none": 0.0, "left": 1.0}]
+    svg = plot_svg.trajectory_svg({"abnormal": rows}, width=134, height=138, healthy="none")
+    assert 'points="34.0,98.0 80.0,48.0 126.0,8.0"' in svg  # p = 0.1, 0.6, 1.0
+    assert "p(abnormal) towards abnormal" in svg
+    assert plot_svg.trajectory_svg({"abnormal": rows}) == ""
 
 
 def test_view_command_checks_its_options_before_starting(capsys):

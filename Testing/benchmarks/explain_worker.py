@@ -93,9 +93,9 @@ def main(argv=None) -> int:
         params = explanation.parameters
         result["counterfactual_flops"] = counterfactual_flops(
             explainer.fast_baseline, explainer.fast_autoencoder,
-            (result["chunks"], spec.slices, 1, *spec.size), [bundle.labels.index(t) for t in params["targets"]],
+            (result["chunks"], spec.slices, 1, *spec.size), explainer.counterfactual_targets(params),
             len(bundle.labels), steps=params["steps"], alpha=params["alpha"], step_size=params["step_size"],
-            optimizer=params["optimizer"], reference=params["reference"])
+            optimizer=params["optimizer"], reference=params["reference"], start=params["start"])
     print("BENCH_RESULT " + json.dumps(result), flush=True)
     return 0
 

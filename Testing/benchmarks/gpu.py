@@ -75,6 +75,7 @@ def run_gpu(case: dict, bundle_path: Path, *, repeats: int, steps: Optional[int]
     from ACATLogic.bundle import load_bundle
     from ACATLogic.explain import Explainer
     from ACATLogic.io import read_volume
+    from ACATLogic.options import ExplainOptions
     from ACATLogic.preprocess import prepare
 
     from comparisons import _batch_chunks, _method
@@ -89,12 +90,12 @@ def run_gpu(case: dict, bundle_path: Path, *, repeats: int, steps: Optional[int]
     explainer = Explainer(bundle, device="cuda")
     steps = int(steps if steps is not None else bundle.explanation_defaults["steps"])
     x = prepare(volume, bundle.spec).images.to("cuda")
-    targets = list(range(len(bundle.labels)))
+    targets = explainer.counterfactual_targets(explainer.parameters(ExplainOptions(steps=steps)))
     batch = _batch_chunks(len(targets), x.shape[1], "cuda")
     method = _method(explainer, steps)
-    flops = counterfactual_flops(explainer.fast_baseline, explainer.fast_autoencoder, x.shape, targets, len(targets),
-                                 steps=steps, alpha=method.alpha, step_size=method.step_size,
-                                 optimizer=method.optimizer, reference=method.reference)
+    flops = counterfactual_flops(explainer.fast_baseline, explainer.fast_autoencoder, x.shape, targets,
+                                 len(bundle.labels), steps=steps, alpha=method.alpha, step_size=method.step_size,
+                                 optimizer=method.optimizer, reference=method.reference, start=method.start)
     out["counterfactual_flops"] = flops
 
     def loop(m=method, xs=x, n_batch=batch):
