@@ -203,3 +203,28 @@ def test_storage_orientation_changes_the_array_not_the_anatomy():
     for name in ("lesion_mask", "organ_mask", "territory_map"):
         assert np.array_equal(r.apply(getattr(varied, name)), getattr(plain, name)), name
     assert varied.info["lesions"] == plain.info["lesions"]
+
+
+def _high_pass_std(hu: np.ndarray, where: np.ndarray, spacing_mm) -> float:
+    """Robust spread (1.4826 MAD) of the image minus its 2 mm in-plane Gaussian mean, over ``where``."""
+    image = sitk.GetImageFromArray(hu.astype(np.float32))
+    image.SetSpacing(tuple(float(s) for s in spacing_mm))
+    smooth = sitk.GetArrayFromImage(sitk.SmoothingRecursiveGaussian(image, [2.0, 2.0, 0.01]))
+    residual = (hu - smooth)[where]
+    return float(1.4826 * np.median(np.abs(residual - np.median(residual))))
+
+
+def test_a_lesion_keeps_the_scanner_noise_of_the_tissue_it_replaced(cases):
+    """Issue 15: the grey-white blend smooths the lesion; without fresh noise a lesion is also a patch of
+    missing noise, a texture cue a classifier learns instead of the hypodensity."""
+    left, twin = cases[1], cases["twin_of_left"]
+    core = (left.lesion_mask > 0) & (left.organ_mask > 0)
+    spacing = left.volume.spacing_mm
+    lesion_noise = _high_pass_std(left.volume.voxels_hu, core, spacing)
+    tissue_noise = _high_pass_std(twin.volume.voxels_hu, core, spacing)  # the same voxels, no lesion
+    assert tissue_noise > 1.0 and 0.8 < lesion_noise / tissue_noise < 1.25, (lesion_noise, tissue_noise)
+    # the datasets before the fix (keep_lesion_noise=False): the lesion is markedly smoother
+    old = generate_brain_case(SEED, 1, 1, BrainParams(keep_lesion_noise=False))
+    assert np.array_equal(old.lesion_mask, left.lesion_mask)  # the same lesion, only its noise differs
+    old_ratio = _high_pass_std(old.volume.voxels_hu, core, spacing) / tissue_noise
+    assert old_ratio < 0.85 and lesion_noise / tissue_noise - old_ratio > 0.15, old_ratio
