@@ -27,7 +27,7 @@ from pydicom.dataset import FileDataset
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, RLELossless
 
 from ..errors import ACATInputError
-from .limits import RLE_MAX_RATIO, check_bytes, over_budget
+from .limits import RLE_MAX_RATIO, check_bytes
 
 #: A deflated file's header is inflated at most this far: even an enhanced CT of thousands of frames has
 #: a header of a few MB. The pixels are inflated up to the size the header declares (plus this).
@@ -78,7 +78,8 @@ def _read_deflated(path: Path, stop_before_pixels: bool, limit: int) -> FileData
             raise ACATInputError(f"damaged DICOM file: the deflated data set cannot be inflated ({exc})", path) \
                 from None
     if more and not stop_before_pixels:
-        raise over_budget(limit, "inflating the deflated DICOM data set", path)
+        raise ACATInputError(f"damaged DICOM file: the deflated data set inflates to more than {limit >> 20} MB, far "
+                             "beyond the pixels its header declares", path)
     if more and b"\xe0\x7f\x10\x00" not in data:  # no Pixel Data tag within the limit: the header alone is larger
         raise ACATInputError(f"damaged DICOM header (the deflated data set's header inflates to more than "
                              f"{HEADER_INFLATE_LIMIT >> 20} MB)", path)
