@@ -178,6 +178,8 @@ def read_card(folder: Path) -> dict:
     if not (isinstance(card["labels"], list) and all(isinstance(x, str) for x in card["labels"])
             and len(card["labels"]) >= 2):
         raise _fail("'labels' must be a list of at least two names", card_path)
+    if not isinstance(card["input"], dict):
+        raise _fail("invalid 'input' in the model card (it must be an object)", card_path)
     try:
         spec = InputSpec.from_dict(card["input"])
     except (KeyError, TypeError, ValueError, IndexError, OverflowError) as exc:

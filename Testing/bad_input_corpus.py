@@ -496,6 +496,16 @@ def build_nrrd_ascii_binary(c: Corpus, d: Path) -> Built:
     return Built(path)
 
 
+def build_nrrd_long_field(c: Corpus, d: Path) -> Built:
+    """Found by `make fuzz` (issue 17): a 'space directions' line of 1000 characters that NrrdIO cannot parse
+    overflowed the buffer of its error message: a segmentation fault."""
+    path = write_itk_file(c.small_head, d / "scan.nrrd", compress=False)
+    raw = path.read_bytes()
+    start = raw.index(b"space directions: (") + len(b"space directions: (")
+    path.write_bytes(raw[:start] + b"7" * 1000 + raw[start:])
+    return Built(path)
+
+
 def build_nhdr_pointing_to(target: str) -> Callable[[Corpus, Path], Built]:
     """A detached header whose 'data file' is a named pipe, or a list of files."""
     def build(c: Corpus, d: Path) -> Built:
@@ -705,6 +715,9 @@ CASES: list[Case] = [
     Case("nrrd-ascii-binary", C, "raw NRRD relabelled 'encoding: ascii' (found by fuzzing)",
          "refused (was a segfault in ITK's NRRD reader)", build_nrrd_ascii_binary, False,
          r"says the voxels are ASCII text, but the data holds a run of more than 64 characters"),
+    Case("nrrd-long-field", C, "NRRD whose 'space directions' holds a 1000-digit number (found by fuzzing)",
+         "refused (was a segfault in ITK's NRRD reader)", build_nrrd_long_field, False,
+         r"the NRRD header's line 'space directions: \.\.\.' is \d+ characters long"),
     Case("nhdr-data-fifo", C, ".nhdr whose data file is a named pipe", "refused, never opened (no hang)",
          build_nhdr_pointing_to("fifo"), False, r"the NRRD data file is not a regular file"),
     Case("nhdr-data-list", C, ".nhdr with 'data file: LIST'", "refused: one data file only",

@@ -66,18 +66,38 @@ def head(tmp_path_factory):
 # ------------------------------------------------------------------------------------------------
 # Folders (points 7, 8, 10)
 # ------------------------------------------------------------------------------------------------
+def _remove_deep(root: Path) -> None:
+    """Remove a folder tree of any depth without recursion (shutil.rmtree, and pytest's clean-up of old
+    temporary folders, recurse once per level)."""
+    stack = [root]
+    while stack:
+        with os.scandir(stack[-1]) as it:
+            entries = list(it)
+        folders = [e.path for e in entries if e.is_dir(follow_symlinks=False)]
+        for entry in entries:
+            if not entry.is_dir(follow_symlinks=False):
+                os.unlink(entry.path)
+        if folders:
+            stack.extend(folders)
+        else:
+            os.rmdir(stack.pop())
+
+
 def test_1100_nested_folders_are_read(head, tmp_path):
     deep = tmp_path / "scan"
     deep.mkdir()
-    for _ in range(1100):  # one level at a time: os.makedirs itself recurses once per level
-        deep = deep / "d"
-        deep.mkdir()
-    for path in head["series"].iterdir():
-        shutil.copy(path, deep / path.name)
-    volume = read_volume(tmp_path / "scan")  # was: RecursionError
-    assert np.array_equal(volume.voxels_hu, read_volume(head["series"]).voxels_hu)
-    result, _ = run("info", "--json", tmp_path / "scan")
-    assert result.returncode == 0 and json.loads(result.stdout)["size_ijk"] == [32, 32, 8]
+    try:
+        for _ in range(1100):  # one level at a time: os.makedirs itself recurses once per level
+            deep = deep / "d"
+            deep.mkdir()
+        for path in head["series"].iterdir():
+            shutil.copy(path, deep / path.name)
+        volume = read_volume(tmp_path / "scan")  # was: RecursionError
+        assert np.array_equal(volume.voxels_hu, read_volume(head["series"]).voxels_hu)
+        result, _ = run("info", "--json", tmp_path / "scan")
+        assert result.returncode == 0 and json.loads(result.stdout)["size_ijk"] == [32, 32, 8]
+    finally:
+        _remove_deep(tmp_path / "scan")
 
 
 def test_an_unreadable_subfolder_holding_half_the_series_is_an_error(head, tmp_path):

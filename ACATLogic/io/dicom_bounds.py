@@ -175,7 +175,11 @@ def check_pixel_cost(ds: pydicom.Dataset, path: Path) -> None:
     check_bytes(expected, "decoding the pixel data", path)
     meta = getattr(ds, "file_meta", None)
     uid = meta.get("TransferSyntaxUID") if meta is not None else None
-    if uid is None or not getattr(uid, "is_encapsulated", False) or "PixelData" not in ds:
+    try:
+        encapsulated = bool(getattr(uid, "is_encapsulated", False))
+    except ValueError:  # not a transfer syntax at all: the decoder says so
+        return
+    if uid is None or not encapsulated or "PixelData" not in ds:
         return
     data = ds.PixelData
     n_frames = _whole(ds, "NumberOfFrames", 1) or 1

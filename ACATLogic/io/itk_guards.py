@@ -171,12 +171,9 @@ def check_nifti_gzip_stream(path: Path, shown: str, n_bytes: int) -> None:
 # ------------------------------------------------------------------------------------------------
 # NRRD
 # ------------------------------------------------------------------------------------------------
-def _nrrd_layout(path: Path) -> Optional[tuple[str, Optional[Path], int]]:
-    """(encoding, the file holding the voxels, where they start in it) from an NRRD header.
-
-    The data file is None for a list or a printf-style pattern of data files. None when the header
-    cannot be parsed at all (ITK then says why).
-    """
+def _nrrd_header(path: Path) -> Optional[tuple[list[str], int]]:
+    """The header's lines (latin-1 text) and its length in bytes (to the blank line that ends it), or None
+    when the file cannot be read or no header ends within `MAX_NRRD_HEADER_BYTES`."""
     try:
         with open(path, "rb") as fh:
             head = fh.read(MAX_NRRD_HEADER_BYTES)
@@ -190,8 +187,40 @@ def _nrrd_layout(path: Path) -> Optional[tuple[str, Optional[Path], int]]:
         end = header_bytes = len(head)
     else:
         return None
+    return head[:end].decode("latin-1").splitlines(), header_bytes
+
+
+#: header lines longer than this crash ITK's NRRD reader (NrrdIO) when it cannot parse them: its error
+#: messages are formatted into fixed buffers (a segmentation fault from about 900 characters on, found by
+#: `make fuzz`); a 3-D NRRD's longest field, "space directions", needs about 250
+MAX_NRRD_FIELD_LINE = 512
+
+
+def _long_field_line(lines: list[str]) -> Optional[str]:
+    """The first field line longer than `MAX_NRRD_FIELD_LINE` (comments, key/value pairs and "content",
+    which NrrdIO stores without parsing, may be longer), or None."""
+    for line in lines[1:]:
+        if len(line) <= MAX_NRRD_FIELD_LINE or line.startswith("#") or line.lower().startswith("content:"):
+            continue
+        kv, field = line.find(":="), line.find(": ")
+        if kv >= 0 and (field < 0 or kv < field):
+            continue
+        return line
+    return None
+
+
+def _nrrd_layout(path: Path) -> Optional[tuple[str, Optional[Path], int]]:
+    """(encoding, the file holding the voxels, where they start in it) from an NRRD header.
+
+    The data file is None for a list or a printf-style pattern of data files. None when the header
+    cannot be parsed at all (ITK then says why).
+    """
+    header = _nrrd_header(path)
+    if header is None:
+        return None
+    lines, header_bytes = header
     fields = {}
-    for line in head[:end].decode("latin-1").splitlines()[1:]:
+    for line in lines[1:]:
         key, sep, value = line.partition(":")
         if sep and not line.startswith("#"):
             fields.setdefault(key.strip().lower().replace(" ", ""), value.lstrip("=").strip())
@@ -234,7 +263,23 @@ def _has_long_token(fh: BinaryIO, limit: int) -> bool:
 
 
 def check_nrrd_files(path: Path) -> None:
-    """Before ITK opens anything: one data file, and a regular one (ITK opens it with the header already)."""
+    """Before ITK opens anything: a header ITK's parser survives, one data file, and a regular one (ITK opens
+    it with the header already)."""
+    header = _nrrd_header(path)
+    if header is None:
+        try:
+            complete = path.stat().st_size < MAX_NRRD_HEADER_BYTES
+        except OSError:
+            return  # ITK says why it cannot open the file
+        if not complete:
+            raise ACATInputError(f"the NRRD header does not end within its first {MAX_NRRD_HEADER_BYTES >> 20} MB (no "
+                                 "blank line); the file is damaged", path)
+        return
+    line = _long_field_line(header[0])
+    if line is not None:
+        field = line.split(":", 1)[0][:40]
+        raise ACATInputError(f"the NRRD header's line '{field}: ...' is {len(line)} characters long (a field needs a few "
+                             "hundred at most); the header is damaged", path)
     layout = _nrrd_layout(path)
     if layout is None:
         return
