@@ -370,3 +370,61 @@ def test_a_detached_header_with_a_non_utf8_name_and_a_far_data_file_is_one_line(
     result = acat("info", "--json", beside)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["size_ijk"] == [32, 32, 6]
+
+
+# ------------------------------------------------------------------------------------------------
+# The pieces underneath (in-process)
+# ------------------------------------------------------------------------------------------------
+def test_the_last_check_before_a_swap_keeps_an_input_that_moved_into_the_output(tmp_path):
+    """An input that arrived inside the output after the run started (a user's mv) is still never deleted."""
+    from ACATLogic import ACATInputError
+    from ACATLogic.io.atomic import atomic_directory
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "scan.nrrd").write_text("voxels")
+    with pytest.raises(ACATInputError, match="the output holds the input .*scan.nrrd; nothing was replaced"):
+        with atomic_directory(out, overwrite=True, protect=[out / "scan.nrrd"]) as tmp:
+            (tmp / "report.json").write_text("{}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"] and (out / "scan.nrrd").read_text() == "voxels"
+    with atomic_directory(out, overwrite=True, protect=[tmp_path / "elsewhere.nrrd"]) as tmp:
+        (tmp / "report.json").write_text("{}")
+    assert sorted(p.name for p in out.iterdir()) == ["report.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # the old copy is gone, nothing beside
+
+
+def test_without_flock_a_lock_is_exclusive_and_a_dead_holders_lock_is_taken_over(tmp_path, monkeypatch):
+    """File systems without flock: O_EXCL, and the holder's PID decides whether a lock is stale."""
+    import socket
+
+    from ACATLogic import ACATInputError
+    from ACATLogic.io import output_guard
+
+    monkeypatch.setattr(output_guard, "fcntl", None)
+    out = tmp_path / "out"
+    with output_guard.claim_output(out, [], kind="folder", overwrite=False, command="acat explain"):
+        lock = tmp_path / ".out.lock"
+        assert json.loads(lock.read_text())["pid"] == os.getpid()
+        with pytest.raises(ACATInputError, match=rf"another run \(acat explain, process {os.getpid()}\) is writing"):
+            with output_guard.claim_output(out, [], kind="folder", overwrite=False):
+                pass
+    assert not (tmp_path / ".out.lock").exists()
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # a process that has ended: its PID names nobody now (or, rarely, a newer process)
+    lock.write_text(json.dumps({"pid": gone.pid, "host": socket.gethostname(), "command": "acat explain"}))
+    if output_guard._process_alive(gone.pid):
+        pytest.skip("the PID was taken again at once")
+    with output_guard.claim_output(out, [], kind="folder", overwrite=False):
+        assert json.loads(lock.read_text())["pid"] == os.getpid()
+    assert not lock.exists()
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        lock.write_text(json.dumps({"pid": live.pid, "host": socket.gethostname(), "command": "acat convert"}))
+        with pytest.raises(ACATInputError, match=rf"another run \(acat convert, process {live.pid}\) is writing this "
+                                                 rf"output now"):
+            with output_guard.claim_output(out, [], kind="folder", overwrite=False):
+                pass
+        assert lock.exists()  # someone else's lock is never removed
+    finally:
+        live.kill()
+        live.wait()

@@ -28,6 +28,7 @@ import json
 import os
 import socket
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Optional, Sequence, Union
@@ -130,6 +131,10 @@ def check_replaceable(target: Path, protect: Sequence[Path]) -> None:
 # ------------------------------------------------------------------------------------------------
 # The lock
 # ------------------------------------------------------------------------------------------------
+#: a lock file that names no holder and has not changed for this long was left behind (O_EXCL locks only)
+STALE_EMPTY_LOCK_S = 60
+
+
 def lock_path(out: Path) -> Path:
     return out.with_name(f".{out.name}.lock")
 
@@ -191,13 +196,29 @@ class OutputLock:
         return (json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "command": self.command}) + "\n").encode()
 
     def acquire(self) -> None:
+        if fcntl is None:
+            self._acquire_exclusive()
+            return
+        flags = os.O_RDWR | getattr(os, "O_CLOEXEC", 0)
         for _ in range(20):  # a lock file removed or replaced by its holder between our open and our flock
+            created = False
             try:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+                fd = os.open(self.path, flags | os.O_CREAT | os.O_EXCL, 0o644)
+                created = True
+            except FileExistsError:
+                try:
+                    fd = os.open(self.path, flags)
+                except FileNotFoundError:
+                    continue
+                except OSError as exc:
+                    raise _cannot_write(self.out.parent, exc) from None
             except OSError as exc:
                 raise _cannot_write(self.out.parent, exc) from None
-            if fcntl is None or not self._flock(fd):
+            if not self._flock(fd):  # no flock on this file system
                 os.close(fd)
+                if created:
+                    with contextlib.suppress(OSError):
+                        os.unlink(self.path)
                 self._acquire_exclusive()
                 return
             # we hold a lock on the file we opened: it must still be the file at the lock's name
@@ -242,6 +263,8 @@ class OutputLock:
                 pid = holder.get("pid")
                 stale = (holder.get("host") == socket.gethostname() and isinstance(pid, int)
                          and not _process_alive(pid))
+                with contextlib.suppress(OSError):  # no holder named, and not just being written: left behind
+                    stale = stale or (not holder and time.time() - self.path.stat().st_mtime > STALE_EMPTY_LOCK_S)
                 if not stale:
                     raise _busy(self.out, holder) from None
                 with contextlib.suppress(FileNotFoundError):
