@@ -35,6 +35,7 @@ from test_training_toy import head_volume
 
 ACAT = Path(sys.executable).with_name("acat")
 FAST = ["--method", "gradient", "--device", "cpu"]
+NO_MODEL = ["--model", "/nonexistent/model"]  # a refusal of the output must come before the model is looked at
 
 
 # ------------------------------------------------------------------------------------------------
@@ -191,12 +192,30 @@ def test_out_inside_or_equal_to_the_input_folder_is_refused(data, tmp_path, wher
 def test_overwrite_of_earlier_results_replaces_them_whole(data, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
-    (out / "stale.txt").write_text("from an earlier run\n")
+    (out / "report.json").write_text('{"from": "an earlier run"}')
+    (out / "stale.nrrd").write_text("from an earlier run\n")
     result = explain(data, data["ct"], out=out, extra=["--overwrite"])
     assert result.returncode == 0, result.stderr.decode()
     names = sorted(p.name for p in out.iterdir())
-    assert "stale.txt" not in names and "report.json" in names and "saliency.nrrd" in names
-    assert leftovers(out) == []
+    assert "stale.nrrd" not in names and "report.json" in names and "saliency.nrrd" in names
+    assert "earlier" not in (out / "report.json").read_text() and leftovers(out) == []
+
+
+@pytest.mark.parametrize("content", ["files", "a folder"])
+def test_overwrite_never_empties_a_folder_that_does_not_hold_earlier_results(data, tmp_path, content):
+    """--out ~ --overwrite: a folder without report.json (or with folders in it) is not ACAT's to replace."""
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "thesis.tex").write_text("years of work\n")
+    if content == "a folder":
+        (home / "report.json").write_text("{}")
+        (home / "papers").mkdir()
+    before = snapshot(tmp_path)
+    result = acat("explain", data["ct"], "--out", home, *NO_MODEL, "--overwrite")
+    assert result.returncode == 2
+    assert err(result) == (f"acat: error: {home}: the output folder does not hold earlier ACAT results (no report.json, "
+                           "or it holds folders); --overwrite replaces only those - choose another output folder")
+    assert snapshot(tmp_path) == before
 
 
 def test_convert_never_overwrites_an_input(data, tmp_path):
@@ -276,7 +295,6 @@ def test_a_lock_left_by_a_killed_run_is_taken_over(data, tmp_path):
 # ------------------------------------------------------------------------------------------------
 # Refused before the work: the output (point 10)
 # ------------------------------------------------------------------------------------------------
-NO_MODEL = ["--model", "/nonexistent/model"]  # a refusal of the output must come before the model is looked at
 
 
 @pytest.mark.parametrize("overwrite", [False, True])

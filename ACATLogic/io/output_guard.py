@@ -9,7 +9,8 @@ line naming the path:
   Paths are compared as given, with links resolved, and by device and inode (hard links, case-insensitive
   file systems, bind mounts);
 * an output of the wrong kind (an existing file where a folder is written, or a folder where a file is),
-  an existing output without ``--overwrite``;
+  an existing output without ``--overwrite``, and, even with it, a non-empty folder that does not hold
+  earlier results (a ``report.json`` and no subfolders): ``--out ~ --overwrite`` must not empty a home folder;
 * a place that cannot be written (permissions, a read-only file system): found by creating the lock;
 * an output that another ACAT run is writing now.
 
@@ -301,6 +302,14 @@ class OutputClaim:
     lock: Optional[OutputLock] = None
 
 
+def _earlier_results(folder: Path) -> bool:
+    """Whether ``folder`` looks like what `acat explain` writes (its report.json, files only): the only kind of
+    non-empty folder that --overwrite replaces (never a home folder or a study folder given by mistake)."""
+    with os.scandir(folder) as it:
+        entries = list(it)
+    return any(e.name == "report.json" for e in entries) and not any(e.is_dir(follow_symlinks=False) for e in entries)
+
+
 def _nonempty(folder: Path) -> bool:
     with os.scandir(folder) as it:
         return any(True for _ in it)
@@ -339,6 +348,8 @@ def claim_output(out: PathLike, sources: Union[PathLike, Sequence[PathLike]], *,
     out = Path(out)
     if kind not in ("folder", "file"):
         raise ValueError(f"kind must be 'folder' or 'file', not {kind!r}")
+    if out.name in ("", ".", ".."):  # "." or "..": a name is needed for the lock and the temporary folder
+        out = Path(os.path.abspath(out))
     absolute = Path(os.path.abspath(out))
     if absolute.parent == absolute:
         raise ACATInputError("the output cannot be the root of the file system; choose a new folder", out)
@@ -359,6 +370,9 @@ def claim_output(out: PathLike, sources: Union[PathLike, Sequence[PathLike]], *,
                 raise ACATInputError(f"cannot look into the output folder ({exc.strerror or exc})", out) from None
             if filled and not overwrite:
                 raise ACATInputError("the output folder is not empty; choose another or add --overwrite", out)
+            if filled and not _earlier_results(out):
+                raise ACATInputError("the output folder does not hold earlier ACAT results (no report.json, or it holds "
+                                     "folders); --overwrite replaces only those - choose another output folder", out)
             if filled and not os.access(out, os.W_OK | os.X_OK):
                 raise ACATInputError("the output folder cannot be replaced (no write permission); choose another "
                                      "output", out)
