@@ -152,6 +152,16 @@ def test_a_transfer_syntax_that_is_not_one_is_a_clear_error(cranium_copy):
     assert "\n" not in str(info.value) and str(victim) in str(info.value)
 
 
+def test_a_panic_in_the_rust_rle_decoder_is_a_clear_error_and_prints_nothing(tmp_path, capfd):
+    """fuzz (issue 17, 600 s run): pyo3_runtime.PanicException ("index out of bounds") from pylibjpeg-rle on one
+    flipped byte of an RLE slice. PanicException is a BaseException, so it passed every `except Exception`,
+    and Rust printed its panic message and backtrace straight onto stderr."""
+    example = {"seed": 2, "edits": [], "bytes": [["flip", 1841860, 118]], "layout": "series", "others": [],
+               "frame_size": [40000, 1024]}
+    assert TARGETS["dicom"].run(example, tmp_path / "work") == "input error"
+    assert capfd.readouterr().err == ""
+
+
 def test_a_model_card_input_that_is_not_an_object_is_refused(tmp_path):
     """fuzz (issue 17): AttributeError at preprocess.py (InputSpec.from_dict) for "input": [] ."""
     import json as _json

@@ -29,6 +29,7 @@ from ..progress import ProgressCallback, no_progress
 from ..volume import CTVolume
 from .dicom_scan import VALUE_ERRORS, ScanResult, SliceRecord, describe_skipped, optional
 from .dicom_bounds import check_pixel_cost, declared_pixel_bytes, read_dataset_file
+from .itk_guards import c_stderr_captured
 from .limits import check_memory
 
 ORIENTATION_TOL = 1e-3  # difference between unit vectors still counted as "the same orientation"
@@ -208,8 +209,12 @@ def _read_pixels(path: Path, header: Optional[pydicom.Dataset] = None) -> np.nda
             ds.file_meta = meta
         check_pixel_cost(ds, path)  # before the decoder allocates what the header (or the codestream) declares
         try:
-            pixels = ds.pixel_array
-        except Exception as exc:  # noqa: BLE001 - codecs raise many types
+            with c_stderr_captured():  # a Rust decoder's panic message and backtrace, printed on fd 2
+                pixels = ds.pixel_array
+        except BaseException as exc:  # noqa: BLE001 - codecs raise many types
+            # pylibjpeg-rle is Rust: on damaged data it panics, and PyO3's PanicException is a BaseException
+            if not isinstance(exc, Exception) and type(exc).__name__ != "PanicException":
+                raise  # Ctrl+C, SIGTERM, SystemExit
             ts = getattr(meta.get("TransferSyntaxUID"), "name", "unknown transfer syntax")
             raise ACATInputError(f"cannot decode the pixel data ({ts}): {short_reason(exc)}", path) from None
     try:
