@@ -18,12 +18,12 @@ DEMO_PORT ?= 8080
 SYSTEM_PACKAGES ?= chromium libegl1 libegl-mesa0 libgl1-mesa-dri libgl1 libopengl0 fonts-dejavu-core
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: venv data system-deps test demo bench fuzz clean
+.PHONY: venv data system-deps test test-fast demo bench fuzz clean
 
 $(STAMP): pyproject.toml Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet $(TORCH_SPEC)
-	$(PY) -m pip install --quiet --editable ".[test,train,slicer]"
+	$(PY) -m pip install --quiet --editable ".[test,train,data,slicer]"
 	@touch $@
 
 venv: $(STAMP)
@@ -31,7 +31,7 @@ venv: $(STAMP)
 # Real CT data comes from packages by name (Debian's invesalius-examples, PyPI's slicerio and
 # pydicom-data), cached under ~/.cache/acat; nothing is committed and nothing else is downloaded.
 data: venv
-	$(PY) -m ACATLogic.sample_data fetch
+	$(PY) -m ACATData.sample_data fetch
 
 # Installs only what is missing (apt-get, with sudo unless root); on a system without dpkg it says what to install.
 system-deps:
@@ -49,12 +49,17 @@ test: system-deps data
 	@$(PY) -m pytest; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
+# The edit loop: every test but the ones marked slow (Testing/conftest.py says which and why); CI runs `make test`.
+test-fast: venv data
+	@$(PY) -m pytest -m "not slow" -q; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test-fast: pytest collected no tests" >&2; exit 1; fi; exit $$rc
+
 # The demo case (the real head CT with a simulated left MCA infarct, as a DICOM series), explained with the
 # default bundled model (overview.png among the outputs), then shown in the web viewer.
 demo: system-deps data
 	@mkdir -p $(DEMO_OUT)
 	rm -rf $(DEMO_OUT)/phantom_case
-	$(PY) -m training.phantom.demo --out $(DEMO_OUT)/phantom_case > $(DEMO_OUT)/.demo_image
+	$(PY) -m ACATData.phantom.demo --out $(DEMO_OUT)/phantom_case > $(DEMO_OUT)/.demo_image
 	$(VENV)/bin/acat info "$$(cat $(DEMO_OUT)/.demo_image)"
 	$(VENV)/bin/acat explain "$$(cat $(DEMO_OUT)/.demo_image)" --out $(DEMO_OUT)/explanation --overwrite
 	@test -f $(DEMO_OUT)/explanation/overview.png

@@ -30,13 +30,15 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+# where bundles are found is the catalogue's (one discovery for every front end); re-exported for the callers
+# that resolve a name and then load it
+from .catalogue import CARD_NAME, DEFAULT_MODEL, available_models, models_dirs, resolve_model  # noqa: F401
 from .errors import ACATInputError
 from .io.atomic import atomic_directory
 from .options import RESOLVED_KEYS, VARIANT_DEFAULTS, ExplainOptions
 from .organ import ORGANS
 from .preprocess import InputSpec
 
-CARD_NAME = "model.json"
 FORMAT_VERSION = 1
 ROLES = ("baseline", "autoencoder", "acat")
 REQUIRED_ROLES = ("baseline", "autoencoder")
@@ -295,45 +297,3 @@ def save_bundle(folder, *, models: dict, bundle_id: str, version: str, task: str
                                     "weights": name, "sha256": sha256_file(tmp / name)}
         (tmp / CARD_NAME).write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
     return folder
-
-
-#: the bundle ``acat explain`` uses without --model: the 4-class brain stroke model (SIMULATED training data)
-DEFAULT_MODEL = "brain-stroke-phantom"
-
-
-def models_dirs() -> list[Path]:
-    """Where bundled models are looked up by id: ``$ACAT_MODELS_DIR``, then the repository's
-    ``Resources/Models`` (installed with the extension)."""
-    import os
-
-    dirs = []
-    if os.environ.get("ACAT_MODELS_DIR"):
-        dirs.append(Path(os.environ["ACAT_MODELS_DIR"]))
-    dirs.append(Path(__file__).resolve().parents[1] / "Resources" / "Models")
-    return dirs
-
-
-def available_models() -> dict[str, Path]:
-    """id -> folder of every bundle found in `models_dirs` (folders holding a model.json)."""
-    found: dict[str, Path] = {}
-    for d in models_dirs():
-        if d.is_dir():
-            for card in sorted(d.glob(f"*/{CARD_NAME}")):
-                found.setdefault(card.parent.name, card.parent)
-    return found
-
-
-def resolve_model(name_or_path: Optional[str]) -> Path:
-    """A bundle folder from a path or a bundled id. Raises `ACATInputError` listing what exists."""
-    available = available_models()
-    if name_or_path is None:
-        if not available:
-            raise ACATInputError("no bundled model is installed yet; pass --model PATH to a model bundle folder")
-        return available.get(DEFAULT_MODEL) or next(iter(available.values()))
-    path = Path(name_or_path)
-    if path.exists():
-        return path
-    if name_or_path in available:
-        return available[name_or_path]
-    known = ", ".join(available) or "none installed"
-    raise ACATInputError(f"no model bundle {name_or_path!r} (bundled models: {known}); pass a folder path")

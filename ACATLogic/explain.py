@@ -36,6 +36,7 @@ map and no counterfactual volumes.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Mapping
@@ -139,6 +140,37 @@ class Explanation:
     warnings: list = field(default_factory=list)
 
 
+class _Run:
+    """The state of one `Explainer.explain` call as it goes through the pipeline's steps."""
+
+    def __init__(self, params: dict, options: ExplainOptions, volume: CTVolume, progress: ProgressCallback, cancel,
+                 batch_chunks: Optional[int]):
+        self.params, self.options, self.volume = params, options, volume
+        self.progress, self.cancel, self.batch_chunks = progress, cancel, batch_chunks
+        self.cf_progress = scaled(progress, 0.05, 0.85)
+        self.timings: dict[str, float] = {}
+        self.prepared: Optional[PreparedScan] = None
+        self.x: Optional[torch.Tensor] = None
+        self.organ: Optional[torch.Tensor] = None
+        self.shown: Optional[CounterfactualResult] = None  # the counterfactuals whose maps are shown
+        self.acat_input: Optional[torch.Tensor] = None
+        self.attention: dict = {}
+        self.classifier = "baseline"
+        self.probs = self.explained = None
+
+    def check_cancel(self) -> None:
+        if is_cancelled(self.cancel):
+            raise Cancelled("cancelled")
+
+    @contextlib.contextmanager
+    def timed(self, name: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - start
+
+
 class Explainer:
     """Runs a verified `ModelBundle` on CT volumes. ``device``: "auto", "cpu", "cuda"/"gpu", "mps"."""
 
@@ -196,66 +228,73 @@ class Explainer:
             options = (options or ExplainOptions()).replace(**changes)
         except (TypeError, ValueError) as exc:
             raise ACATInputError(str(exc)) from None
-        params = self.parameters(options)
-        timings: dict[str, float] = {}
-
-        def check_cancel():
-            if is_cancelled(cancel):
-                raise Cancelled("cancelled")
-
-        t0 = time.perf_counter()
-        progress(0.0, "preparing the scan")
-        prepared = prepare(volume, self.bundle.spec, coverage=options.coverage)
-        x = prepared.images.to(self.device)
-        organ = organ_mask(x, self.bundle.spec.organ, self.bundle.spec.hu_window) if params["organ_mask"] else None
-        timings["preprocess_s"] = time.perf_counter() - t0
-        check_cancel()
-
-        cf_progress = scaled(progress, 0.05, 0.85)
-        shown = None  # the counterfactual result whose maps are shown
-        acat_input = None
-        if options.method == "counterfactual" or self.acat is not None:
-            t1 = time.perf_counter()
-            trained = self.parameters(self.trained_options)  # how the bundle's ACAT classifier saw its maps
-            if options.method == "counterfactual" and options.saliency_classifier == "baseline":
-                shown = self._counterfactual(self.fast_baseline, x, params, organ, batch_chunks, cf_progress, cancel)
-            if self.acat is not None:
-                same = shown is not None and all(params[k] == trained[k] for k in trained if k != "method")
-                source = shown if same else self._counterfactual(
-                    self.fast_baseline, x, trained, organ if trained["organ_mask"] else None, batch_chunks,
-                    cf_progress if shown is None else no_progress, cancel)
-                acat_input = source.class_agnostic("per_scan")
-            timings["counterfactual_s"] = time.perf_counter() - t1
-        check_cancel()
-
-        t2 = time.perf_counter()
-        with torch.no_grad(), frozen(self.baseline, self.acat):
-            if self.acat is not None:
-                logits = self.acat(x, acat_input)
-                classifier_name = "acat"
-            else:
-                logits = self.baseline(x)
-                classifier_name = "baseline"
-            probs = F.softmax(logits.float(), dim=-1).mean(dim=0).cpu()
-            attention = self.acat.attention_maps() if self.acat is not None else {}
-            explained = probs  # the explained classifier's reading of the real image (the metrics' "original")
-            if self.acat is not None and options.saliency_classifier == "baseline":
-                explained = F.softmax(self.fast_baseline(x).float(), dim=-1).mean(dim=0).cpu()
-        timings["classify_s"] = time.perf_counter() - t2
-        check_cancel()
-
+        run = _Run(self.parameters(options), options, volume, progress, cancel, batch_chunks)
+        self._prepare(run)
+        self._counterfactuals_and_acat_input(run)
+        self._classify(run)
         if options.method == "counterfactual" and options.saliency_classifier == "acat":
-            t3 = time.perf_counter()  # ACAT reads (scan, saliency): its saliency input stays fixed
-            shown = self._counterfactual(self.acat, x, params, organ, batch_chunks, cf_progress, cancel,
-                                         context=acat_input.detach())
-            timings["counterfactual_acat_s"] = time.perf_counter() - t3
+            with run.timed("counterfactual_acat_s"):  # ACAT reads (scan, saliency): its saliency input stays fixed
+                run.shown = self._counterfactual(self.acat, run.x, run.params, run.organ, batch_chunks,
+                                                 run.cf_progress, cancel, context=run.acat_input.detach())
+        with run.timed("map_back_s"):
+            explanation = self._explanation(run)
+        explanation.timings = {k: round(v, 4) for k, v in run.timings.items()}
+        progress(1.0, "done")
+        return explanation
 
-        t4 = time.perf_counter()
-        label_id = int(probs.argmax())
+    # ---------------------------------------------------------------------------------------------
+    def _prepare(self, run: "_Run") -> None:
+        """Model-space chunks of the scan and the organ mask (pipeline step 1)."""
+        with run.timed("preprocess_s"):
+            run.progress(0.0, "preparing the scan")
+            run.prepared = prepare(run.volume, self.bundle.spec, coverage=run.options.coverage)
+            run.x = run.prepared.images.to(self.device)
+            if run.params["organ_mask"]:
+                run.organ = organ_mask(run.x, self.bundle.spec.organ, self.bundle.spec.hu_window)
+        run.check_cancel()
+
+    def _counterfactuals_and_acat_input(self, run: "_Run") -> None:
+        """The counterfactuals shown (baseline explained) and the class-agnostic map an ACAT classifier reads,
+        made as in its training; one optimisation serves both when the parameters agree (step 2)."""
+        options = run.options
+        if options.method != "counterfactual" and self.acat is None:
+            return
+        with run.timed("counterfactual_s"):
+            if options.method == "counterfactual" and options.saliency_classifier == "baseline":
+                run.shown = self._counterfactual(self.fast_baseline, run.x, run.params, run.organ, run.batch_chunks,
+                                                 run.cf_progress, run.cancel)
+            if self.acat is not None:
+                trained = self.parameters(self.trained_options)
+                same = run.shown is not None and all(run.params[k] == trained[k] for k in trained if k != "method")
+                source = run.shown if same else self._counterfactual(
+                    self.fast_baseline, run.x, trained, run.organ if trained["organ_mask"] else None,
+                    run.batch_chunks, run.cf_progress if run.shown is None else no_progress, run.cancel)
+                run.acat_input = source.class_agnostic("per_scan")
+        run.check_cancel()
+
+    def _classify(self, run: "_Run") -> None:
+        """The prediction (ACAT when the bundle has it), its attention maps, and the explained classifier's
+        reading of the real image (step 3)."""
+        with run.timed("classify_s"), torch.no_grad(), frozen(self.baseline, self.acat):
+            if self.acat is not None:
+                logits, run.classifier = self.acat(run.x, run.acat_input), "acat"
+                run.attention = self.acat.attention_maps()
+            else:
+                logits, run.classifier = self.baseline(run.x), "baseline"
+            run.probs = F.softmax(logits.float(), dim=-1).mean(dim=0).cpu()
+            run.explained = run.probs  # the metrics' "original prediction" of the explained classifier
+            if self.acat is not None and run.options.saliency_classifier == "baseline":
+                run.explained = F.softmax(self.fast_baseline(run.x).float(), dim=-1).mean(dim=0).cpu()
+        run.check_cancel()
+
+    def _explanation(self, run: "_Run") -> Explanation:
+        """The map shown, the counterfactual and attention volumes, on the input grid (steps 4-5)."""
+        prepared, params, organ, volume = run.prepared, run.params, run.organ, run.volume
+        label_id = int(run.probs.argmax())
         explanation = Explanation(
-            label=self.labels[label_id], probabilities={n: float(p) for n, p in zip(self.labels, probs)},
-            class_names=list(self.labels), method=options.method, parameters=params, classifier=classifier_name,
-            explained_probabilities={n: float(p) for n, p in zip(self.labels, explained)},
+            label=self.labels[label_id], probabilities={n: float(p) for n, p in zip(self.labels, run.probs)},
+            class_names=list(self.labels), method=run.options.method, parameters=params, classifier=run.classifier,
+            explained_probabilities={n: float(p) for n, p in zip(self.labels, run.explained)},
             saliency=volume, preprocessing={"geometry": prepared.geometry.to_dict(),
                                             "input": self.bundle.spec.to_dict(),
                                             "chunks": int(prepared.slice_index.shape[0]),
@@ -266,30 +305,26 @@ class Explainer:
         if organ is not None and not bool(organ.any()):
             explanation.warnings.append(f"no {self.bundle.spec.organ} was found in the scan: the map is empty "
                                         "(check that this is the kind of scan the model reads)")
-        if options.method == "counterfactual":
-            saliency_model, params["saliency_map"] = self._shown_map(shown, params["output"])
+        if run.options.method == "counterfactual":
+            saliency_model, params["saliency_map"] = self._shown_map(run.shown, params["output"])
             explanation.counterfactuals = LazyVolumes({})
-            self._add_counterfactuals(explanation, prepared, shown, volume)
+            self._add_counterfactuals(explanation, prepared, run.shown, volume)
         else:
-            check_cancel()
-            t5 = time.perf_counter()
-            saliency_model = self._comparison_method(options.method, x, label_id, params["output"], organ)
-            params["saliency_map"] = options.method
-            timings["saliency_s"] = time.perf_counter() - t5
+            run.check_cancel()
+            with run.timed("saliency_s"):
+                saliency_model = self._comparison_method(run.options.method, run.x, label_id, params["output"], organ)
+            params["saliency_map"] = run.options.method
         saliency = prepared.to_input_grid(saliency_model[:, :, 0])
         explanation.saliency = volume.with_voxels(np.clip(saliency, 0, 1, out=saliency))  # in place: one volume
         explanation.saliency.metadata.pop("series_selection", None)
         explanation.attention = LazyVolumes({})
-        for name, mask in attention.items():
+        for name, mask in run.attention.items():
             if name == "slices":
                 explanation.slice_weights = mask.cpu().tolist()
                 continue
             up = F.interpolate(mask.flatten(0, 1).float(), size=self.bundle.spec.size, mode="bilinear",
                                align_corners=False).view(mask.shape[0], mask.shape[1], *self.bundle.spec.size)
             explanation.attention[name] = lambda up=up.cpu(): volume.with_voxels(prepared.to_input_grid(up))
-        timings["map_back_s"] = time.perf_counter() - t4
-        explanation.timings = {k: round(v, 4) for k, v in timings.items()}
-        progress(1.0, "done")
         return explanation
 
     # ---------------------------------------------------------------------------------------------

@@ -173,7 +173,7 @@ def saliency_hit(saliency: np.ndarray, territory_map: np.ndarray, lesion_territo
 
     Args:
         saliency: (K, J, I) saliency map on the scan's grid.
-        territory_map: (K, J, I) integer territory ids (1..6, `training.phantom.common.TERRITORIES`;
+        territory_map: (K, J, I) integer territory ids (1..6, `ACATData.phantom.common.TERRITORIES`;
             0 = outside every territory), on the same grid.
         lesion_territory_ids: the territories that hold a lesion of this scan. Must not be empty: only
             scans with a lesion are scored (a scan without one has nothing to hit).

@@ -1,8 +1,9 @@
 """ACAT Explain: what a CT classifier sees, as overlays and counterfactual volumes in 3D Slicer.
 
-Slicer's scripted-module template order: module, parameter node, widget, logic, test. The module is
-thin: MRML work lives in ACATSlicerLib/ (tested headless), the science in ACATLogic/ (run in a
-background PythonSlicer process, so the GUI never freezes).
+Slicer's scripted-module template order: module, parameter node, widget, logic, test. The module is thin:
+the widget talks to the logic only, which is ACATSlicerLib's `ExplainController` (shared with the web viewer,
+tested headless) plus the parameter node; the science (ACATLogic) runs as ``acat explain`` in a background
+PythonSlicer process, so the GUI never freezes.
 """
 
 import logging
@@ -25,9 +26,12 @@ from slicer.util import VTKObservationMixin
 
 from ACATSlicerLib import dependencies, display, paths, sample_data, selftest
 from ACATSlicerLib.controller import ExplainController
+from ACATSlicerLib.layout import ViewOptions
+from ACATSlicerLib.request import MODEL_DEFAULT, ExplainRequest
 from ACATSlicerLib.runner import CANCELLED, SUCCEEDED, ExplainProcess
-from ACATSlicerLib.session import ViewOptions
-from ACATSlicerLib.settings import DEVICES, METHODS, MODEL_DEFAULT, ExplainSettings
+
+paths.ensureACATLogicImportable()
+from ACATLogic.options import DEVICES, METHODS, REFERENCES, ExplainOptions  # noqa: E402 - stdlib only, no torch
 
 RESEARCH_USE = "Research use only - not for diagnosis or any clinical decision."
 PAPER = ('Fontanella A. et al., "ACAT: Adversarial Counterfactual Attention for Classification and Detection '
@@ -75,7 +79,7 @@ def registerSampleData() -> None:
 
 @parameterNodeWrapper
 class ACATSlicerParameterNode:
-    """The panel's state, saved with the scene. 0 for steps/alpha/stepSize means "the model's default"."""
+    """The panel's state, saved with the scene. Its explain options are `ExplainOptions` fields, camelCase."""
 
     inputVolume: vtkMRMLScalarVolumeNode
     model: str = ""  # a bundle folder; the model selector is filled from the bundles found
@@ -85,7 +89,7 @@ class ACATSlicerParameterNode:
     alpha: Annotated[float, WithinRange(0.0, 10000.0)] = 0.0
     stepSize: Annotated[float, WithinRange(0.0, 10.0)] = 0.0
     targets: str = ""
-    reference: Annotated[str, Choice([MODEL_DEFAULT, "reconstruction", "image"])] = MODEL_DEFAULT
+    reference: Annotated[str, Choice([MODEL_DEFAULT, *REFERENCES])] = MODEL_DEFAULT
     opacity: Annotated[float, WithinRange(0.0, 1.0)] = display.DEFAULT_OPACITY
     thresholdPercentile: Annotated[float, WithinRange(0.0, 99.9)] = display.DEFAULT_PERCENTILE
     lesionMask: Union[vtkMRMLLabelMapVolumeNode, vtkMRMLSegmentationNode]
@@ -112,7 +116,6 @@ class ACATSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = ACATSlicerLogic()
-        self.explainer = self.logic.controller
         self.ui.researchUseLabel.text = _(RESEARCH_USE)
 
         self._timer = qt.QTimer()
@@ -133,7 +136,7 @@ class ACATSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._setRunning(False)
 
     def cleanup(self) -> None:
-        self.explainer.cancel()
+        self.logic.cancel()
         self.removeObservers()
 
     def enter(self) -> None:
@@ -143,7 +146,7 @@ class ACATSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.setParameterNode(None)
 
     def onSceneStartClose(self, caller, event) -> None:
-        self.explainer.cancel()
+        self.logic.cancel()
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
@@ -169,16 +172,16 @@ class ACATSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onParameterNodeModified(self, caller=None, event=None) -> None:
         p = self._parameterNode
         ready = bool(p and p.inputVolume and p.model)
-        self.ui.explainButton.enabled = ready and not self.explainer.running
+        self.ui.explainButton.enabled = ready and not self.logic.running
         self.ui.explainButton.toolTip = _("Explain the prediction") if ready else _("Select a CT volume and a model")
         if p:
-            self.explainer.updateDisplay(p.opacity, p.thresholdPercentile)
+            self.logic.updateDisplay(p.opacity, p.thresholdPercentile)
 
     def refreshModels(self, select: str = "") -> None:
         self.ui.modelSelector.blockSignals(True)
         self.ui.modelSelector.clear()
-        for choice in self.explainer.modelChoices():
-            self.ui.modelSelector.addItem(choice.title, choice.path)
+        for choice in self.logic.modelChoices():
+            self.ui.modelSelector.addItem(choice.title, str(choice.path))
         self.ui.modelSelector.blockSignals(False)
         wanted = select or (self._parameterNode.model if self._parameterNode else "")
         index = self.ui.modelSelector.findData(wanted) if wanted else -1
@@ -195,7 +198,7 @@ class ACATSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         with slicer.util.tryWithErrorDisplay(_("This folder is not a valid ACAT model bundle."), waitCursor=True):
             if self.ensureDependencies():
-                self.refreshModels(select=self.explainer.addModel(folder).path)
+                self.refreshModels(select=str(self.logic.addModel(folder).path))
 
     def ensureDependencies(self) -> bool:
         """True when every package is present; else list them, ask once, install with progress."""
@@ -247,7 +250,7 @@ class ACATSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._timer.start()
 
     def onCancelButton(self) -> None:
-        self.explainer.cancel()
+        self.logic.cancel()
         self._timer.stop()
         self._setRunning(False)
         self.ui.statusLabel.text = _("Cancelled: the scene was left unchanged.")
@@ -258,7 +261,7 @@ class ACATSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.statusLabel.text = f"{event.message}{eta}"
 
     def onTimer(self) -> None:
-        outcome = self.explainer.poll()
+        outcome = self.logic.poll()
         if outcome is None:
             return
         self._timer.stop()
@@ -272,13 +275,13 @@ class ACATSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def offerCpuRetry(self, outcome) -> bool:
         """Out of GPU memory: ask once whether to run again on the CPU; True if that run started."""
-        if not self.explainer.shouldOfferCpuRetry(outcome) or not slicer.util.confirmYesNoDisplay(
+        if not self.logic.shouldOfferCpuRetry(outcome) or not slicer.util.confirmYesNoDisplay(
                 _("The GPU ran out of memory while explaining this volume:\n{message}\n\nRun the same explanation "
                   "on the CPU instead? It is slower but needs no GPU memory.").format(message=outcome.errorMessage),
                 windowTitle=_("Out of GPU memory")):
             return False
         with slicer.util.tryWithErrorDisplay(_("Cannot start the explanation on the CPU.")):
-            self.explainer.retryOnCpu(onProgress=self.onProgress)
+            self.logic.retryOnCpu(onProgress=self.onProgress)
             self._parameterNode.device = "cpu"  # what ran; the next Explain stays on the CPU too
             self._started()
             return True
@@ -299,11 +302,11 @@ class ACATSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onAttentionMaskSelected(self, index=None) -> None:
         with slicer.util.tryWithErrorDisplay(_("Cannot show the attention mask.")):
-            self.explainer.showOverlay(self.ui.attentionMaskSelector.currentData or "", self._parameterNode.opacity)
+            self.logic.showOverlay(self.ui.attentionMaskSelector.currentData or "", self._parameterNode.opacity)
 
     def onLocalisationButton(self) -> None:
         with slicer.util.tryWithErrorDisplay(_("Cannot score the localisation."), waitCursor=True):
-            score = self.explainer.scoreLocalisation(self._parameterNode.lesionMask)
+            score = self.logic.scoreLocalisation(self._parameterNode.lesionMask)
             hit = _("n/a") if score["hit"] is None else (_("yes") if score["hit"] else _("no"))
             self.ui.localisationLabel.text = _("Hit: {hit}   IoU: {iou:.2f}   Dice: {dice:.2f}").format(
                 hit=hit, iou=score["iou"], dice=score["dice"])
@@ -313,7 +316,7 @@ class ACATSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if not folder:
             return
         with slicer.util.tryWithErrorDisplay(_("Cannot export the results."), waitCursor=True):
-            files = self.explainer.exportResults(Path(folder) / "ACAT results")
+            files = self.logic.exportResults(Path(folder) / "ACAT results")
             self.ui.statusLabel.text = _("Exported {count} files to {folder}").format(count=len(files),
                                                                                        folder=files[0].parent)
 
@@ -323,8 +326,8 @@ class ACATSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if running:
             self.ui.progressBar.value = 0
         self.onParameterNodeModified()
-        self.ui.exportButton.enabled = self.explainer.result is not None
-        self.ui.localisationButton.enabled = self.explainer.result is not None
+        self.ui.exportButton.enabled = self.logic.result is not None
+        self.ui.localisationButton.enabled = self.logic.result is not None
 
 
 #
@@ -332,28 +335,27 @@ class ACATSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 #
 
 
-class ACATSlicerLogic(ScriptedLoadableModuleLogic):
-    """The panel's work without the panel (batch mode, the self-test): converts the parameter node and
-    delegates to `ExplainController` (ACATSlicerLib), which does everything else without Qt.
-    ``runnerFactory`` makes the background-process runner (default: ``PythonSlicer -m ACATLogic.cli.main``)."""
+class ACATSlicerLogic(ExplainController, ScriptedLoadableModuleLogic):
+    """The panel's work without the panel (batch mode, the self-test): ACATSlicerLib's `ExplainController` on
+    ``slicer.mrmlScene`` (tested headless) plus the parameter node. ``runnerFactory`` makes the background
+    runner (default: ``PythonSlicer -m ACATCli explain ...``)."""
 
     def __init__(self, runnerFactory=ExplainProcess) -> None:
-        ScriptedLoadableModuleLogic.__init__(self)
-        paths.ensureACATLogicImportable()
-        self.controller = ExplainController(slicer.mrmlScene, runnerFactory)
+        ExplainController.__init__(self, slicer.mrmlScene, runnerFactory)
+        ScriptedLoadableModuleLogic.__init__(self)  # its super().__init__() is object's: the controller is first
 
     def getParameterNode(self):
         return ACATSlicerParameterNode(super().getParameterNode())
 
     def startExplain(self, p: ACATSlicerParameterNode, onProgress=None) -> None:
-        """Start in the background; poll ``controller.poll()`` (a timer) until it returns the outcome."""
-        options = ViewOptions(opacity=p.opacity, percentile=p.thresholdPercentile)
-        self.controller.start(p.inputVolume, ExplainSettings.fromParameters(p), options, onProgress)
+        """Start in the background; poll `poll` (a timer) until it returns the outcome."""
+        view = ViewOptions(opacity=p.opacity, percentile=p.thresholdPercentile)
+        self.start(p.inputVolume, ExplainRequest.fromPanel(p), view, onProgress)
 
     def explain(self, p: ACATSlicerParameterNode, timeoutS: float = 3600.0, onProgress=None):
         """Batch mode: run to the end and return the outcome (results loaded and shown on success)."""
         self.startExplain(p, onProgress)
-        return self.controller.wait(timeoutS)
+        return self.wait(timeoutS)
 
 
 #
@@ -383,7 +385,7 @@ class ACATSlicerTest(ScriptedLoadableModuleTest):
         self._tmp = tempfile.TemporaryDirectory()
         self.addCleanup(self._tmp.cleanup)
         bundle = makeTinyBundle(Path(self._tmp.name) / "model", steps)
-        return ACATSlicerLogic().controller, volume, ExplainSettings(model=str(bundle), device="cpu")
+        return ACATSlicerLogic(), volume, ExplainRequest(str(bundle), ExplainOptions(device="cpu"))
 
     def test_ExplainGeneratedCase(self) -> None:
         self.delayDisplay("Explaining the generated head CT (Sample Data) with a tiny random model")

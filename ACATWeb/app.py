@@ -3,8 +3,9 @@
 Built on Kitware's trame-slicer: a `SlicerApp` (scene + Slicer logics), remote-rendered slice and 3D
 views, and its `LayoutManager`. Two layouts: "explore" (axial, 3D, coronal, sagittal) while a CT is
 looked at, and "results" (the axial view with the overlay beside the counterfactual, linked; coronal,
-sagittal and 3D below). Every page action calls `ViewerSession`; the explanation runs in a background
-process that an asyncio task polls, so the page stays responsive and Cancel works at any time.
+sagittal and 3D below). Every page action calls `ViewerSession` (the views) or its controller (the run,
+ACATSlicerLib's `ExplainController`, as in the Slicer module); the explanation runs in a background process
+that an asyncio task polls, so the page stays responsive and Cancel works at any time.
 """
 
 from __future__ import annotations
@@ -27,10 +28,12 @@ from trame_slicer.views import Layout, LayoutDirection, ViewLayoutDefinition
 from trame_vuetify.ui.vuetify3 import SinglePageWithDrawerLayout
 from vtkmodules.vtkCommonCore import vtkCommand
 
+from ACATLogic import catalogue
+from ACATLogic.errors import ACATInputError
+from ACATLogic.options import METHODS, ExplainOptions
 from ACATSlicerLib import display
-from ACATSlicerLib.controller import ExplainController
+from ACATSlicerLib.controller import AlreadyRunning, ExplainController
 from ACATSlicerLib.runner import CANCELLED, SUCCEEDED
-from ACATSlicerLib.settings import METHODS
 
 from . import demo_case, download, session, summary
 
@@ -76,8 +79,8 @@ class ViewerApp(TrameApp):
         self.layout_manager.register_layout_dict(layouts())
         self.layout_manager.set_layout(EXPLORE)
 
-        controller = ExplainController(self.slicer_app.scene, workRoot=self.private_dir / "work")
-        self.session = session.ViewerSession(self.slicer_app.scene, controller)
+        self.controller = ExplainController(self.slicer_app.scene, workRoot=self.private_dir / "work")
+        self.session = session.ViewerSession(self.slicer_app.scene, self.controller)
         self._task = None
         self._needs_fit: set = set()  # slice views to fit to the CT when the page next resizes them
         self._focus_ras = None  # where the results put the slices (RAS mm), kept through those fits
@@ -91,20 +94,18 @@ class ViewerApp(TrameApp):
 
     # -- state -------------------------------------------------------------------------------------
     def _model_items(self, model: Optional[str]) -> tuple[list, str]:
-        controller = self.session.controller
-        selected = ""
-        if model:
-            if Path(model).expanduser().is_dir():
-                selected = controller.addModel(Path(model).expanduser().resolve()).path
-            else:
-                selected = next((c.path for c in controller.modelChoices() if c.id == model), "")
-                if not selected:
-                    from ACATLogic.errors import ACATInputError
-                    raise ACATInputError(f"no bundled model has the id {model!r}; give a bundle folder instead")
-        choices = controller.modelChoices()
-        if not selected and choices:
-            selected = next((c.path for c in choices if c.id == "brain-stroke-phantom"), choices[0].path)
-        return [{"title": c.title, "value": c.path} for c in choices], selected
+        """The page's model list (ACATLogic's catalogue, then ``model`` if it is a folder outside it) and the
+        one selected: ``model`` resolved as ``acat explain --model`` does (a folder, a card id or a folder
+        name), else the catalogue's default. Raises ACATInputError for an unknown model."""
+        try:
+            folder = catalogue.resolve_model(str(Path(model).expanduser()) if model else None)
+        except ACATInputError:
+            if model:
+                raise
+            return [], ""  # nothing installed: the page says so
+        offered = {Path(c.path).resolve(): str(c.path) for c in self.controller.modelChoices()}
+        selected = offered.get(folder.resolve()) or str(self.controller.addModel(folder).path)  # verified first
+        return [{"title": c.title, "value": str(c.path)} for c in self.controller.modelChoices()], selected
 
     def _init_state(self, model, input_path) -> None:
         items, selected = self._model_items(model)
@@ -182,10 +183,10 @@ class ViewerApp(TrameApp):
 
     # -- explain -----------------------------------------------------------------------------------
     def explain(self) -> None:
-        if self.session.running:
-            return  # one explanation at a time: a second click (or a client's call) is ignored
         try:
-            self.session.start(self.state.model, self.state.method)
+            self.session.explain(self.state.model, ExplainOptions(method=self.state.method))
+        except AlreadyRunning:
+            return  # one explanation at a time: a second click (or a client's call) is ignored
         except (ValueError, TypeError, OSError, RuntimeError) as exc:
             self.state.error = _one_line(exc)
             return
@@ -194,21 +195,18 @@ class ViewerApp(TrameApp):
         self._task = create_task(self._watch())
 
     def cancel(self) -> None:
-        self.session.cancel()
+        self.controller.cancel()
 
     async def _watch(self) -> None:
         while True:
-            outcome = self.session.poll()
-            event = self.session.progress
+            outcome = self.controller.poll()  # also the outcome of a Cancel from the page
+            event = self.controller.progress
             with self.state:
                 if event is not None:
                     eta = f", about {event.etaS:.0f} s left" if event.etaS else ""
                     self.state.progress = round(100 * event.fraction, 1)
                     self.state.progress_text = f"{event.message or event.stage}{eta}"
             if outcome is not None:
-                break
-            if not self.session.running and self.session.outcome is not None:
-                outcome = self.session.outcome  # cancelled from the page
                 break
             await asyncio.sleep(POLL_INTERVAL_S)
         if outcome.state == SUCCEEDED:
@@ -269,7 +267,7 @@ class ViewerApp(TrameApp):
     def close(self) -> None:
         """Stop a running explanation and delete the private folder (inputs written, results, downloads)."""
         try:
-            self.session.cancel()
+            self.controller.cancel()
         finally:
             shutil.rmtree(self.private_dir, ignore_errors=True)
 

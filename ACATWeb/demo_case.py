@@ -1,6 +1,6 @@
 """The bundled demo case, made on request: the real Cranium head CT with a simulated left MCA infarct.
 
-It is generated (``training.phantom.demo``, ~15 s) into the viewer's private folder the first time the
+It is generated (``ACATData.phantom.demo``, ~15 s) into the viewer's private folder the first time the
 user picks it, then reused; nothing is downloaded. The image is a CT DICOM series labelled SIMULATED.
 """
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 def demo_case_image(folder: Path, side: str = "left") -> Path:
     """The demo case's image (a DICOM series folder) under ``folder``, written if it is not there yet."""
-    from training.phantom.demo import write_demo_case
+    from ACATData.phantom.demo import write_demo_case
 
     folder = Path(folder) / f"demo-{side}"
     images = sorted(folder.glob("cases/*/image"))

@@ -38,7 +38,7 @@ def view_url(host: str, port: int) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    """The ``acat view`` handler (called by ``ACATLogic.cli``)."""
+    """The ``acat view`` handler (called by ``ACATCli``)."""
     from ACATLogic.errors import ACATInputError
 
     host = args.host or LOOPBACK

@@ -1,11 +1,12 @@
 """The viewer's work on one MRML scene, without trame: open a CT, explain it, show and package the results.
 
 Everything a page action does to the scene is here, so that it runs - and is tested - on a headless
-scene with no web server (Testing/test_web_session.py). The explanation itself is ACATSlicerLib's
-`ExplainController` (the Slicer module's logic): the input is written as NRRD, ``acat explain`` runs
-in a background process, `poll` is called by the page's polling task and never blocks, Cancel kills
-the process tree. The display code (heat overlay, percentile threshold, side-by-side, linked slices)
-is ACATSlicerLib's too; this file only decides which volume goes in which view.
+scene with no web server (Testing/test_web_session.py). The run itself is ACATSlicerLib's
+`ExplainController` (the Slicer module's logic), used as it is: the input is written as NRRD, ``acat
+explain`` runs in a background process, the page's polling task calls ``controller.poll`` (it never
+blocks), Cancel kills the process tree; when a run succeeds the controller hands its result to
+`ViewerSession`, which shows it. The display code (heat overlay, percentile threshold, side-by-side,
+linked slices) is ACATSlicerLib's too; this file only decides which volume goes in which view.
 
 View names are the slice nodes' layout names: the three input views and the counterfactual view that
 the results layout puts beside the axial one.
@@ -21,11 +22,11 @@ from typing import Optional
 import numpy as np
 
 import slicer
+from ACATLogic.options import ExplainOptions
 from ACATSlicerLib import display, hierarchy, layout
 from ACATSlicerLib.controller import ExplainController
-from ACATSlicerLib.runner import SUCCEEDED, ProgressEvent
-from ACATSlicerLib.session import SessionOutcome, ViewOptions
-from ACATSlicerLib.settings import ExplainSettings
+from ACATSlicerLib.layout import ViewOptions
+from ACATSlicerLib.request import ExplainRequest
 from ACATSlicerLib.volume_nodes import addVolumeNodeFromCTVolume, ijkToRasArray
 
 from . import download, summary
@@ -61,8 +62,9 @@ def describe_volume(volume) -> str:
 
 
 class ViewerSession:
-    """``scene``: the MRML scene of the views; ``controller``: ACATSlicerLib's (inject one with a fake
-    runner in tests); ``work_root``: where the background runs' temporary folders go."""
+    """``scene``: the MRML scene of the views; ``controller``: the run (ACATSlicerLib's `ExplainController`;
+    a test injects one with a fake runner), which the page polls and cancels directly; ``work_root``: where
+    the background runs' temporary folders go when no controller is given."""
 
     def __init__(self, scene, controller: Optional[ExplainController] = None, work_root: Optional[Path] = None,
                  counterfactual_view: str = COUNTERFACTUAL_VIEW):
@@ -75,15 +77,11 @@ class ViewerSession:
         self.right = ""  # what the counterfactual view shows: "counterfactual:<class>" or "difference:<class>"
         self.opacity = display.DEFAULT_OPACITY
         self.percentile = display.DEFAULT_PERCENTILE
-        self.progress: Optional[ProgressEvent] = None
-        self.outcome: Optional[SessionOutcome] = None
-        self._waiting = False  # a run was started and its outcome not yet taken
         self._mirror: Optional[SliceMirror] = None  # the axial and counterfactual views, linked
 
     # -- input -------------------------------------------------------------------------------------
     def show_input(self, volume, name: str = "CT"):
         """Replace the input (and any results) with ``volume`` (a CTVolume), shown in every input view."""
-        self.cancel()
         self.clear()
         self.input_node = addVolumeNodeFromCTVolume(self.scene, volume, name)
         self.set_window(self.window)
@@ -95,15 +93,15 @@ class ViewerSession:
         return self.input_node
 
     def clear(self) -> None:
-        """Remove the input, its results and their display/storage nodes."""
+        """Cancel any run; remove the input, its results and their display/storage nodes."""
+        self.controller.forget()
         for folder in hierarchy.findResultFolders(self.scene):
             hierarchy.removeResultFolder(self.scene, folder)
         if self.input_node is not None and self.input_node.GetScene() is not None:
             # item, node, then its display/storage nodes: a shown volume whose display node goes first
             # gets a new default one from the slice layer logic, which would be left behind
             hierarchy.removeNodeAndOwned(self.scene, self.input_node)
-        self.input_node, self.outcome, self.progress = None, None, None
-        self.controller.result, self.overlay, self.right = None, summary.SALIENCY, ""
+        self.input_node, self.overlay, self.right = None, summary.SALIENCY, ""
 
     def set_window(self, window: str) -> None:
         """One of `WINDOWS` or "auto"; applied to the input and the counterfactuals (same grey levels)."""
@@ -125,51 +123,27 @@ class ViewerSession:
 
     # -- explain -----------------------------------------------------------------------------------
     @property
-    def running(self) -> bool:
-        return self.controller.running
-
-    @property
     def result(self):
         """ACATSlicerLib's `ExplanationNodes` of the last successful run, or None."""
         return self.controller.result
 
-    def start(self, model: str, method: str = "counterfactual", device: str = "auto") -> None:
-        """Start explaining the input in the background. Raises ValueError for a missing input or model,
-        RuntimeError while a run goes on (which is left as it was: one run at a time, never two mixed)."""
-        if self.running:
-            raise RuntimeError("an explanation is already running; wait for it or cancel it first")
+    def explain(self, model: str, options: Optional[ExplainOptions] = None) -> None:
+        """Start explaining the input in the background (``options``: `ACATLogic.options.ExplainOptions`,
+        default: all defaults); the page polls ``controller.poll`` and the result is shown when it succeeds.
+        Raises ValueError for a missing input or model, the controller's `AlreadyRunning` while a run goes on
+        (which is left as it was: one run at a time, never two mixed)."""
         if self.input_node is None:
             raise ValueError("open a CT first")
-        settings = ExplainSettings(model=model, method=method, device=device)
-        self.progress, self.outcome = None, None
-        options = ViewOptions(show=False, opacity=self.opacity, percentile=self.percentile, sideBySide=False)
-        self.controller.start(self.input_node, settings, options, onProgress=self._on_progress)
-        self._waiting = True
+        view = ViewOptions(show=False, opacity=self.opacity, percentile=self.percentile, sideBySide=False)
+        request = ExplainRequest(model, options or ExplainOptions())
+        self.controller.start(self.input_node, request, view, onResult=self._show_new_result)
 
-    def _on_progress(self, event: ProgressEvent) -> None:
-        self.progress = event
-
-    def poll(self) -> Optional[SessionOutcome]:
-        """None while the run goes on; then its outcome, with the results shown when it succeeded."""
-        if not self._waiting:
-            return self.outcome
-        outcome = self.controller.poll()
-        if outcome is None:
-            return None
-        self.outcome, self._waiting = outcome, False
-        if outcome.state == SUCCEEDED:
-            choices = summary.view_choices(self.result)
-            self.overlay = summary.SALIENCY
-            self.right = choices["right_default"]
-            self.show_results()
-            self.focus_on_overlay()
-        return outcome
-
-    def cancel(self) -> None:
-        if self.running:
-            self.controller.cancel()
-            self.outcome = self.controller.session.outcome
-        self._waiting = False
+    def _show_new_result(self, result) -> None:
+        """A run succeeded: the saliency over the CT, the default counterfactual beside it, slices on the map."""
+        self.overlay = summary.SALIENCY
+        self.right = summary.view_choices(result)["right_default"]
+        self.show_results()
+        self.focus_on_overlay()
 
     # -- display -----------------------------------------------------------------------------------
     def overlay_node(self):

@@ -1,8 +1,10 @@
 """The bad-input corpus (issue 9): real broken files that packages ship, plus inputs we construct.
 
-Each case builds its input under a scratch folder, runs the installed ``acat`` for real in a
-subprocess (``acat info --json INPUT``, or ``acat explain INPUT --out OUT``) with a time limit, and
-judges the run. Expected is one of:
+Each case builds its input under a scratch folder, runs ``acat info --json INPUT`` (or ``acat explain
+INPUT --out OUT``) and judges the run. The script below runs the installed ``acat`` in a subprocess for
+every case, with a time limit; the tests do so for the `END_TO_END` cases and call ``acat``'s ``main()``
+in their own process for the others (the same code and the same judge, with stdout and stderr captured
+down to the file descriptors, without a Python start-up per case). Expected is one of:
 
 * a correct result: exit 0 and the geometry the case knows independently (size, spacing, origin,
   direction; from the volume that was written, or from SimpleITK's own GDCM/NRRD readers);
@@ -24,7 +26,9 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import contextlib
 import hashlib
+import io
 import json
 import os
 import re
@@ -43,7 +47,8 @@ import numpy as np
 import pydicom
 import SimpleITK as sitk
 
-from ACATLogic import CTVolume, sample_data, write_dicom_series, write_volume
+from ACATData import sample_data
+from ACATLogic import CTVolume, write_dicom_series, write_volume
 from ACATLogic.io.itk_files import write_itk_file
 
 INFO_TIMEOUT_S = 120  # far above the slowest case (2000 slices: ~10 s on a busy 2-core machine)
@@ -67,6 +72,15 @@ class Built:
     names: Optional[Path] = None
 
 
+#: The cases the tests run as the installed ``acat`` in a subprocess too: the command's exit code and one-line
+#: contract end to end (refusals and reads of DICOM and of a missing path, both ``acat explain``s), and the
+#: inputs that once hung or crashed the interpreter (named pipes, symlink loops, ITK's NRRD and NIfTI
+#: readers, the gzip bomb), which only a separate process with a time limit can guard.
+END_TO_END = {"pkg-mr", "pkg-small-ct-series", "missing-path", "explain-ok", "explain-truncated-slice",
+              "fifo-in-series", "fifo-alone", "nhdr-data-fifo", "symlink-loop-dir", "symlink-loop-file",
+              "nrrd-ascii-binary", "nrrd-gzip-bomb", "nifti-bad-dim", "nifti-sform-inf", "nrrd-long-field"}
+
+
 @dataclass(frozen=True)
 class Case:
     id: str
@@ -78,6 +92,10 @@ class Case:
     match: str = ""
     command: str = "info"  # or "explain"
     also: str = ""  # an in-process test of the same input, where one exists
+
+    @property
+    def end_to_end(self) -> bool:
+        return self.id in END_TO_END
 
 
 @dataclass
@@ -795,30 +813,79 @@ def _check_geometry(report: dict, expected: dict, atol_mm: float) -> list[str]:
     return problems
 
 
-def run_case(case: Case, built: Built, corpus: Corpus) -> Outcome:
-    """Run ``acat`` on a built case in a subprocess and judge it (see the module docstring)."""
+def run_in_process(argv: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    """``acat ARGV`` through ``ACATCli.main.main`` in this process, in ``cwd``: its exit code, and what it wrote
+    on stdout and stderr - Python's and C libraries' (file descriptors 1 and 2) - as a subprocess would see.
+    An exception escaping ``main`` is a crash: exit 1 and its traceback on stderr."""
+    import traceback
+
+    from ACATCli.main import main
+
+    py_out, py_err = io.StringIO(), io.StringIO()
+    saved, old_cwd = (os.dup(1), os.dup(2)), os.getcwd()
+    with tempfile.TemporaryFile() as fd_out, tempfile.TemporaryFile() as fd_err:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        try:
+            os.dup2(fd_out.fileno(), 1)
+            os.dup2(fd_err.fileno(), 2)
+            os.chdir(cwd)
+            with contextlib.redirect_stdout(py_out), contextlib.redirect_stderr(py_err):
+                try:
+                    code = main(argv)
+                except SystemExit as exc:  # argparse's usage errors
+                    code = exc.code if isinstance(exc.code, int) else 2
+                except BaseException:  # noqa: BLE001 - what a subprocess would die of
+                    traceback.print_exc()
+                    code = 1
+        finally:
+            os.chdir(old_cwd)
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
+        fd_out.seek(0)
+        fd_err.seek(0)
+        stdout = py_out.getvalue() + fd_out.read().decode("utf-8", "replace")
+        stderr = py_err.getvalue() + fd_err.read().decode("utf-8", "replace")
+    return subprocess.CompletedProcess(argv, code, stdout, stderr)
+
+
+def run_case(case: Case, built: Built, corpus: Corpus, *, in_process: bool = False) -> Outcome:
+    """Run ``acat`` on a built case - in a subprocess, or ``in_process`` (`run_in_process`) - and judge it
+    (see the module docstring)."""
     acat = Path(sys.executable).with_name("acat")
     inputs = [str(p) for p in (built.input if isinstance(built.input, list) else [built.input])]
     cwd = corpus.root / "cwd" / case.id
     cwd.mkdir(parents=True)
     out = corpus.root / "out" / case.id
     if case.command == "explain":
-        cmd = [str(acat), "explain", *inputs, "--out", str(out), "--model", str(corpus.bundle),
-               "--method", "gradient", "--device", "cpu"]
+        args = ["explain", *inputs, "--out", str(out), "--model", str(corpus.bundle), "--method", "gradient",
+                "--device", "cpu"]
         timeout = EXPLAIN_TIMEOUT_S
     else:
-        cmd = [str(acat), "info", "--json", *inputs]
+        args = ["info", "--json", *inputs]
         timeout = INFO_TIMEOUT_S
     watched = _watched(built)
     before = snapshot(watched)
     t0 = time.perf_counter()
-    try:
-        proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, encoding="utf-8", errors="replace",
-                              timeout=timeout, stdin=subprocess.DEVNULL)
-    except subprocess.TimeoutExpired as exc:
-        return Outcome(case, "hang", [f"still running after {timeout} s"], time.perf_counter() - t0, None,
-                       str(exc.stderr or ""))
+    if in_process:
+        proc = run_in_process(args, cwd)
+    else:
+        try:
+            proc = subprocess.run([str(acat), *args], cwd=cwd, capture_output=True, text=True, encoding="utf-8",
+                                  errors="replace", timeout=timeout, stdin=subprocess.DEVNULL)
+        except subprocess.TimeoutExpired as exc:
+            return Outcome(case, "hang", [f"still running after {timeout} s"], time.perf_counter() - t0, None,
+                           str(exc.stderr or ""))
     seconds = time.perf_counter() - t0
+    return judge(case, built, proc, seconds, watched=watched, before=before, cwd=cwd, out=out,
+                 inputs=inputs)
+
+
+def judge(case: Case, built: Built, proc: subprocess.CompletedProcess, seconds: float, *, watched: Path,
+          before: dict, cwd: Path, out: Path, inputs: list[str]) -> Outcome:
+    """The verdict on one finished run (the module docstring's rules)."""
     outcome = Outcome(case, "", [], seconds, proc.returncode, proc.stderr)
     problems = outcome.problems
     if snapshot(watched) != before:
@@ -872,8 +939,10 @@ def run_case(case: Case, built: Built, corpus: Corpus) -> Outcome:
     return outcome
 
 
-def run_cases(cases: list[Case], corpus: Corpus, *, workers: int = 2) -> dict[str, Outcome]:
-    """Build every case (in this process), then run ``acat`` on them ``workers`` at a time."""
+def run_cases(cases: list[Case], corpus: Corpus, *, workers: int = 2,
+              in_process: Callable[[Case], bool] = lambda case: False) -> dict[str, Outcome]:
+    """Build every case (in this process), run ``acat`` on the ``in_process`` ones here, one after the
+    other, then on the rest in subprocesses, ``workers`` at a time."""
     built: dict[str, Built] = {}
     results: dict[str, Outcome] = {}
     for case in cases:
@@ -883,8 +952,12 @@ def run_cases(cases: list[Case], corpus: Corpus, *, workers: int = 2) -> dict[st
             results[case.id] = Outcome(case, "wrong", [f"building the input failed: {type(exc).__name__}: {exc}"])
     if any(c.command == "explain" for c in cases if c.id in built):
         corpus.bundle  # noqa: B018 - made once, before the runs share it
+    for case in cases:
+        if case.id in built and in_process(case):
+            results[case.id] = run_case(case, built[case.id], corpus, in_process=True)
     with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        futures = {pool.submit(run_case, c, built[c.id], corpus): c.id for c in cases if c.id in built}
+        futures = {pool.submit(run_case, c, built[c.id], corpus): c.id for c in cases
+                   if c.id in built and not in_process(c)}
         for future in concurrent.futures.as_completed(futures):
             results[futures[future]] = future.result()
     return results

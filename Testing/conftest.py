@@ -1,4 +1,5 @@
-"""Shared fixtures: real CT data from packages, and helpers to build DICOM series variants from it."""
+"""Shared fixtures: real CT data from packages, and helpers to build DICOM series variants from it; and which
+tests are slow (``make test-fast`` = ``pytest -m "not slow"`` leaves them out, ``make test`` runs them)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from ACATLogic import sample_data
+from ACATData import sample_data
 from ACATLogic.io import write_dicom_series
 
 
@@ -79,3 +80,83 @@ def run_acat(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess
     """Run the installed ``acat`` console script for real: exit code, stdout and stderr."""
     exe = Path(sys.executable).with_name("acat")
     return subprocess.run([str(exe), *args], capture_output=True, text=True, cwd=cwd, timeout=300)
+
+
+# -- slow tests ------------------------------------------------------------------------------------
+#: Tests marked ``slow``: a node id prefix (a file, or a file::test) and why; seconds on this project's
+#: 2-core machine. Kept in one place so that the lead's science tests need no edit to be marked. The bad-input
+#: corpus marks its own end-to-end cases (Testing/bad_input_corpus.py, END_TO_END).
+SLOW = {
+    "test_web_browser.py": "a real chromium drives the web viewer through a whole Explain (~120 s)",
+    "test_bundled_models.py": "the shipped bundles explain the demo case, every slice (~85 s)",
+    "test_benchmarks.py": "the benchmark suite runs once on small cases (~60 s)",
+    "test_evaluate.py": "the evaluation harness explains a phantom dataset with every method (~65 s)",
+    "test_reproduce.py": "whole reproductions (train, export, evaluate) on toy data (~55 s)",
+    "test_training_resume.py": "trainings killed by SIGKILL at random points, then resumed (~60 s)",
+    "test_training_pipeline.py": "the four stages of Algorithm 1 trained on toy data (~40 s)",
+    "test_training_ddp.py": "two gloo processes train together (~25 s)",
+    "test_explain_left_right.py": "trains a toy model, then explains mirrored storages of one anatomy (~45 s)",
+    "test_explain_faults.py": "explains stopped by signals, a full disk, out of memory, in real processes (~30 s)",
+    "test_fold_batch_norm.py": "counterfactuals through the shipped bundles, folded and not (~25 s)",
+    "test_explain.py::test_explainer_on_real_head_ct": "explains the 108-slice head CT (~8 s)",
+    "test_explain.py::test_acat_explain_cli_writes_every_output": "acat explain in a process (~12 s)",
+    "test_explain.py::test_cli_comparison_method": "acat explain in a process (~10 s)",
+    "test_explain.py::test_acat_explain_bad_inputs_exit_2": "several acat processes (~6 s)",
+    # the `acat` command run as a process: a Python start-up and imports per call, a few seconds each
+    "test_cli.py::test_convert_dicom_to_nrrd_and_nifti": "acat convert of the head CT, two processes (~10 s)",
+    "test_cli.py::test_info_never_prints_patient_identity": "acat processes on the head CT (~4 s)",
+    "test_cli.py::test_rejections_from_folders_exit_2": "several acat processes (~4 s)",
+    "test_cli.py::test_broken_pydicom_data_files_exit_2_with_one_line": "an acat process per file (~8 s)",
+    "test_cli.py::test_every_command_has_help_with_an_example": "an acat process per command (~6 s)",
+    "test_cli.py::test_warnings_go_to_stderr_and_quiet_hides_them": "acat processes (~3 s)",
+    "test_cli.py::test_several_files_are_one_series": "an acat process on the head CT (~3 s)",
+    "test_cli.py::test_usage_errors_exit_2": "acat processes (~3 s)",
+    "test_cli.py::test_convert_never_writes_into_the_input_folder": "acat processes (~2 s)",
+    "test_cli.py::test_convert_refuses_to_overwrite_its_input": "acat processes (~1 s)",
+    "test_cli.py::test_reserved_commands_say_so": "an acat process (~1 s)",
+    "test_cli.py::test_progress_bar_on_a_terminal": "acat on a pseudo-terminal (~2 s)",
+    "test_cli.py::test_module_entry_point": "python -m ACATCli (~1 s)",
+    "test_cli.py::test_a_reader_that_closes_the_pipe_early_is_not_an_error": "acat in a shell pipe (~1 s)",
+    "test_bundle.py::test_the_command_line_refuses_a_pickled_model_in_one_line": "an acat process (~3 s)",
+    "test_explain.py::test_explain_outputs_hold_no_patient_identity": "acat explain in a process (~3 s)",
+    "test_patient_data.py": "acat and the web viewer's session on a head CT with patient identity (~4 s)",
+    "test_web_server.py": "a real web viewer server, probed over HTTP and websockets (~9 s)",
+    "test_slicer_packaging.py": "the extension configured, built and installed with CMake (~5 s)",
+    "test_phantom_dataset.py::test_lung_build_is_deterministic_whatever_the_worker_count":
+        "builds a lung dataset twice, with worker processes (~15 s)",
+    "test_bundle.py::test_the_same_weights_give_the_same_files_in_every_process": "four exporting processes (~11 s)",
+    "test_slicer_first_use.py::test_gpu_out_of_memory_offers_one_cpu_retry_which_runs_on_the_cpu":
+        "background explains, one real (~8 s)",
+    "test_slicer_first_use.py::test_selftest_explain_checks_pass_on_the_sample_data_case": "two background explains",
+    "test_slicer_first_use.py::test_selftest_cancel_checks_pass_on_the_sample_data_case": "a background explain",
+    "test_slicer_runner.py::test_jsonl_progress_lines_and_unchanged_default_output": "two acat explain processes",
+    "test_slicer_runner.py::test_a_run_goes_in_the_background_and_loads_its_results": "a background explain",
+    "test_slicer_runner.py::test_cancel_stops_the_process_promptly_and_leaves_the_scene_unchanged":
+        "a background explain, cancelled",
+    "test_slicer_runner.py::test_bad_model_gives_one_line_and_no_nodes": "a background explain that fails",
+    "test_slicer_runner.py::test_a_second_explain_while_one_runs_is_refused_and_the_first_goes_on":
+        "a background explain, cancelled",
+    "test_slicer_runner.py::test_cancel_right_after_start_leaves_nothing": "a background explain, cancelled",
+    "test_output_safety.py": "acat explain and convert in processes on odd outputs, some in user namespaces (~110 s)",
+    "test_reader_bounds.py": "acat on decoder bombs, 20,000 files, 1,100 folders, in processes (~120 s)",
+}
+#: Fixtures (file::fixture) that make every test of that file using them slow, and why.
+SLOW_FIXTURES = {
+    "test_counterfactual.py::blob_model": "trains the toy classifier (~40 s)",
+    "test_phantom_brain.py::cases": "generates five brain phantom cases (~10 s)",
+}
+
+
+def is_slow(nodeid: str, fixtures=()) -> bool:
+    """Whether the test ``nodeid`` (``file.py::test[param]``) using ``fixtures`` is in SLOW or SLOW_FIXTURES."""
+    path, sep, rest = nodeid.partition("::")  # a parameter may hold a "/" too
+    file = Path(path).name
+    nodeid = file + sep + rest
+    return any(nodeid == key or nodeid.startswith((key + "::", key + "[")) for key in SLOW) or \
+        any(f"{file}::{name}" in SLOW_FIXTURES for name in fixtures)
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if is_slow(item.nodeid, getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

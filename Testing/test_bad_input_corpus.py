@@ -2,9 +2,12 @@
 
 Every case is either read correctly (geometry asserted) or refused with exit code 2 and one line
 naming the file and the problem; never a traceback, never a hang, never a write into the input
-folder, never a partial output. The subprocesses run two at a time (module fixture); each case is
-one test, so a failure names its input. The counts for docs/RELIABILITY.md come from
-``python Testing/bad_input_corpus.py``.
+folder, never a partial output. The `END_TO_END` cases run the installed ``acat`` in subprocesses (two
+at a time), with a time limit: the command's exit-code and one-line contract, and the inputs that once
+hung or crashed the interpreter; they are marked slow (``make test-fast`` leaves them out). The others
+call ``acat``'s ``main()`` in this process - the same code and the same judge, stdout and stderr captured
+down to the file descriptors. Each case is one test, so a failure names its input. The counts for
+docs/RELIABILITY.md come from ``python Testing/bad_input_corpus.py`` (every case in a subprocess).
 """
 
 from __future__ import annotations
@@ -13,22 +16,34 @@ import os
 
 import pytest
 
-from bad_input_corpus import CASES, SOURCES, Corpus, counts, run_cases
+from bad_input_corpus import CASES, END_TO_END, SOURCES, Corpus, counts, run_cases
 
 
 @pytest.fixture(scope="module")
 def outcomes(request, tmp_path_factory, cranium):
-    """Run the selected cases once, in parallel (only the ones this pytest run collected)."""
+    """Run the selected cases once (only the ones this pytest run collected)."""
     wanted = {item.callspec.params["case"].id for item in request.session.items
               if item.module is request.module and hasattr(item, "callspec") and "case" in item.callspec.params}
     corpus = Corpus(tmp_path_factory.mktemp("corpus"), cranium=cranium)
-    return run_cases([c for c in CASES if c.id in wanted], corpus, workers=min(2, os.cpu_count() or 1))
+    return run_cases([c for c in CASES if c.id in wanted], corpus, workers=min(2, os.cpu_count() or 1),
+                     in_process=lambda case: not case.end_to_end)
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+@pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.slow) if c.end_to_end else c for c in CASES],
+                         ids=[c.id for c in CASES])
 def test_input(case, outcomes):
     outcome = outcomes[case.id]
     assert outcome.passed, outcome.report()
+
+
+def test_end_to_end_cases_cover_the_contract_and_the_hang_and_crash_risks():
+    """A refusal and a read of each command through the real process; every input that once hung or crashed."""
+    chosen = [c for c in CASES if c.end_to_end]
+    assert {c.id for c in chosen} == END_TO_END
+    assert {(c.command, c.ok) for c in chosen} == {("info", True), ("info", False), ("explain", True),
+                                                    ("explain", False)}
+    assert {"fifo-alone", "nrrd-ascii-binary", "nifti-sform-inf", "nrrd-gzip-bomb", "symlink-loop-dir"} <= END_TO_END
+    assert len(chosen) <= 16  # a handful: the rest run in process
 
 
 def test_corpus_covers_the_issue():

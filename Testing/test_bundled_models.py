@@ -1,7 +1,7 @@
 """The models the extension ships (Resources/Models): valid bundles, trained by training/, and right.
 
 The brain bundle is run for real through `acat explain` on phantom DICOM series (a large simulated MCA
-infarct on the real Cranium anatomy, `training.phantom.demo`): it must name the lesion's side, and the
+infarct on the real Cranium anatomy, `ACATData.phantom.demo`): it must name the lesion's side, and the
 saliency maximum must lie in the lesion's territory (the paper's hit, Sec. 4.4).
 """
 
@@ -17,8 +17,8 @@ from ACATLogic.bundle import DEFAULT_MODEL, load_bundle, read_card, resolve_mode
 from ACATLogic.io.read import read_volume
 from ACATLogic.metrics import saliency_hit
 from training.evaluate import TERRITORY_IDS
-from training.phantom.demo import write_demo_case
-from training.phantom.io import load_case
+from ACATData.phantom.demo import write_demo_case
+from ACATData.phantom.io import load_case
 
 from conftest import run_acat
 

@@ -24,7 +24,7 @@ from training import checkpoint, train
 from training.checkpoint import (BEST_KIND, CHECKPOINT_KIND, DIGEST_PREFIX, FORMAT_VERSION, load_checkpoint,
                                  save_checkpoint, verify_checkpoint)
 
-from test_training_toy import tiny_config, write_brain_toy
+from toy_training import tiny_config, write_brain_toy
 
 
 class _Marker:

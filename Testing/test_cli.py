@@ -14,7 +14,7 @@ import pydicom
 import pytest
 
 from ACATLogic import read_volume
-from ACATLogic.cli import main as cli_main
+from ACATCli import main as cli_main
 
 from conftest import hash_tree, run_acat, sorted_series_files
 
@@ -161,7 +161,7 @@ def test_usage_errors_exit_2():
 
 
 def test_internal_errors_are_one_line_exit_1(monkeypatch, capsys, ctchest_path):
-    from ACATLogic.cli import commands
+    from ACATCli import commands
 
     def boom(args):
         raise RuntimeError("simulated bug\nwith a second line")
@@ -196,7 +196,7 @@ def test_progress_bar_on_a_terminal(cranium_series, tmp_path):
 
 
 def test_module_entry_point(ctchest_path):
-    result = subprocess.run([sys.executable, "-m", "ACATLogic.cli.main", "info", str(ctchest_path)],
+    result = subprocess.run([sys.executable, "-m", "ACATCli", "info", str(ctchest_path)],
                             capture_output=True, text=True)
     assert result.returncode == 0 and "128 x 128 x 34" in result.stdout
 

@@ -15,8 +15,8 @@ from ACATLogic.volume import CTVolume
 from ACATLogic.explain import Explainer
 from ACATLogic.metrics import counterfactual_success, iou_dice, saliency_hit
 from training.evaluate import DISPLAY_NAMES, HIT_RULE, NOTICE, counterfactual_quality, evaluate, main, parse_methods
-from training.phantom.common import BRAIN_LABELS, TERRITORIES, PhantomCase
-from training.phantom.io import load_case, read_manifest, write_case, write_manifest
+from ACATData.phantom.common import BRAIN_LABELS, TERRITORIES, PhantomCase
+from ACATData.phantom.io import load_case, read_manifest, write_case, write_manifest
 
 from bundles import make_random_bundle
 

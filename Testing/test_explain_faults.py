@@ -30,20 +30,20 @@ import ACATLogic.outputs as outputs
 from ACATLogic import ACATInputError
 from ACATLogic import explain as explain_module
 from ACATLogic.bundle import load_bundle
-from ACATLogic.cli.main import main as acat_main
+from ACATCli.main import main as acat_main
 from ACATLogic.explain import Explainer
 from ACATLogic.io import read_volume, write_volume
 from ACATLogic.outputs import write_explanation
 
 from bundles import make_random_bundle
-from test_training_toy import head_volume
+from toy_training import head_volume
 
 ROOT = Path(__file__).resolve().parents[1]
 # ``acat explain`` whose every result file takes half a second more to write: a signal sent once the
 # "writing" stage has begun arrives in the middle of writing the files
 SLOW_WRITES = ("import sys, time; import ACATLogic.outputs as o; write = o.write_itk_file; "
                "o.write_itk_file = lambda *a, **k: (time.sleep(0.5), write(*a, **k))[1]; "
-               "from ACATLogic.cli.main import main; sys.exit(main(sys.argv[1:]))")
+               "from ACATCli.main import main; sys.exit(main(sys.argv[1:]))")
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +56,7 @@ def case(tmp_path_factory):
 
 
 def start(args: list[str], slow_writes: bool = False) -> subprocess.Popen:
-    entry = ["-c", SLOW_WRITES] if slow_writes else ["-m", "ACATLogic.cli.main"]
+    entry = ["-c", SLOW_WRITES] if slow_writes else ["-m", "ACATCli"]
     # SIGINT as a terminal delivers it: a test run started in the background (`make test &`, nohup) passes
     # SIGINT on ignored, and Python then installs no Ctrl+C handler at all
     return subprocess.Popen([sys.executable, *entry, *args], cwd=ROOT, stdout=subprocess.PIPE,
@@ -199,7 +199,7 @@ def test_out_of_gpu_memory_falls_back_to_the_cpu_with_a_message(case, tmp_path, 
 
 
 def test_main_memory_running_out_is_not_mistaken_for_the_gpu(case, tmp_path, monkeypatch, capsys):
-    from ACATLogic.cli.commands import out_of_gpu_memory
+    from ACATCli.commands import out_of_gpu_memory
 
     assert out_of_gpu_memory(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 MiB"))
     assert out_of_gpu_memory(RuntimeError("MPS backend out of memory (MPS allocated: 8.00 GB)"))

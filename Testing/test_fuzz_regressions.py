@@ -20,7 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from ACATLogic import ACATInputError, read_volume, sample_data
+from ACATData import sample_data
+from ACATLogic import ACATInputError, read_volume
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -30,7 +30,7 @@ def test_every_field_has_exactly_one_cli_argument_and_back():
 
 def test_the_acat_explain_command_offers_every_option():
     """The real CLI: its explain arguments are exactly the ExplainOptions fields (plus input/output ones)."""
-    from ACATLogic.cli.main import build_parser
+    from ACATCli.main import build_parser
 
     explain = next(a for a in build_parser()._subparsers._group_actions[0].choices.items() if a[0] == "explain")[1]
     dests = {a.dest for a in explain._actions}

@@ -40,7 +40,7 @@ def test_fill_holes_uses_four_connected_background():
 
 
 def test_brain_mask_on_real_head_ct(cranium):
-    from training.phantom.brain_template import brain_template
+    from ACATData.phantom.brain_template import brain_template
 
     template = brain_template()
     prepared = prepare(template.volume, BRAIN, coverage="all")
@@ -60,7 +60,7 @@ def test_brain_mask_on_real_head_ct(cranium):
 
 
 def test_lung_mask_on_real_chest_ct(ctchest_path):
-    from training.phantom.lung import LEFT_LUNG, RIGHT_LUNG, lung_template
+    from ACATData.phantom.lung import LEFT_LUNG, RIGHT_LUNG, lung_template
 
     template = lung_template()
     prepared = prepare(template.volume, LUNG, coverage="all")

@@ -31,7 +31,7 @@ from ACATLogic.io.itk_files import write_itk_file
 
 from bad_input_corpus import snapshot
 from bundles import make_random_bundle
-from test_training_toy import head_volume
+from toy_training import head_volume
 
 ACAT = Path(sys.executable).with_name("acat")
 FAST = ["--method", "gradient", "--device", "cpu"]

@@ -13,9 +13,9 @@ import SimpleITK as sitk
 import torch
 
 from ACATLogic.volume import CTVolume, to_canonical
-from training.phantom.brain import METADATA, BrainParams, generate_brain_case
-from training.phantom.brain_template import MidSagittalPlane, brain_template
-from training.phantom.common import BRAIN_LABELS, TERRITORIES
+from ACATData.phantom.brain import METADATA, BrainParams, generate_brain_case
+from ACATData.phantom.brain_template import MidSagittalPlane, brain_template
+from ACATData.phantom.common import BRAIN_LABELS, TERRITORIES
 
 SEED = 1  # chosen so that the left case is stored with x reversed and permuted (code "RSP")
 LEFT_IDS, RIGHT_IDS = {1, 3, 5}, {2, 4, 6}

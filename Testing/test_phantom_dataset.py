@@ -11,8 +11,8 @@ import pytest
 import SimpleITK as sitk
 
 from ACATLogic import read_volume, to_canonical
-from training.phantom.build import assign_labels, build, class_counts, main
-from training.phantom.io import load_case, read_manifest, stratified_splits
+from ACATData.phantom.build import assign_labels, build, class_counts, main
+from ACATData.phantom.io import load_case, read_manifest, stratified_splits
 
 
 def test_class_counts_follow_proportions_and_every_class_occurs():
@@ -57,7 +57,7 @@ def test_lung_build_is_deterministic_whatever_the_worker_count(tmp_path):
 
 def test_brain_dicom_case_round_trips_with_the_mask_aligned(tmp_path):
     """--format dicom: our reader and SimpleITK read the series; the NRRD masks sit on its grid."""
-    from training.phantom.brain import BrainParams, generate_brain_case
+    from ACATData.phantom.brain import BrainParams, generate_brain_case
 
     manifest = build("brain", 1, 7, tmp_path / "d", "dicom", proportions=[0, 1, 0, 0], workers=1)
     row = read_manifest(manifest)[0]
@@ -93,8 +93,8 @@ def test_cli_flags_override_parameters_and_bad_flags_exit_2(tmp_path, capsys):
 
 def test_demo_case_has_one_large_mca_lesion_on_the_asked_side(tmp_path):
     from training.evaluate import TERRITORY_IDS
-    from training.phantom.demo import write_demo_case
-    from training.phantom.io import load_case
+    from ACATData.phantom.demo import write_demo_case
+    from ACATData.phantom.io import load_case
 
     for side, label in (("left", 1), ("right", 2)):
         row = write_demo_case(tmp_path / side, side=side, fmt="npz")

@@ -13,7 +13,7 @@ import pytest
 import SimpleITK as sitk
 
 from ACATLogic.volume import METADATA_KEYS, to_canonical
-from training.phantom.lung import (LEFT_LUNG, RIGHT_LUNG, SEVERITY_RANGES, TISSUE_HU, LungParams,
+from ACATData.phantom.lung import (LEFT_LUNG, RIGHT_LUNG, SEVERITY_RANGES, TISSUE_HU, LungParams,
                                    generate_lung_case, lung_template)
 
 SEED = 20230
@@ -191,10 +191,11 @@ def test_lesions_are_peripheral_to_every_pleura_when_asked():
 
 
 def test_ct1_only_when_enabled():
-    assert "CT-1" not in LungParams().covid_severity_probabilities()
-    assert set(LungParams(include_ct1=True).covid_severity_probabilities()) == {"CT-1", "CT-2", "CT-3", "CT-4"}
+    assert "CT-1" not in LungParams(include_ct1=False).covid_severity_probabilities()
+    assert set(LungParams().covid_severity_probabilities()) == {"CT-1", "CT-2", "CT-3", "CT-4"}  # the default
+    assert LungParams().covid_severity_probabilities()["CT-1"] == pytest.approx(0.55)
     with pytest.raises(ValueError, match="CT-1"):
-        generate_lung_case(SEED, 4, 1, severity="CT-1")
+        generate_lung_case(SEED, 4, 1, LungParams(include_ct1=False), severity="CT-1")
     with pytest.raises(ValueError):
         generate_lung_case(SEED, 4, 0, severity="CT-2")
     mild = generate_lung_case(SEED, 4, 1, LungParams(include_ct1=True, vary_orientation=False), severity="CT-1")

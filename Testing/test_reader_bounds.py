@@ -30,7 +30,8 @@ import pytest
 from pydicom.encaps import encapsulate, generate_frames
 from pydicom.uid import DeflatedExplicitVRLittleEndian, RLELossless
 
-from ACATLogic import ACATInputError, sample_data
+from ACATData import sample_data
+from ACATLogic import ACATInputError
 from ACATLogic.io import read_volume, write_dicom_series, write_volume
 from ACATLogic.io.itk_files import write_itk_file
 from ACATLogic.io.limits import BUDGET_ENV
@@ -38,7 +39,7 @@ from ACATLogic.io.limits import BUDGET_ENV
 from bad_input_corpus import series_from_slice, snapshot
 from bundles import make_random_bundle
 from test_output_safety import ACAT, FAST, err, unprivileged
-from test_training_toy import head_volume
+from toy_training import head_volume
 
 #: a reader that refuses a bomb before allocating stays near the interpreter's own size
 SMALL_PEAK_MB = 600

@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from test_evaluate import _head
-from test_training_toy import tiny_config
+from toy_training import tiny_config
 from training import reproduce
-from training.phantom.common import BRAIN_LABELS
-from training.phantom.io import write_case, write_manifest
+from ACATData.phantom.common import BRAIN_LABELS
+from ACATData.phantom.io import write_case, write_manifest
 
 LESIONS = {0: [], 1: ["MCA_left"], 2: ["MCA_right"], 3: ["ACA_left", "PCA_right"]}
 SIZES = {0: "", 1: "IS-1", 2: "IS-2", 3: "IS-1;IS-3"}

@@ -16,13 +16,14 @@ pytest.importorskip("slicer", reason="the slicer-core wheel is not installed (pi
 import slicer  # noqa: E402
 from slicer_scene import slicer_scene_fixture  # noqa: E402
 
+from ACATLogic.options import ExplainOptions  # noqa: E402
 from ACATSlicerLib import dependencies, sample_data  # noqa: E402
 from ACATSlicerLib.controller import ExplainController  # noqa: E402
 from ACATSlicerLib.cpu_fallback import CpuFallback, isOutOfGpuMemory  # noqa: E402
 from ACATSlicerLib.dependencies import PIP, PYTORCH_UTILS, InstallError, Requirement  # noqa: E402
 from ACATSlicerLib.runner import FAILED, SUCCEEDED, ExplainProcess  # noqa: E402
+from ACATSlicerLib.request import MODEL_DEFAULT, ExplainRequest  # noqa: E402
 from ACATSlicerLib.selftest_case import LESION_HU, syntheticHeadCT  # noqa: E402
-from ACATSlicerLib.settings import ExplainSettings  # noqa: E402
 from ACATSlicerLib.volume_nodes import addVolumeNode, ijkToRasArray  # noqa: E402
 from bundles import make_random_bundle  # noqa: E402
 
@@ -134,9 +135,9 @@ def test_gpu_out_of_memory_offers_one_cpu_retry_which_runs_on_the_cpu(slicer_sce
     controller = ExplainController(slicer_scene.scene, lambda: ExplainProcess(sys.executable, popen=popen),
                                    workRoot=tmp_path)
     bundle = make_random_bundle(tmp_path / "bundle", size=32, slices=3, steps=2)
-    settings = ExplainSettings(model=str(bundle), device="gpu", steps=2)
+    request = ExplainRequest(str(bundle), ExplainOptions(device="gpu", steps=2))
     nodes = slicer_scene.nodeCount()
-    controller.start(head, settings)
+    controller.start(head, request)
     failed = controller.wait(120)
     assert failed.state == FAILED and failed.errorMessage.startswith("internal error: OutOfMemoryError: CUDA out of")
     assert slicer_scene.nodeCount() == nodes  # the failure left the scene as it was
@@ -144,7 +145,7 @@ def test_gpu_out_of_memory_offers_one_cpu_retry_which_runs_on_the_cpu(slicer_sce
     assert controller.shouldOfferCpuRetry(failed) is False  # asked once per request
 
     used = controller.retryOnCpu()
-    assert used.device == "cpu" and used.model == settings.model and used.steps == 2
+    assert used.options.device == "cpu" and used.model == request.model and used.options.steps == 2
     retried = controller.wait(300)
     assert retried.state == SUCCEEDED, retried.errorMessage
     assert commands[-1][commands[-1].index("--device") + 1] == "cpu"
@@ -152,11 +153,11 @@ def test_gpu_out_of_memory_offers_one_cpu_retry_which_runs_on_the_cpu(slicer_sce
     assert controller.shouldOfferCpuRetry(failed) is False  # still the same request
 
     # a new request may be offered again; a run already on the CPU, or another error, never is
-    controller.start(head, settings)
+    controller.start(head, request)
     assert controller.shouldOfferCpuRetry(controller.wait(120)) is True
     policy = CpuFallback()
-    assert not policy.shouldOffer(failed, CpuFallback.cpuSettings(settings))
-    assert not policy.shouldOffer(type(failed)(FAILED, errorMessage="no model bundle 'x'"), settings)
+    assert not policy.shouldOffer(failed, request.onDevice("cpu"))
+    assert not policy.shouldOffer(type(failed)(FAILED, errorMessage="no model bundle 'x'"), request)
 
 
 # -- the self-test case as Sample Data ----------------------------------------------------------------
@@ -209,20 +210,21 @@ def test_nrrd_writer_refuses_what_it_cannot_write(tmp_path):
 # -- the module's self-test checks, headless, on the Sample Data case -----------------------------------
 @pytest.fixture
 def sample_case(slicer_scene, tmp_path):
-    """(controller, CT node as Sample Data loads it, settings as ACATSlicerLogic.startExplain builds them)."""
+    """(controller, CT node as Sample Data loads it, request as ACATSlicerLogic.startExplain builds it)."""
     import types
 
     from ACATSlicerLib.selftest_case import makeTinyBundle
-    from ACATSlicerLib.settings import MODEL_DEFAULT
 
     source = sample_data.sampleDataSources(tmp_path / "generated")[0]
     volume = slicer_scene.volumes.AddArchetypeVolume(source["uris"][0].removeprefix("file://"),
                                                      source["nodeNames"][0], 0)
     panel = types.SimpleNamespace(model=str(makeTinyBundle(tmp_path / "model", steps=3)), method="counterfactual",
                                   device="cpu", steps=0, alpha=0.0, stepSize=0.0, targets="", reference=MODEL_DEFAULT)
-    settings = ExplainSettings.fromParameters(panel)
-    assert (settings.steps, settings.alpha, settings.reference, settings.targets) == (None, None, None, [])
-    return ExplainController(slicer_scene.scene, workRoot=tmp_path), volume, settings
+    request = ExplainRequest.fromPanel(panel)
+    o = request.options
+    assert (o.steps, o.alpha, o.step_size, o.reference, o.targets) == (None, None, None, None, None)
+    assert (o.method, o.device) == ("counterfactual", "cpu")
+    return ExplainController(slicer_scene.scene, workRoot=tmp_path), volume, request
 
 
 def test_selftest_explain_checks_pass_on_the_sample_data_case(sample_case):
@@ -239,7 +241,7 @@ def test_selftest_cancel_checks_pass_on_the_sample_data_case(sample_case, tmp_pa
     from ACATSlicerLib.selftest_case import makeTinyBundle
 
     controller, volume, _ = sample_case
-    slow = ExplainSettings(model=str(makeTinyBundle(tmp_path / "slow", steps=5000)), device="cpu")
+    slow = ExplainRequest(str(makeTinyBundle(tmp_path / "slow", steps=5000)), ExplainOptions(device="cpu"))
     assert selftest.cancelProblems(controller, volume, slow, pause=lambda: time.sleep(1.0)) == []
 
 
@@ -249,10 +251,10 @@ def test_a_bundled_model_added_again_by_its_path_is_offered_once(slicer_scene, t
     other = make_random_bundle(tmp_path / "mine" / "other", size=32, slices=3, seed=1)
     monkeypatch.setenv("ACAT_MODELS_DIR", str(models_dir))
     controller = ExplainController(slicer_scene.scene, workRoot=tmp_path)
-    before = [c.path for c in controller.modelChoices()]
+    before = [str(c.path) for c in controller.modelChoices()]
     assert str(bundled) in before
     again = controller.addModel(models_dir / "." / "brain-stroke-phantom")  # the same folder, spelled differently
-    assert again.path == str(bundled)
-    assert [c.path for c in controller.modelChoices()] == before
+    assert str(again.path) == str(bundled)
+    assert [str(c.path) for c in controller.modelChoices()] == before
     controller.addModel(other)
-    assert [c.path for c in controller.modelChoices()] == before + [str(other)]
+    assert [str(c.path) for c in controller.modelChoices()] == before + [str(other)]

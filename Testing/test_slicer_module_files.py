@@ -51,21 +51,25 @@ def test_cmake_lists_every_script_and_resource_and_nothing_else():
     assert len(set(scripts)) == len(scripts)
 
 
-def test_top_level_cmake_installs_acatlogic_and_the_bundled_models_beside_the_module():
-    """Globbed, so every ACATLogic .py file and every bundle is installed (Testing/test_slicer_packaging.py
-    builds and installs it for real); here: the globs cover the files and land where the lookups look."""
+def test_top_level_cmake_installs_acatlogic_acatcli_and_the_bundled_models_beside_the_module():
+    """Globbed, so every ACATLogic and ACATCli .py file (the module's background process runs
+    ``-m ACATCli``) and every bundle is installed (Testing/test_slicer_packaging.py builds and installs it
+    for real); here: the globs cover the files and land where the lookups look."""
     text = (ROOT / "CMakeLists.txt").read_text()
-    glob = re.search(r"file\(GLOB_RECURSE ACATLogic_PYTHON_SCRIPTS RELATIVE \$\{CMAKE_CURRENT_SOURCE_DIR\} "
-                     r"CONFIGURE_DEPENDS\s+\$\{CMAKE_CURRENT_SOURCE_DIR\}/(\S+)\s+\)", text)
-    assert glob and glob.group(1) == "ACATLogic/*.py"
-    globbed = {str(p.relative_to(ROOT)) for p in ROOT.glob("ACATLogic/**/*.py") if "__pycache__" not in p.parts}
-    assert {"ACATLogic/__init__.py", "ACATLogic/bundle.py", "ACATLogic/cli/main.py"} <= globbed
+    block = re.search(r"file\(GLOB_RECURSE ACAT_PYTHON_SCRIPTS RELATIVE \$\{CMAKE_CURRENT_SOURCE_DIR\} "
+                      r"CONFIGURE_DEPENDS\s+(.*?)\)", text, re.S).group(1)
+    globs = [line.strip().replace("${CMAKE_CURRENT_SOURCE_DIR}/", "") for line in block.splitlines() if line.strip()]
+    assert globs == ["ACATLogic/*.py", "ACATCli/*.py"]
+    globbed = {str(p.relative_to(ROOT)) for g in ("ACATLogic/**/*.py", "ACATCli/**/*.py") for p in ROOT.glob(g)
+               if "__pycache__" not in p.parts}
+    assert {"ACATLogic/__init__.py", "ACATLogic/bundle.py", "ACATLogic/catalogue.py", "ACATCli/__main__.py",
+            "ACATCli/main.py"} <= globbed
     for pattern in ("Resources/Models/*/model.json", "Resources/Models/*/*.safetensors"):
         assert f"${{CMAKE_CURRENT_SOURCE_DIR}}/{pattern}" in text
     call = re.search(r"ctkMacroCompilePythonScript\((.*?)\)\n", text, re.S).group(1)
     assert "DESTINATION_DIR ${CMAKE_BINARY_DIR}/${Slicer_QTSCRIPTEDMODULES_LIB_DIR}" in call
     assert "INSTALL_DIR ${Slicer_INSTALL_QTSCRIPTEDMODULES_LIB_DIR}" in call and "NO_INSTALL_SUBDIR" in call
-    assert 'SCRIPTS "${ACATLogic_PYTHON_SCRIPTS}"' in call and 'RESOURCES "${ACAT_MODEL_FILES}"' in call
+    assert 'SCRIPTS "${ACAT_PYTHON_SCRIPTS}"' in call and 'RESOURCES "${ACAT_MODEL_FILES}"' in call
 
 
 def test_top_level_cmake_has_real_metadata_and_adds_the_module():
@@ -175,7 +179,60 @@ def test_module_follows_the_template_order():
     assert classes == ["ACATSlicer", "ACATSlicerParameterNode", "ACATSlicerWidget", "ACATSlicerLogic", "ACATSlicerTest"]
     bases = {n.name: [ast.unparse(b) for b in n.bases] for n in tree.body if isinstance(n, ast.ClassDef)}
     assert bases["ACATSlicerTest"] == ["ScriptedLoadableModuleTest"]
-    assert bases["ACATSlicerLogic"] == ["ScriptedLoadableModuleLogic"]
+    # the logic is the run's one controller (ACATSlicerLib, shared with the web viewer) and the template's logic;
+    # the controller first, so that ScriptedLoadableModuleLogic's super().__init__() reaches object, not it
+    # (Testing/test_slicer_runner.py::test_the_module_logic_is_the_controller runs the class for real)
+    assert bases["ACATSlicerLogic"] == ["ExplainController", "ScriptedLoadableModuleLogic"]
+
+
+def test_the_widget_talks_to_its_logic_only():
+    """One route for a run: the widget calls ``self.logic`` (the controller); it holds no controller, session
+    or runner of its own and reaches into none, and what it calls exists on the logic."""
+    sys.path.insert(0, str(MODULE))
+    from ACATSlicerLib.controller import ExplainController
+
+    tree = _tree(MODULE_PY)
+    classes = {n.name: n for n in tree.body if isinstance(n, ast.ClassDef)}
+    widget, logic = classes["ACATSlicerWidget"], classes["ACATSlicerLogic"]
+    assigned = {ast.unparse(t) for n in ast.walk(widget) if isinstance(n, ast.Assign) for t in n.targets}
+    assert not {a for a in assigned if a.startswith("self.") and a.count(".") == 1} & {
+        "self.explainer", "self.controller", "self.session", "self.runner"}
+    used = {n.attr for n in ast.walk(widget)
+            if isinstance(n, ast.Attribute) and ast.unparse(n.value) == "self.logic"}
+    reached = {ast.unparse(n) for n in ast.walk(widget) if isinstance(n, ast.Attribute)
+               and isinstance(n.value, ast.Attribute) and ast.unparse(n.value.value) == "self.logic"}
+    assert not reached, f"the widget reaches past its logic: {sorted(reached)}"
+    own = {f.name for f in logic.body if isinstance(f, ast.FunctionDef)}
+    assert {"startExplain", "poll", "cancel"} <= used
+    assert used <= own | set(dir(ExplainController)) | {"running", "result"}, used - own - set(dir(ExplainController))
+    names = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
+    assert not names & {"ExplainSession", "ExplainSettings", "ViewerSession"}
+
+
+def test_the_panels_explain_options_are_explainoptions_fields():
+    """Options are defined once (ACATLogic/options.py): every parameter-node field that is not the panel's
+    own (input, model, display, lesion) is an ExplainOptions field under its camelCase name, and its choices
+    are that field's."""
+    import dataclasses
+
+    from ACATLogic.options import ExplainOptions
+
+    sys.path.insert(0, str(MODULE))
+    from ACATSlicerLib.request import MODEL_DEFAULT, panelName
+
+    options = {panelName(f.name): f for f in dataclasses.fields(ExplainOptions)}
+    panel_own = {"inputVolume", "model", "opacity", "thresholdPercentile", "lesionMask"}
+    fields = _parameter_fields()
+    assert set(fields) - panel_own <= set(options), set(fields) - panel_own - set(options)
+    assert {"method", "device", "steps", "alpha", "stepSize", "targets", "reference"} <= set(fields)
+    import ACATLogic.options as defined
+
+    for name, annotation in fields.items():
+        choice = re.search(r"Choice\((?:list\(|\[MODEL_DEFAULT, \*)([A-Z_]+)", ast.unparse(annotation))
+        if "Choice(" in ast.unparse(annotation):
+            assert choice, f"{name}: the panel's choices must be ACATLogic.options' constant"
+            assert tuple(getattr(defined, choice.group(1))) == tuple(options[name].metadata["choices"]), name
+    assert MODEL_DEFAULT not in ExplainOptions.__dataclass_fields__["reference"].metadata["choices"]
 
 
 def test_help_and_acknowledgement_cite_the_paper_and_say_research_use():

@@ -3,7 +3,7 @@
 The extension's CMakeLists are configured, built and installed with CMake itself; only Slicer's two
 Python packaging macros are replaced (Testing/slicer_cmake_stub/, the copy and install semantics of
 Slicer's SlicerMacroBuildScriptedModule and CTK's ctkMacroCompilePythonScript). Then the installed
-tree is used as Slicer would use it: the module finds ACATLogic beside itself, and ACATLogic finds
+tree is used as Slicer would use it: the module finds ACATLogic (and the ACATCli it runs) beside itself, and ACATLogic finds
 the bundled models - from the installed files, not the checkout.
 """
 
@@ -44,7 +44,7 @@ def installed(tmp_path_factory):
     source.mkdir()
     shutil.copy(ROOT / "CMakeLists.txt", source)
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    for folder in ("ACATSlicer", "ACATLogic"):
+    for folder in ("ACATSlicer", "ACATLogic", "ACATCli"):
         shutil.copytree(ROOT / folder, source / folder, ignore=ignore)
     bundle = source / "Resources" / "Models" / "tiny-brain"
     bundle.mkdir(parents=True)  # a stand-in bundle: the layout test needs files, not trained weights
@@ -68,7 +68,11 @@ def test_module_acatlogic_and_models_are_installed_side_by_side(installed):
     # every ACATLogic .py file, sub-packages included (the CMake glob), and nothing else
     installed_logic = _python_files(modules / "ACATLogic")
     assert installed_logic == _python_files(ROOT / "ACATLogic")
-    assert {"__init__.py", "bundle.py", "cli/main.py"} <= installed_logic
+    assert {"__init__.py", "bundle.py", "catalogue.py", "options.py"} <= installed_logic
+    # the command the module runs in its background process (``-m ACATCli``), and nothing else of the front ends
+    assert _python_files(modules / "ACATCli") == _python_files(ROOT / "ACATCli")
+    assert {"__main__.py", "main.py", "commands.py"} <= _python_files(modules / "ACATCli")
+    assert not {"ACATWeb", "ACATData", "training"} & {p.name for p in modules.iterdir()}
     assert sorted(p.name for p in (modules / "Resources" / "Models" / "tiny-brain").iterdir()) == [
         "baseline.safetensors", "model.json"]
 
@@ -82,10 +86,12 @@ sys.path.insert(0, sys.argv[1])  # what Slicer does for a module folder
 from ACATSlicerLib import models, paths
 parent = paths.ensureACATLogicImportable()
 import ACATLogic.bundle as bundle
-print(json.dumps({"parent": str(parent), "acatlogic": bundle.__file__,
-                  "dirs": [str(d) for d in bundle.models_dirs()],
-                  "available": {k: str(v) for k, v in bundle.available_models().items()},
-                  "choices": [c.path for c in models.bundledModels()]}))
+import ACATLogic.catalogue as catalogue
+import ACATCli
+print(json.dumps({"parent": str(parent), "acatlogic": bundle.__file__, "acatcli": ACATCli.__file__,
+                  "dirs": [str(d) for d in catalogue.models_dirs()],
+                  "available": {k: str(v) for k, v in catalogue.available_models().items()},
+                  "choices": [str(c.path) for c in models.ModelList().choices()]}))
 """
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}  # no PYTHONPATH, no ACAT_MODELS_DIR
     done = subprocess.run([sys.executable, "-c", probe, str(modules)], cwd=tmp_path, env=env,
@@ -94,16 +100,18 @@ print(json.dumps({"parent": str(parent), "acatlogic": bundle.__file__,
     found = json.loads(done.stdout)
     assert found["parent"] == str(modules)
     assert found["acatlogic"] == str(modules / "ACATLogic" / "bundle.py")
+    assert found["acatcli"] == str(modules / "ACATCli" / "__init__.py")  # what the background process runs
     assert found["dirs"] == [str(modules / "Resources" / "Models")]
     assert found["available"] == {"tiny-brain": str(modules / "Resources" / "Models" / "tiny-brain")}
     assert found["choices"] == [str(modules / "Resources" / "Models" / "tiny-brain")]
 
 
 def test_models_dirs_puts_the_environment_first_then_the_folder_beside_acatlogic(monkeypatch, tmp_path):
-    from ACATLogic import bundle
+    from ACATLogic import bundle, catalogue
 
     monkeypatch.delenv("ACAT_MODELS_DIR", raising=False)
-    beside = Path(bundle.__file__).resolve().parents[1] / "Resources" / "Models"
-    assert bundle.models_dirs() == [beside]
+    beside = Path(catalogue.__file__).resolve().parents[1] / "Resources" / "Models"
+    assert catalogue.models_dirs() == [beside]
     monkeypatch.setenv("ACAT_MODELS_DIR", str(tmp_path))
-    assert bundle.models_dirs() == [tmp_path, beside]
+    assert catalogue.models_dirs() == [tmp_path, beside]
+    assert bundle.models_dirs is catalogue.models_dirs and bundle.resolve_model is catalogue.resolve_model  # one

@@ -17,7 +17,7 @@ pytest.importorskip("slicer", reason="the slicer-core wheel is not installed (pi
 import slicer  # noqa: E402
 from slicer_scene import slicer_scene_fixture  # noqa: E402
 
-from ACATSlicerLib import display, export, hierarchy, layout, localisation, plots, results, session, tables  # noqa: E402
+from ACATSlicerLib import display, export, hierarchy, layout, localisation, plots, results, tables  # noqa: E402
 from ACATSlicerLib.selftest_case import syntheticHeadCT  # noqa: E402
 from ACATSlicerLib.volume_nodes import addVolumeNode, geometryFromIjkToRas, ijkToRasArray  # noqa: E402
 from ACATLogic.io.itk_files import read_itk_file, write_itk_file  # noqa: E402
@@ -160,7 +160,7 @@ def test_rerun_with_results_shown_replaces_every_node_of_the_previous_results(sl
         # as after hiding or colouring the folder in the Data module: the folder item gets a display node
         folderDisplay = scene.AddNewNodeByClass("vtkMRMLFolderDisplayNode", sh.GetItemName(result.folderItem))
         sh.SetItemDataNode(result.folderItem, folderDisplay)
-        session.showResults(scene, result, session.ViewOptions(opacity=0.6, sideBySide=sideBySide))
+        layout.showResults(scene, result, layout.ViewOptions(opacity=0.6, sideBySide=sideBySide))
         return result
 
     previous = explainAndShow(0)
@@ -262,7 +262,7 @@ def test_bad_output_folder_leaves_the_scene_unchanged(slicer_scene, case, tmp_pa
 def test_overlay_in_every_slice_view_with_heat_colours_and_threshold(slicer_scene, case, tmp_path):
     scene = slicer_scene.scene
     result = results.loadExplanationResults(scene, case["node"], write_output(tmp_path / "out", case))
-    session.showResults(scene, result, session.ViewOptions(opacity=0.7, sideBySide=False))
+    layout.showResults(scene, result, layout.ViewOptions(opacity=0.7, sideBySide=False))
     composites = display.sliceCompositeNodes(scene)
     assert len(composites) == 3
     for composite in composites:
@@ -301,7 +301,7 @@ def test_composited_slice_image_shows_the_overlay_on_the_left_only(slicer_scene,
     the patient's left hemisphere, plain grey at the mirror point in the right hemisphere."""
     scene = slicer_scene.scene
     result = results.loadExplanationResults(scene, case["node"], write_output(tmp_path / "out", case))
-    session.showResults(scene, result, session.ViewOptions(opacity=1.0, sideBySide=False))
+    layout.showResults(scene, result, layout.ViewOptions(opacity=1.0, sideBySide=False))
     ci, cj, ck = case["centre"]
     I = case["voxels"].shape[2]
     hot_ras = (case["ijk_to_ras"] @ [ci, cj, ck, 1])[:3]
@@ -326,7 +326,7 @@ def test_composited_slice_image_shows_the_overlay_on_the_left_only(slicer_scene,
 def test_side_by_side_layout_links_original_and_counterfactual(slicer_scene, case, tmp_path):
     scene = slicer_scene.scene
     result = results.loadExplanationResults(scene, case["node"], write_output(tmp_path / "out", case))
-    session.showResults(scene, result, session.ViewOptions(opacity=0.4))
+    layout.showResults(scene, result, layout.ViewOptions(opacity=0.4))
     layout_node = layout.layoutNode(scene)
     # side by side with the probability plot below: the module's layout, its plot view shows the chart
     assert layout_node.GetViewArrangement() == layout.SIDE_BY_SIDE_PLOT_LAYOUT

@@ -1,4 +1,4 @@
-"""The background ``acat explain`` process and the Explain session, run for real on a tiny model.
+"""The background ``acat explain`` process and the controller that runs it, for real on a tiny model.
 
 A random-weight bundle (Testing/bundles.py) and a generated head CT node: progress arrives as the run
 goes, a successful run loads its results into the scene, Cancel kills the process promptly and leaves
@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import time
+import types
 
 import numpy as np
 import pytest
@@ -20,10 +21,12 @@ pytest.importorskip("slicer", reason="the slicer-core wheel is not installed (pi
 
 from slicer_scene import slicer_scene_fixture  # noqa: E402
 
-from ACATSlicerLib import hierarchy, session  # noqa: E402
+from ACATLogic.options import ExplainOptions  # noqa: E402
+from ACATSlicerLib import hierarchy  # noqa: E402
+from ACATSlicerLib.controller import AlreadyRunning, ExplainController  # noqa: E402
+from ACATSlicerLib.request import MODEL_DEFAULT, ExplainRequest  # noqa: E402
 from ACATSlicerLib.runner import CANCELLED, FAILED, SUCCEEDED, EtaEstimator, ExplainProcess  # noqa: E402
 from ACATSlicerLib.selftest_case import makeTinyBundle, syntheticHeadCT  # noqa: E402
-from ACATSlicerLib.settings import ExplainSettings  # noqa: E402
 from ACATSlicerLib.volume_nodes import addVolumeNode, ijkToRasArray  # noqa: E402
 from bundles import make_random_bundle  # noqa: E402
 
@@ -47,19 +50,37 @@ def head(slicer_scene):
     return addVolumeNode(slicer_scene.scene, voxels, "Head CT", ijkToRas=ijk_to_ras)
 
 
-def test_settings_become_command_line_arguments():
-    s = ExplainSettings(model="/m", method="gradcam", device="cpu", steps=7, alpha=50.0, stepSize=0.2,
-                        targets="none, left", reference="image")
-    assert s.commandLineArguments("in.nrrd", "out") == [
-        "explain", "in.nrrd", "--out", "out", "--model", "/m", "--method", "gradcam", "--device", "cpu",
-        "--progress-format", "jsonl", "--steps", "7", "--alpha", "50.0", "--step-size", "0.2",
-        "--targets", "none,left", "--reference", "image"]
-    defaults = ExplainSettings(model="brain", steps=0, alpha=0.0, stepSize=0.0)  # the panel's "model default"
-    assert defaults.commandLineArguments("a", "b")[-2:] == ["--progress-format", "jsonl"]
-    with pytest.raises(ValueError, match="unknown method"):
-        ExplainSettings(model="m", method="magic")
+def cpu(model) -> ExplainRequest:
+    return ExplainRequest(str(model), ExplainOptions(device="cpu"))
+
+
+def test_the_panel_becomes_the_childs_command_line():
+    """Panel values -> ACATLogic's ExplainOptions (fields by their camelCase names) -> the child's arguments
+    (``to_cli_args``), which the real ``acat explain`` parser reads back as the same options."""
+    from ACATCli.main import build_parser
+
+    panel = types.SimpleNamespace(model="/m", method="gradcam", device="cpu", steps=7, alpha=50.0, stepSize=0.2,
+                                  targets="none, left", reference="image", opacity=0.4, inputVolume=None)
+    request = ExplainRequest.fromPanel(panel)
+    assert request.options == ExplainOptions(method="gradcam", device="cpu", steps=7, alpha=50.0, step_size=0.2,
+                                             targets=("none", "left"), reference="image")
+    command = request.commandLine("in.nrrd", "out")
+    assert command[:8] == ["explain", "in.nrrd", "--out", "out", "--model", "/m", "--progress-format", "jsonl"]
+    assert command[8:] == request.options.to_cli_args()
+    args = build_parser().parse_args(command)
+    assert (args.input, args.out, args.model, args.progress_format) == (["in.nrrd"], "out", "/m", "jsonl")
+    assert ExplainOptions.from_namespace(args) == request.options
+    # the panel's "model default": 0, "" and MODEL_DEFAULT leave the option to the model card
+    defaults = ExplainRequest.fromPanel(types.SimpleNamespace(
+        model="brain", method="counterfactual", device="auto", steps=0, alpha=0.0, stepSize=0.0, targets="",
+        reference=MODEL_DEFAULT))
+    assert defaults.options == ExplainOptions()
+    assert defaults.commandLine("a", "b")[-2:] == ["--progress-format", "jsonl"]
+    assert request.onDevice("cpu") == request and defaults.onDevice("cpu").options.device == "cpu"
+    with pytest.raises(ValueError, match="method must be one of"):
+        ExplainRequest.fromPanel(types.SimpleNamespace(model="m", method="magic"))
     with pytest.raises(ValueError, match="choose a model"):
-        ExplainSettings(model="")
+        ExplainRequest.fromPanel(types.SimpleNamespace(model=""))
 
 
 def test_eta_from_progress_since_the_first_step():
@@ -78,7 +99,7 @@ def test_jsonl_progress_lines_and_unchanged_default_output(tiny_bundle, tmp_path
 
     voxels, _ = syntheticHeadCT()
     write_volume(CTVolume(voxels, (4, 4, 5), (0, 0, 0), np.eye(3)), tmp_path / "ct.nrrd")
-    base = [sys.executable, "-m", "ACATLogic.cli.main", "explain", str(tmp_path / "ct.nrrd"), "--model",
+    base = [sys.executable, "-m", "ACATCli", "explain", str(tmp_path / "ct.nrrd"), "--model",
             str(tiny_bundle), "--device", "cpu"]
     run = subprocess.run(base + ["--out", str(tmp_path / "a"), "--progress-format", "jsonl"],
                          capture_output=True, text=True, timeout=300)
@@ -98,11 +119,11 @@ def test_jsonl_progress_lines_and_unchanged_default_output(tiny_bundle, tmp_path
     assert "{" not in plain.stdout and "event" not in plain.stderr
 
 
-def test_explain_session_runs_in_the_background_and_loads_results(slicer_scene, head, tiny_bundle, tmp_path):
+def test_a_run_goes_in_the_background_and_loads_its_results(slicer_scene, head, tiny_bundle, tmp_path):
     scene = slicer_scene.scene
-    events = []
-    run = session.ExplainSession(scene, workRoot=tmp_path)
-    run.start(head, ExplainSettings(model=str(tiny_bundle), device="cpu"), onProgress=events.append)
+    events, loaded = [], []
+    run = ExplainController(scene, workRoot=tmp_path)
+    run.start(head, cpu(tiny_bundle), onProgress=events.append, onResult=loaded.append)
     assert run.running and run.poll() is None  # start returns at once; the GUI keeps running
     outcome = run.wait(timeoutS=300)
     assert outcome.state == SUCCEEDED, outcome.errorMessage
@@ -111,6 +132,7 @@ def test_explain_session_runs_in_the_background_and_loads_results(slicer_scene, 
     assert sum(e.message.startswith("counterfactual step") for e in events) == 3
     assert any(e.etaS is not None and e.etaS > 0 for e in events)
     result = outcome.result
+    assert loaded == [result] and run.result is result and run.progress is events[-1]
     assert set(result.counterfactuals) == {"none", "left", "right", "both"}
     assert set(result.attention) == {"early", "middle", "late", "fused"}
     np.testing.assert_array_equal(ijkToRasArray(result.saliency), ijkToRasArray(head))
@@ -125,8 +147,8 @@ def test_cancel_stops_the_process_promptly_and_leaves_the_scene_unchanged(slicer
     scene = slicer_scene.scene
     before = [scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())]
     events = []
-    run = session.ExplainSession(scene, workRoot=tmp_path)
-    run.start(head, ExplainSettings(model=str(slow_bundle), device="cpu"), onProgress=events.append)
+    run = ExplainController(scene, workRoot=tmp_path)
+    run.start(head, cpu(slow_bundle), onProgress=events.append)
     deadline = time.monotonic() + 300
     while not any(e.message.startswith("counterfactual step") for e in events):
         assert run.poll() is None, "the slow run finished before it could be cancelled"
@@ -146,8 +168,8 @@ def test_bad_model_gives_one_line_and_no_nodes(slicer_scene, head, tmp_path):
     scene = slicer_scene.scene
     before = scene.GetNumberOfNodes()
     (tmp_path / "not-a-bundle").mkdir()
-    run = session.ExplainSession(scene, workRoot=tmp_path)
-    run.start(head, ExplainSettings(model=str(tmp_path / "not-a-bundle"), device="cpu"))
+    run = ExplainController(scene, workRoot=tmp_path)
+    run.start(head, cpu(tmp_path / "not-a-bundle"))
     outcome = run.wait(timeoutS=300)
     assert outcome.state == FAILED
     assert outcome.errorMessage == f"{tmp_path / 'not-a-bundle'}: not a model bundle: no model.json"
@@ -160,9 +182,9 @@ def test_a_labelmap_input_is_refused_before_anything_starts(slicer_scene, tmp_pa
     labelmap = addVolumeNode(slicer_scene.scene, np.zeros((3, 4, 5), np.uint8), "mask", ijkToRas=np.eye(4),
                              nodeClass="vtkMRMLLabelMapVolumeNode")
     started = []
-    run = session.ExplainSession(slicer_scene.scene, runnerFactory=lambda: started.append(1), workRoot=tmp_path)
+    run = ExplainController(slicer_scene.scene, runnerFactory=lambda: started.append(1), workRoot=tmp_path)
     with pytest.raises(ValueError, match="'mask' is a labelmap"):
-        run.start(labelmap, ExplainSettings(model="anything"))
+        run.start(labelmap, cpu("anything"))
     assert started == [] and list(tmp_path.iterdir()) == []
 
 
@@ -172,7 +194,7 @@ def test_process_runner_reports_a_crash_without_a_result(tmp_path):
     crash.write_text("import sys; print('Segmentation fault', file=sys.stderr); sys.exit(139)\n")
     runner = ExplainProcess(pythonExecutable=sys.executable,
                             popen=lambda command, **kw: subprocess.Popen([sys.executable, str(crash)], **kw))
-    runner.start(ExplainSettings(model="m"), tmp_path / "in.nrrd", tmp_path / "out")
+    runner.start(ExplainRequest("m", ExplainOptions()), tmp_path / "in.nrrd", tmp_path / "out")
     outcome = runner.wait(timeoutS=60)
     assert outcome.state == FAILED and outcome.returnCode == 139
     assert outcome.errorMessage == "the explanation stopped (exit code 139): Segmentation fault"
@@ -187,7 +209,7 @@ def test_selftest_bundle_is_a_valid_bundle(tmp_path):
 
 
 def test_model_choices_from_cards_and_verified_bundles(tiny_bundle, tmp_path, monkeypatch):
-    from ACATSlicerLib import models
+    from ACATSlicerLib.models import ModelList
 
     models_dir = tmp_path / "models"
     models_dir.mkdir()
@@ -195,9 +217,10 @@ def test_model_choices_from_cards_and_verified_bundles(tiny_bundle, tmp_path, mo
     (models_dir / "broken").mkdir()
     (models_dir / "broken" / "model.json").write_text("{not json")
     monkeypatch.setenv("ACAT_MODELS_DIR", str(models_dir))
-    choices = [c for c in models.bundledModels() if c.path.startswith(str(models_dir))]
+    offered = ModelList()
+    choices = [c for c in offered.choices() if str(c.path).startswith(str(models_dir))]
     assert [(c.id, c.title) for c in choices] == [("random-brain_stroke", "random-brain_stroke 0.0.0 (brain_stroke)")]
-    assert models.verifyBundle(tiny_bundle).id == "random-brain_stroke"
+    assert offered.add(tiny_bundle).id == "random-brain_stroke"
     tampered = tmp_path / "tampered"
     import shutil
 
@@ -208,22 +231,21 @@ def test_model_choices_from_cards_and_verified_bundles(tiny_bundle, tmp_path, mo
         fh.seek(-1, 2)
         fh.write(bytes([last[0] ^ 0xFF]))
     with pytest.raises(ValueError, match="sha256"):
-        models.verifyBundle(tampered)
+        offered.add(tampered)
+    assert not any(c.path == tampered for c in offered.choices())
 
 
 def test_a_second_explain_while_one_runs_is_refused_and_the_first_goes_on(slicer_scene, head, slow_bundle, tmp_path):
-    from ACATSlicerLib.controller import ExplainController
-
     scene = slicer_scene.scene
     before = [scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())]
     controller = ExplainController(scene, workRoot=tmp_path)
     events = []
-    controller.start(head, ExplainSettings(model=str(slow_bundle), device="cpu"), onProgress=events.append)
-    runner, work = controller.session.runner, controller.session.workDir
-    with pytest.raises(RuntimeError, match="an explanation is already running; wait for it or cancel it first"):
-        controller.start(head, ExplainSettings(model=str(slow_bundle), device="cpu", method="gradient"))
-    assert controller.session.runner is runner and controller.session.workDir == work and work.is_dir()
-    assert controller.session.settings.method == "counterfactual"  # the first run's settings, untouched
+    controller.start(head, cpu(slow_bundle), onProgress=events.append)
+    runner, work = controller.runner, controller.workDir
+    with pytest.raises(AlreadyRunning, match="an explanation is already running; wait for it or cancel it first"):
+        controller.start(head, ExplainRequest(str(slow_bundle), ExplainOptions(device="cpu", method="gradient")))
+    assert controller.runner is runner and controller.workDir == work and work.is_dir()
+    assert controller.request.options.method == "counterfactual"  # the first run's request, untouched
     deadline = time.monotonic() + 300
     while not any(e.message.startswith("counterfactual step") for e in events):  # the first run goes on
         assert controller.poll() is None and time.monotonic() < deadline
@@ -237,11 +259,69 @@ def test_cancel_right_after_start_leaves_nothing(slicer_scene, head, slow_bundle
     """Cancel before the child has even read its input: the process is gone, no node, no folder."""
     scene = slicer_scene.scene
     before = scene.GetNumberOfNodes()
-    run = session.ExplainSession(scene, workRoot=tmp_path)
-    run.start(head, ExplainSettings(model=str(slow_bundle), device="cpu"))
+    run = ExplainController(scene, workRoot=tmp_path)
+    run.start(head, cpu(slow_bundle))
     pid = run.runner.pid
     assert run.cancel().state == CANCELLED
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
     assert scene.GetNumberOfNodes() == before and list(tmp_path.iterdir()) == []
     assert run.poll().state == CANCELLED  # and it stays cancelled: nothing is loaded later
+
+
+class _ScriptedLoadableModuleLogic:
+    """Slicer's ScriptedLoadableModuleLogic as Slicer 5.x writes it (it imports qt, absent here): a plain
+    class whose __init__ calls super().__init__() and sets moduleName; getParameterNode gives the node."""
+
+    def __init__(self, parent=None):
+        super().__init__()
+        self.moduleName = type(self).__name__.removesuffix("Logic")
+        self.isSingletonParameterNode = True
+
+    def getParameterNode(self):
+        return types.SimpleNamespace(node="the module's vtkMRMLScriptedModuleNode")
+
+
+def test_the_module_logic_is_the_controller(slicer_scene, head, tmp_path):
+    """ACATSlicer.py's own ACATSlicerLogic class (its source, run here with Slicer's base class stood in):
+    it is the one controller - the panel becomes the request, the run starts, polls and is refused twice."""
+    import ast
+    from pathlib import Path
+
+    from ACATSlicerLib.layout import ViewOptions
+
+    source = (Path(__file__).resolve().parents[1] / "ACATSlicer" / "ACATSlicer.py").read_text()
+    tree = ast.parse(source)
+    logic_class = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "ACATSlicerLogic")
+    started = []
+
+    class Runner:
+        state = "idle"
+
+        def start(self, request, inputPath, outDir, onProgress=None):
+            started.append(request)
+            self.state = "running"
+
+        def poll(self):
+            return None
+
+        def cancel(self, timeoutS=10.0):
+            self.state = "cancelled"
+
+    namespace = {"ScriptedLoadableModuleLogic": _ScriptedLoadableModuleLogic, "ExplainController": ExplainController,
+                 "ExplainProcess": Runner, "ExplainRequest": ExplainRequest, "ViewOptions": ViewOptions,
+                 "ACATSlicerParameterNode": lambda node: node,
+                 "slicer": types.SimpleNamespace(mrmlScene=slicer_scene.scene)}
+    exec(compile(ast.Module(body=[logic_class], type_ignores=[]), "ACATSlicer.py", "exec"), namespace)
+    logic = namespace["ACATSlicerLogic"]()
+    assert isinstance(logic, ExplainController) and logic.moduleName == "ACATSlicer"
+    assert logic.scene is slicer_scene.scene and logic.getParameterNode().node.startswith("the module's")
+    panel = types.SimpleNamespace(inputVolume=head, model="/m", method="gradient", device="cpu", steps=0, alpha=0.0,
+                                  stepSize=0.0, targets="", reference=MODEL_DEFAULT, opacity=0.3,
+                                  thresholdPercentile=90.0)
+    logic.startExplain(panel)
+    assert started == [ExplainRequest("/m", ExplainOptions(method="gradient", device="cpu"))]
+    assert logic.running and logic.poll() is None and (logic.view.opacity, logic.view.percentile) == (0.3, 90.0)
+    with pytest.raises(AlreadyRunning):
+        logic.startExplain(panel)
+    assert logic.cancel().state == CANCELLED and not logic.running and len(started) == 1

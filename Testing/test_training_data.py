@@ -12,12 +12,12 @@ import torch
 from ACATLogic.errors import ACATInputError
 from ACATLogic.io import write_dicom_series, write_volume
 from ACATLogic.preprocess import InputSpec, prepare
-from test_training_toy import head_volume, tiny_config, write_brain_toy
+from toy_training import head_volume, tiny_config, write_brain_toy
 from training.augment import augment_batch, flip_decisions, flip_left_right, inverse_frequency
 from training.config import load_config
 from training.data import list_cases, open_data, stratified_split
 from training.distributed import ResumableDistributedSampler
-from training.metrics import classification_metrics, roc_auc
+from training.metrics import epoch_metrics, roc_auc
 
 CONFIGS = Path(__file__).resolve().parents[1] / "training" / "configs"
 
@@ -246,9 +246,15 @@ def test_metrics():
     assert roc_auc(np.array([0.1, 0.4, 0.35, 0.8]), np.array([0, 0, 1, 1], bool)) == 0.75
     assert roc_auc(np.array([0.5, 0.5]), np.array([0, 1], bool)) == 0.5
     probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7]])
-    m = classification_metrics(probs, np.array([0, 1, 1, 1]))
+    m = epoch_metrics(probs, np.array([0, 1, 1, 1]))
     assert m["accuracy"] == 0.75 and m["balanced_accuracy"] == pytest.approx((1 + 2 / 3) / 2)
     assert m["loss"] == pytest.approx(-np.mean(np.log([0.9, 0.8, 0.4, 0.7])))
+    assert m["auc"] == 1.0  # every class-1 scan scores above the class-0 one
+    # the accuracies are ACATLogic's (the project's one classification-metrics function): a class without
+    # scans (nan recall) does not count in the balanced accuracy
+    three = epoch_metrics(np.array([[0.8, 0.1, 0.1], [0.1, 0.2, 0.7], [0.1, 0.8, 0.1]]), np.array([0, 1, 1]))
+    assert three["accuracy"] == pytest.approx(2 / 3) and three["balanced_accuracy"] == pytest.approx(0.75)
+    assert all(np.isnan(v) for v in epoch_metrics(np.zeros((0, 2)), np.zeros(0)).values())
 
 
 def test_paper_configs_hold_the_paper_settings():
@@ -297,3 +303,14 @@ def test_pipeline_runs_each_seed_in_its_own_folder_with_one_cache(tmp_path):
     runs = seed_configs(load_config(path, ["seeds=[0,1,2]"]))
     assert [(c.seed, c.out_dir) for c in runs] == [(s, str(tmp_path / "run" / f"seed_{s}")) for s in (0, 1, 2)]
     assert {c.data.cache_dir for c in runs} == {str(tmp_path / "run" / "cache")}
+
+
+def test_toy_volumes_put_the_blob_on_the_labelled_side():
+    from ACATLogic.preprocess import InputSpec, prepare
+
+    spec = InputSpec(slices=4, size=(32, 32), hu_window=(40, 80), alignment="brain_midline")
+    for label, expect_left, expect_right in ((0, False, False), (1, True, False), (2, False, True), (3, True, True)):
+        x = prepare(head_volume(label), spec, coverage="sampled").images[0]  # (S, 1, H, W)
+        bright = (x > 0.9).float()
+        left, right = bright[..., 16:].sum().item(), bright[..., :16].sum().item()
+        assert (left > 5) == expect_left and (right > 5) == expect_right, (label, left, right)

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from safetensors.torch import load_file
 
-from test_training_toy import tiny_config, write_brain_toy
+from toy_training import tiny_config, write_brain_toy
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from ACATLogic.bundle import load_bundle
-from test_training_toy import head_volume, tiny_config, write_brain_toy
+from toy_training import head_volume, tiny_config, write_brain_toy
 from training import export as export_cli
 from training import pipeline, train
 from training.checkpoint import CHECKPOINT_KIND, load_checkpoint, load_weights

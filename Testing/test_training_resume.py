@@ -22,7 +22,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from test_training_toy import tiny_config, write_brain_toy
+from toy_training import tiny_config, write_brain_toy
 from training.checkpoint import CHECKPOINT_KIND, load_checkpoint
 from training.config import load_config
 from training.run_folder import RunFolder, stage_status

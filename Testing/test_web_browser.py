@@ -36,7 +36,7 @@ SHIPPED = (SHIPPED_BUNDLE / "model.json").is_file()
 
 @pytest.fixture(scope="module")
 def demo_image(tmp_path_factory):
-    from training.phantom.demo import write_demo_case
+    from ACATData.phantom.demo import write_demo_case
 
     return write_demo_case(tmp_path_factory.mktemp("demo") / "phantom_case", side="left")["image_path"]
 

@@ -22,11 +22,12 @@ pytest.importorskip("trame_slicer", reason="trame-slicer is not installed (pip i
 import slicer  # noqa: E402
 from slicer_scene import slicer_scene_fixture  # noqa: E402
 
-from ACATLogic.cli.main import main as acat_main  # noqa: E402
+from ACATCli.main import main as acat_main  # noqa: E402
 from ACATLogic.errors import ACATInputError  # noqa: E402
 from ACATLogic.io.itk_files import read_itk_file, write_itk_file  # noqa: E402
 from ACATLogic.volume import CTVolume  # noqa: E402
-from ACATSlicerLib.controller import ExplainController  # noqa: E402
+from ACATLogic.options import ExplainOptions  # noqa: E402
+from ACATSlicerLib.controller import AlreadyRunning, ExplainController  # noqa: E402
 from ACATSlicerLib.runner import CANCELLED, RUNNING, SUCCEEDED, RunOutcome  # noqa: E402
 from ACATSlicerLib.selftest_case import syntheticHeadCT  # noqa: E402
 from ACATSlicerLib.volume_nodes import geometryFromIjkToRas  # noqa: E402
@@ -71,8 +72,8 @@ class WritingRunner:
     def __init__(self, finish: bool = True):
         self.finish, self.state, self.progressed = finish, "idle", []
 
-    def start(self, settings, inputPath, outDir, onProgress=None):
-        self.settings, self.inputPath, self.outDir, self.onProgress = settings, inputPath, outDir, onProgress
+    def start(self, request, inputPath, outDir, onProgress=None):
+        self.request, self.inputPath, self.outDir, self.onProgress = request, inputPath, outDir, onProgress
         self.state = RUNNING
 
     def poll(self):
@@ -94,7 +95,7 @@ class WritingRunner:
         write_itk_file(grid.with_voxels(saliency * 0.5), self.outDir / "attention_fused.nrrd")
         trajectory = {t: [PROBABILITIES, {**PROBABILITIES, t: 0.9}] for t in LABELS}
         report = {"prediction": "left", "probabilities": PROBABILITIES, "model": {"id": "test-model", "version": "1"},
-                  "method": self.settings.method, "trajectory": trajectory}
+                  "method": self.request.options.method, "trajectory": trajectory}
         (self.outDir / "report.json").write_text(json.dumps(report))
         self.state = SUCCEEDED
         return RunOutcome(SUCCEEDED, 0, self.outDir, result={"event": "result"})
@@ -147,13 +148,14 @@ def test_explain_shows_the_overlay_over_the_patients_left_and_the_counterfactual
     runner = WritingRunner()
     viewer = make_session(headless, tmp_path, runner)
     with pytest.raises(ValueError, match="open a CT first"):
-        viewer.start("some-model")
+        viewer.explain("some-model")
     node = viewer.show_input(session.read_ct(head_nrrd))
-    viewer.start("some-model", "counterfactual")
-    assert runner.settings.model == "some-model" and runner.settings.method == "counterfactual"
-    outcome = viewer.poll()
+    viewer.explain("some-model", ExplainOptions(method="counterfactual"))
+    assert runner.request.model == "some-model" and runner.request.options.method == "counterfactual"
+    outcome = viewer.controller.poll()
     assert outcome.state == SUCCEEDED, outcome.errorMessage
-    assert viewer.progress.fraction == 0.5 and viewer.poll() is outcome  # the outcome is taken once
+    # the page reads the run's progress and outcome from the one controller; the outcome stays until the next run
+    assert viewer.controller.progress.fraction == 0.5 and viewer.controller.poll() is outcome
     result = viewer.result
     for name in session.INPUT_VIEWS:
         composite = headless.sliceLogics[name].GetSliceCompositeNode()
@@ -183,8 +185,8 @@ def test_explain_shows_the_overlay_over_the_patients_left_and_the_counterfactual
 def test_the_counterfactual_view_follows_the_axial_view(headless, head_nrrd, tmp_path):
     viewer = make_session(headless, tmp_path, WritingRunner())
     viewer.show_input(session.read_ct(head_nrrd))
-    viewer.start("m")
-    assert viewer.poll().state == SUCCEEDED
+    viewer.explain("m")
+    assert viewer.controller.poll().state == SUCCEEDED
     red, cf = headless.sliceLogics["Red"], headless.sliceLogics["CF"]
     red.SetSliceOffset(12.5)
     assert cf.GetSliceOffset() == pytest.approx(12.5)
@@ -198,10 +200,10 @@ def test_cancel_leaves_the_scene_as_it_was(headless, head_nrrd, tmp_path):
     viewer = make_session(headless, tmp_path, WritingRunner(finish=False))
     viewer.show_input(session.read_ct(head_nrrd))
     before = headless.nodeCount()
-    viewer.start("m")
-    assert viewer.running and viewer.poll() is None
-    viewer.cancel()
-    assert not viewer.running and viewer.poll().state == CANCELLED
+    viewer.explain("m")
+    assert viewer.controller.running and viewer.controller.poll() is None
+    viewer.controller.cancel()
+    assert not viewer.controller.running and viewer.controller.poll().state == CANCELLED
     assert viewer.result is None and headless.nodeCount() == before
     assert not list(tmp_path.glob("acat-explain-*"))  # the work folder is gone
 
@@ -216,14 +218,15 @@ def test_a_second_explain_while_one_runs_is_refused(headless, head_nrrd, tmp_pat
     viewer = session.ViewerSession(headless.scene, ExplainController(headless.scene, runnerFactory=factory,
                                                                      workRoot=tmp_path))
     viewer.show_input(session.read_ct(head_nrrd))
-    viewer.start("m", "counterfactual")
-    assert viewer.poll() is None and viewer.progress.fraction == 0.5
-    with pytest.raises(RuntimeError, match="an explanation is already running"):
-        viewer.start("other-model", "gradient")
-    assert len(runners) == 1 and viewer.running and viewer.progress.fraction == 0.5  # the first run, untouched
-    assert runners[0].settings.model == "m"
-    viewer.cancel()
-    assert not viewer.running and len(list(tmp_path.glob("acat-explain-*"))) == 0
+    viewer.explain("m", ExplainOptions(method="counterfactual"))
+    controller = viewer.controller
+    assert controller.poll() is None and controller.progress.fraction == 0.5
+    with pytest.raises(AlreadyRunning, match="an explanation is already running"):
+        viewer.explain("other-model", ExplainOptions(method="gradient"))
+    assert len(runners) == 1 and controller.running and controller.progress.fraction == 0.5  # the first run, untouched
+    assert runners[0].request.model == "m" and controller.request.options.method == "counterfactual"
+    controller.cancel()
+    assert not controller.running and len(list(tmp_path.glob("acat-explain-*"))) == 0
 
 
 def test_download_is_a_zip_of_nrrd_and_report_without_patient_data(headless, head_nrrd, tmp_path):
@@ -233,8 +236,8 @@ def test_download_is_a_zip_of_nrrd_and_report_without_patient_data(headless, hea
     viewer.show_input(session.read_ct(head_nrrd))
     with pytest.raises(ValueError, match="explain a CT first"):
         viewer.export_zip(downloads)
-    viewer.start("m")
-    viewer.poll()
+    viewer.explain("m")
+    viewer.controller.poll()
     path = viewer.export_zip(downloads, "results.zip")
     assert sorted(p.name for p in downloads.iterdir()) == ["results.zip"]  # no temporary files left
     with zipfile.ZipFile(path) as archive:
@@ -250,8 +253,8 @@ def test_download_is_a_zip_of_nrrd_and_report_without_patient_data(headless, hea
 def test_result_summary_and_probability_plot(headless, head_nrrd, tmp_path):
     viewer = make_session(headless, tmp_path, WritingRunner())
     viewer.show_input(session.read_ct(head_nrrd))
-    viewer.start("m")
-    outcome = viewer.poll()
+    viewer.explain("m")
+    outcome = viewer.controller.poll()
     card = summary.result_summary(viewer.result, outcome.elapsedS)
     assert card["prediction"] == "left"
     assert card["probabilities_text"] == "none 0.100, left 0.700, right 0.150, both 0.050"

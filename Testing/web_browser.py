@@ -44,7 +44,7 @@ def viewer_server(model: Path, tmp: Path, start_timeout_s: float = 180.0, extra_
     log = tmp / "acat-view.log"
     env = dict(os.environ, TMPDIR=str(tmp / "tmp"), PYTHONUNBUFFERED="1")
     env.pop("DISPLAY", None)  # headless, as in CI: VTK renders through EGL
-    command = [sys.executable, "-m", "ACATLogic.cli.main", "view", "--port", str(port), "--model", str(model),
+    command = [sys.executable, "-m", "ACATCli", "view", "--port", str(port), "--model", str(model),
                *extra_args]
     with open(log, "w") as stderr:
         process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=stderr, text=True)

@@ -105,12 +105,12 @@ def main(argv=None) -> int:
 
     from slicer_scene import HeadlessScene
 
+    from ACATData.phantom.demo import write_demo_case
+    from ACATLogic.options import ExplainOptions
     from ACATSlicerLib import layout
     from ACATSlicerLib.controller import ExplainController
+    from ACATSlicerLib.request import ExplainRequest
     from ACATSlicerLib.runner import SUCCEEDED
-    from ACATSlicerLib.session import ViewOptions
-    from ACATSlicerLib.settings import ExplainSettings
-    from training.phantom.demo import write_demo_case
 
     with tempfile.TemporaryDirectory(prefix="acat-slicer-screenshot-") as tmp:
         tmp = Path(tmp)
@@ -131,11 +131,11 @@ def main(argv=None) -> int:
                 choices = controller.modelChoices()
                 if not choices:
                     parser.error("no bundled model found (Resources/Models); use --model FOLDER")
-                model = choices[0].path  # what the panel's model selector shows first
+                model = str(choices[0].path)  # what the panel's model selector shows first
             else:
                 model = str(controller.addModel(args.model).path)
-            options = ViewOptions()  # the panel's defaults: opacity 0.5, percentile 95, side by side
-            controller.start(ct, ExplainSettings(model=model), options)  # panel defaults otherwise
+            options = layout.ViewOptions()  # the panel's defaults: opacity 0.5, percentile 95, side by side
+            controller.start(ct, ExplainRequest(model, ExplainOptions()), options)  # panel defaults otherwise
             outcome = controller.wait(args.timeout)
             if outcome.state != SUCCEEDED:
                 raise RuntimeError(f"the Explain {outcome.state}: {outcome.errorMessage}")

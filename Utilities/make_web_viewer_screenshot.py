@@ -33,7 +33,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="acat-screenshot-") as tmp:
         tmp = Path(tmp)
-        from training.phantom.demo import write_demo_case
+        from ACATData.phantom.demo import write_demo_case
 
         image = Path(write_demo_case(tmp / "phantom_case", side="left")["image_path"])
         model = args.model

@@ -94,7 +94,7 @@ def phantom_lesions(cfg, records) -> list[Optional[np.ndarray]]:
     (phantom data; None where a case has no lesion mask)."""
     from ACATLogic.preprocess import prepare
 
-    from .phantom.io import load_case, read_manifest
+    from ACATData.phantom.io import load_case, read_manifest
 
     rows = {r["case_id"]: r for r in read_manifest(cfg.data.path)}
     spec = cfg.input.spec()

@@ -99,10 +99,13 @@ class OptimConfig:
     loss: str = "ce"  # classifiers: ce; autoencoder: mse | l1
     best_metric: str = "val_loss"  # val_loss | val_accuracy | val_balanced_accuracy | val_auc
     grad_clip: float = 0.0  # max gradient norm; 0 = off
-    patience: int = 0  # stop after this many epochs without a better best_metric (0: run every epoch)
+    # stop after this many epochs without a better best_metric (0: run every epoch), counted from the end of
+    # the autoencoder's consistency_warmup
+    patience: int = 0
     # autoencoder only: weight of KL(f(x) || f(D(E(x)))) with the trained baseline f as the judge, so that
     # the classifier reads a reconstruction as it reads the scan (training.autoencoder_fitness); 0 = off
     consistency: float = 0.0
+    consistency_warmup: int = 0  # epochs of plain reconstruction before the consistency term starts
 
 
 @dataclass
@@ -235,10 +238,10 @@ class TrainConfig:
         for name in ("baseline", "autoencoder", "acat"):
             if getattr(self, name).patience < 0:
                 bad(f"{name}.patience must be >= 0")
-            if name != "autoencoder" and getattr(self, name).consistency:
-                bad(f"{name}.consistency is for the autoencoder only")
-        if self.autoencoder.consistency < 0:
-            bad("autoencoder.consistency must be >= 0")
+            if name != "autoencoder" and (getattr(self, name).consistency or getattr(self, name).consistency_warmup):
+                bad(f"{name}.consistency and {name}.consistency_warmup are for the autoencoder only")
+        if self.autoencoder.consistency < 0 or self.autoencoder.consistency_warmup < 0:
+            bad("autoencoder.consistency and autoencoder.consistency_warmup must be >= 0")
         if self.checkpoint_every_steps < 0:
             bad("checkpoint_every_steps must be >= 0")
         if not self.seeds:

@@ -2,7 +2,7 @@
 
 Sources (``data.source``):
 
-* ``phantom``: the phantom benchmark's manifest.csv (`training.phantom.io.read_manifest` /
+* ``phantom``: the phantom benchmark's manifest.csv (`ACATData.phantom.io.read_manifest` /
   `load_case`); its split column is used as it is.
 * ``csv``: any CSV manifest. Columns: ``path`` (or ``image``: a DICOM folder, NRRD or NIfTI, relative to
   the CSV's folder or absolute), ``label`` (an index or a class name: brain ``none/left/right/both`` as
@@ -180,8 +180,8 @@ def read_csv_manifest(cfg: TrainConfig) -> tuple[list[CaseRecord], list[DataProb
 
 
 def read_phantom_manifest(cfg: TrainConfig) -> tuple[list[CaseRecord], list[DataProblem]]:
-    """The phantom benchmark's manifest (training/phantom/io.py); its split column as it is."""
-    from .phantom.io import read_manifest
+    """The phantom benchmark's manifest (ACATData/phantom/io.py); its split column as it is."""
+    from ACATData.phantom.io import read_manifest
 
     path = Path(cfg.data.path)
     rows, problems = [], []
@@ -245,7 +245,7 @@ def list_cases(cfg: TrainConfig) -> tuple[list[CaseRecord], list[DataProblem]]:
 def load_volume(source: str, manifest: str, record: CaseRecord):
     """The CT volume of ``record`` (`ACATLogic.CTVolume`)."""
     if source == "phantom":
-        from .phantom.io import load_case
+        from ACATData.phantom.io import load_case
 
         root = Path(manifest).parent
         row = {"image": os.path.relpath(record.image, root), "lesion_mask": "", "organ_mask": "", "territory_map": ""}

@@ -67,8 +67,8 @@ from ACATLogic.metrics import (SUCCESS_PROBABILITY, CounterfactualOutcome, chanc
                                iou_dice, mean_abs_change_outside_lesion, paired_comparison, saliency_hit)
 from ACATLogic.options import ExplainOptions
 
-from .phantom.common import TERRITORIES
-from .phantom.io import LoadedCase, load_case, read_manifest
+from ACATData.phantom.common import TERRITORIES
+from ACATData.phantom.io import LoadedCase, load_case, read_manifest
 
 PROG = "python -m training.evaluate"
 NOTICE = "SIMULATED phantom benchmark"

@@ -57,12 +57,12 @@ from . import export as export_cli
 from . import pipeline
 from .config import load_config
 from .export import BUNDLE_TASK
-from .phantom.common import BRAIN_LABELS, LUNG_LABELS
-from .phantom.io import read_manifest
+from ACATData.phantom.common import BRAIN_LABELS, LUNG_LABELS
+from ACATData.phantom.io import read_manifest
 
 PROG = "python -m training.reproduce"
 NOTICE = "SIMULATED phantom benchmark"
-DEFAULT_METHODS = "counterfactual,latent-shift,gradient,gradcam,integrated-gradients"
+DEFAULT_METHODS = ",".join(evaluate_cli.DEFAULT_METHODS)
 MODELS = {"baseline": "Baseline", "acat": "ACAT"}
 #: the localisation row of the counterfactual method explaining the ACAT classifier (paper Sec. 4.4)
 ACAT_CLASSIFIER_ROW = "counterfactual_acat_classifier"
@@ -151,7 +151,21 @@ def summarise(per_seed: list[dict], task: str) -> dict:
             entry["mean_steps"]["of_seeds"] = len(steps)
             entry["mean_abs_change_outside_lesion_hu"] = _stat([c["mean_abs_change_outside_lesion_hu"] for c in cf])
         methods[method] = entry
-    return {"classification": classification, "methods": methods}
+    chance = {}
+    if evaluated and all(s.get("evaluation", {}).get("chance") for s in evaluated):
+        chance = {key: _stat([s["evaluation"]["chance"][key] for s in evaluated])
+                  for key in ("hit_score", "mean_iou", "mean_dice")}
+    paired: dict = {}
+    if evaluated and all(s.get("evaluation", {}).get("paired") for s in evaluated):
+        reference = evaluated[0]["evaluation"]["paired"]["reference"]
+        for other in evaluated[0]["evaluation"]["paired"]["against"]:
+            pairs = [s["evaluation"]["paired"]["against"][other] for s in evaluated]
+            paired[other] = {key: {"difference": _stat([p[key]["mean_difference"] for p in pairs]),
+                                   "ci95_above_zero": sum(1 for p in pairs if p[key]["ci95"][0] is not None
+                                                          and p[key]["ci95"][0] > 0),
+                                   "of_seeds": len(pairs)} for key in ("hit", "iou", "dice")}
+        paired = {"reference": reference, "against": paired}
+    return {"classification": classification, "methods": methods, "chance": chance, "paired": paired}
 
 
 def _fmt(stat: dict, digits: int = 3) -> str:
@@ -210,10 +224,25 @@ def render_markdown(report: dict) -> str:
                  _fmt_steps(row["mean_steps"]) if "mean_steps" in row else "–",
                  _fmt(row["time_per_scan_s"], 2)]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "Hit: the territory (of six) that holds the saliency maximum holds a lesion (paper Sec. 4.4; "
-              "brain only). "
-              "IoU / Dice: the top-n voxels, n = the lesion's size (appendix H). Counterfactual success: the "
-              "original class's probability below 0.2 within the steps (Fig. 5).", ""]
+    if s.get("chance"):
+        c = s["chance"]
+        lines.append(f"| Chance (a uniformly random organ voxel) | {_fmt(c['hit_score'])} | {_fmt(c['mean_iou'])} | "
+                     f"{_fmt(c['mean_dice'])} | – | – | – |")
+    lines += ["", "Hit: the territory (of six) that holds the map's maximum holds a lesion (paper Sec. 4.4; "
+              "brain only). IoU / Dice: the top-n map voxels inside the organ, n = the lesion's size "
+              f"(appendix H). Counterfactual success: {evaluate_cli.SUCCESS_RULE} (Fig. 5).", ""]
+    paired = s.get("paired") or {}
+    if paired.get("against"):
+        ref = ROW_NAMES.get(paired["reference"], paired["reference"])
+        lines += [f"### {ref} minus each method, case by case", "",
+                  "Mean over seeds of each seed's mean paired difference (± standard error over seeds); in "
+                  "brackets, the seeds whose bootstrap 95 % interval lies above zero.", "",
+                  "| method | hit score difference | IoU difference | Dice difference |", "|---|---|---|---|"]
+        for other, row in paired["against"].items():
+            cells = [f"{_fmt(row[k]['difference'])} ({row[k]['ci95_above_zero']} of {row[k]['of_seeds']})"
+                     for k in ("hit", "iou", "dice")]
+            lines.append(f"| {ROW_NAMES.get(other, other)} | " + " | ".join(cells) + " |")
+        lines.append("")
     return "\n".join(lines)
 
 
@@ -256,6 +285,8 @@ def run_seed(config: str, overrides: Sequence[str], seed: int, out_dir: Path, me
         settings = previous.get("settings", {})
         # kept only when it scored these weights, with this hit rule, on the same scans, with the same methods
         same = (previous.get("bundle", {}).get("sha256") == sha256 and settings.get("hit") == evaluate_cli.HIT_RULE
+                and settings.get("overlap") == evaluate_cli.OVERLAP_RULE
+                and settings.get("success") == evaluate_cli.SUCCESS_RULE
                 and previous.get("dataset", {}).get("limit") == eval_limit and settings.get("coverage") == coverage
                 and settings.get("methods") == evaluate_cli.parse_methods(kwargs["methods"]))
         if not same:
@@ -265,7 +296,7 @@ def run_seed(config: str, overrides: Sequence[str], seed: int, out_dir: Path, me
 
 
 def reproduce(config: str, overrides: Sequence[str], seeds: Sequence[int], out: Path, *, methods: str,
-              eval_limit: Optional[int] = None, coverage: str = "sampled", command: str = "",
+              eval_limit: Optional[int] = None, coverage: str = "all", command: str = "",
               acat_seeds: Optional[Sequence[int]] = None) -> dict:
     """``seeds``: every seed trains the baseline; ``acat_seeds`` (default: all of them) also run the rest
     of Algorithm 1 (autoencoder, saliency maps, ACAT) and the saliency evaluation."""
@@ -291,6 +322,7 @@ def reproduce(config: str, overrides: Sequence[str], seeds: Sequence[int], out: 
                              "classification": seed_classification(run, manifest, labels, group_column),
                              "evaluation": {"methods": evaluation["methods"],
                                             "n_cases": evaluation["dataset"]["n_cases"],
+                                            "chance": evaluation.get("chance"), "paired": evaluation.get("paired"),
                                             "settings": evaluation["settings"]},
                              "evaluation_acat_classifier": {"methods": by_acat["methods"],
                                                             "n_cases": by_acat["dataset"]["n_cases"],
@@ -327,8 +359,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--out", required=True, help="folder for reproduction.json and reproduction.md")
     parser.add_argument("--methods", default=DEFAULT_METHODS, help=f"saliency methods (default {DEFAULT_METHODS})")
     parser.add_argument("--eval-limit", type=int, help="evaluate only the first N test scans")
-    parser.add_argument("--coverage", choices=["sampled", "all"], default="sampled",
-                        help="slices the saliency methods see (training.evaluate; default sampled)")
+    parser.add_argument("--coverage", choices=["sampled", "all"], default="all",
+                        help="slices the saliency methods see (training.evaluate; default all, as acat explain)")
     parser.add_argument("-v", "--verbose", action="store_true", help="tracebacks of internal errors")
     parser.add_argument("overrides", nargs="*", help="key=value config overrides (data.path=..., out_dir=...)")
     args = parser.parse_intermixed_args(argv)

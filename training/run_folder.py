@@ -38,6 +38,7 @@ from typing import Optional, Sequence
 
 from .checkpoint import sha256_file
 from .config import TrainConfig
+from .saliency_maps import maps_complete
 
 STAGE_ORDER = ("baseline", "autoencoder", "saliency", "acat")
 UPSTREAM = {"baseline": (), "autoencoder": (), "saliency": ("baseline", "autoencoder"),
@@ -246,8 +247,6 @@ def stage_status(cfg: TrainConfig, stage: str, run: RunFolder, data_digest: str)
     if diff:
         return False, "changed since it ran: " + "; ".join(diff[:4])
     if stage == "saliency":
-        from .stages.saliency import maps_complete
-
         return (True, "") if maps_complete(run, done) else (False, "saliency maps missing or damaged")
     weights = run.weights(stage)
     if not weights.is_file() or sha256_file(weights) != done.get("sha256"):

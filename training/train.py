@@ -310,7 +310,8 @@ def train_stage(cfg: TrainConfig, ctx: DistContext, run: RunFolder, data: ScanDa
 
     # ---- the loop
     for epoch in range(progress["epoch"], optim_cfg.epochs):
-        if optim_cfg.patience and epoch - best["epoch"] >= optim_cfg.patience:  # checked again on resume
+        since = max(best["epoch"], optim_cfg.consistency_warmup)  # a changing objective does not count
+        if optim_cfg.patience and epoch - since >= optim_cfg.patience:  # checked again on resume
             log.info(f"{cfg.stage}: stopping early: no better {best['metric']} in the last "
                      f"{optim_cfg.patience} epochs (best: epoch {best['epoch']})")
             break
@@ -321,6 +322,7 @@ def train_stage(cfg: TrainConfig, ctx: DistContext, run: RunFolder, data: ScanDa
         for batch in loader:
             batch = augment_batch(to_device(batch, ctx.device), epoch=epoch, seed=cfg.seed,
                                   flip_lr=optim_cfg.flip_lr, flip_ap=optim_cfg.flip_ap, task=cfg.data.task)
+            batch["epoch"] = epoch  # for losses whose terms follow a schedule (the autoencoder's consistency)
             with autocast(cfg, ctx.device):
                 loss = step_fn(batch)
             # the global batch's loss (a sync point); checked before any weight changes

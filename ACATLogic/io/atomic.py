@@ -3,7 +3,7 @@
 A folder that replaces an existing one is swapped in with one ``renameat2(RENAME_EXCHANGE)`` on Linux
 (the old folder is never missing, not even for a moment); elsewhere with two renames. Before the old
 folder is deleted, ``protect`` (the command's inputs) is checked once more: nothing that is, or lies
-inside, an input is ever deleted (`ACATLogic.io.output_guard`).
+inside, an input is ever deleted (`ACATLogic.io.path_relations`).
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ import shutil
 import tempfile
 from pathlib import Path
 from typing import Iterator, Sequence
+
+from .path_relations import check_replaceable
 
 
 #: a write that fails with less than this free on the output's file system failed for want of space
@@ -142,8 +144,6 @@ def atomic_directory(target: Path, *, overwrite: bool = False, protect: Sequence
             raise FileExistsError(target)
         if target.exists():
             if protect:
-                from .output_guard import check_replaceable
-
                 check_replaceable(target, protect)
             if _exchange(tmp, target):
                 shutil.rmtree(tmp, ignore_errors=True)  # the old results, now at the temporary name

@@ -325,8 +325,48 @@ def _shift_along(image: np.ndarray, shift: float, axis: int, fill: float) -> np.
 # ------------------------------------------------------------------------------------------------
 def build_volume(records: Sequence[SliceRecord], *, min_slices: int = 2,
                  progress: ProgressCallback = no_progress) -> CTVolume:
-    """Stack the images of one series into a `CTVolume` (HU, LPS). See the module docstring."""
+    """Stack the images of one series into a `CTVolume` (HU, LPS). See the module docstring.
+
+    The steps: the usable images (localizers and duplicate copies left out), sorted along the slice normal
+    and checked (enough slices, one image per position); the in-plane drift of their origins (gantry tilt);
+    the slice spacing (resampled when irregular); the rescale; the pixels decoded to HU; the tilt corrected.
+    """
     notes: list[str] = []
+    images = _usable_images(records, notes)
+    row_spacing, col_spacing = _check_uniform_images(images)
+    row_dir, col_dir, normal = _orthonormal_axes(images)
+    images, along, positions = _sorted_along(images, normal, min_slices)
+    shift_i, shift_j, tilt_deg = _in_plane_drift(positions, along, normal, row_dir, col_dir, row_spacing,
+                                                 col_spacing)
+    spacing_k, target = _slice_positions(along, images)
+    if target is not None:
+        gaps = np.diff(along)
+        notes.append(
+            f"slice spacing was not uniform (gaps {gaps.min():.3g} to {gaps.max():.3g} mm); "
+            f"resampled to {spacing_k:.4g} mm by linear interpolation between slices")
+    _check_rescale(images, notes)
+    voxels = _decode_hu(images, progress)
+    if tilt_deg is not None:
+        _shift_slices(voxels, shift_i, shift_j)
+        notes.append(f"gantry tilt of {tilt_deg:.2f} degrees was corrected by shifting each slice in-plane "
+                     "onto a grid perpendicular to the slices")
+    if target is not None:
+        voxels = _resample_slices(voxels, along, target)
+
+    first = images[0]
+    return CTVolume(
+        voxels_hu=voxels,
+        spacing_mm=(col_spacing, row_spacing, spacing_k),
+        origin_mm=positions[0],
+        direction=np.stack([row_dir, col_dir, normal], axis=1) + 0.0,  # no negative zeros
+        metadata=_metadata(first.header),
+        warnings=notes,
+    )
+
+
+def _usable_images(records: Sequence[SliceRecord], notes: list[str]) -> list[SliceRecord]:
+    """The images to stack: localizer (scout) images and duplicate copies of one image left out (said in
+    ``notes``); an image without pixel data, in colour or a secondary capture is refused."""
     images = [r for r in records if not r.is_localizer]
     if len(images) < len(records):
         notes.append(f"{len(records) - len(images)} localizer (scout) images were left out")
@@ -341,9 +381,14 @@ def build_volume(records: Sequence[SliceRecord], *, min_slices: int = 2,
             raise ACATInputError("the file has no pixel data (no image rows/columns)", r.path)
         if r.is_colour or r.is_secondary_capture:
             raise ACATInputError("a colour or secondary capture image, not CT image data", r.path)
+    return images
 
-    row_spacing, col_spacing = _check_uniform_images(images)
-    row_dir, col_dir, normal = _orthonormal_axes(images)
+
+def _sorted_along(images: list[SliceRecord], normal: np.ndarray,
+                  min_slices: int) -> tuple[list[SliceRecord], np.ndarray, np.ndarray]:
+    """(images, their positions along ``normal`` in mm, their origins (n, 3)) in slice order - by position
+    along the normal, never by file name or InstanceNumber. Refuses too few slices and two images at one
+    position (several acquisitions or phases in one series)."""
     positions = np.array([r.position for r in images])
     along = positions @ normal
     order = np.argsort(along, kind="stable")
@@ -363,8 +408,14 @@ def build_volume(records: Sequence[SliceRecord], *, min_slices: int = 2,
             f"{n_dup + 1} images share one slice position ({images[i].path.name} and {images[i + 1].path.name}): "
             "the series holds several acquisitions or phases; export them as separate series",
             images[0].path.parent)
+    return images, along, positions
 
-    # In-plane drift of the slice origins along the stack = gantry tilt (or a sheared acquisition).
+
+def _in_plane_drift(positions: np.ndarray, along: np.ndarray, normal: np.ndarray, row_dir: np.ndarray,
+                    col_dir: np.ndarray, row_spacing: float,
+                    col_spacing: float) -> tuple[np.ndarray, np.ndarray, Optional[float]]:
+    """(shift along i, shift along j, in pixels per slice; the tilt in degrees, or None when there is none):
+    the in-plane drift of the slice origins along the stack = gantry tilt (or a sheared acquisition)."""
     offsets = positions - positions[0] - np.outer(along - along[0], normal)
     shift_i = offsets @ row_dir / col_spacing  # along i (columns): DICOM column spacing
     shift_j = offsets @ col_dir / row_spacing
@@ -372,13 +423,14 @@ def build_volume(records: Sequence[SliceRecord], *, min_slices: int = 2,
     # Header values carry ~1e-6 mm of rounding: a shift within 1e-3 pixel of a whole pixel is whole.
     shift_i = np.where(np.abs(shift_i - np.rint(shift_i)) < 1e-3, np.rint(shift_i), shift_i)
     shift_j = np.where(np.abs(shift_j - np.rint(shift_j)) < 1e-3, np.rint(shift_j), shift_j)
+    if not tilted:
+        return shift_i, shift_j, None
+    drift_mm = float(np.linalg.norm(offsets[-1]))
+    return shift_i, shift_j, float(np.degrees(np.arctan2(drift_mm, along[-1] - along[0])))
 
-    spacing_k, target = _slice_positions(along, images)
-    if target is not None:
-        notes.append(
-            f"slice spacing was not uniform (gaps {gaps.min():.3g} to {gaps.max():.3g} mm); "
-            f"resampled to {spacing_k:.4g} mm by linear interpolation between slices")
 
+def _check_rescale(images: list[SliceRecord], notes: list[str]) -> None:
+    """A RescaleSlope of 0 is refused; pixel values that are not HU (DICOM RescaleType) are said in ``notes``."""
     for r in images:
         if r.slope == 0:
             raise ACATInputError("RescaleSlope is 0: every pixel would have the same value; the header is damaged",
@@ -388,9 +440,13 @@ def build_volume(records: Sequence[SliceRecord], *, min_slices: int = 2,
         notes.append(f"pixel values are in {'/'.join(sorted(rescale_types))} (DICOM RescaleType), "
                      "not Hounsfield units")
 
-    # Decode, one file at a time (a multi-frame file once), rescale to HU in float64: no integer
-    # overflow. The first file is decoded before the volume is allocated, so a header that declares
-    # more pixels than its file holds fails on its own data, not on a huge allocation.
+
+def _decode_hu(images: list[SliceRecord], progress: ProgressCallback) -> np.ndarray:
+    """(K, J, I) float32 HU of the sorted images.
+
+    Decoded one file at a time (a multi-frame file once) and rescaled to HU in float64: no integer
+    overflow. The first file is decoded before the volume is allocated, so a header that declares more
+    pixels than its file holds fails on its own data, not on a huge allocation."""
     nk = len(images)
     # the whole volume against the memory budget before anything is decoded (a compressed file's decoder
     # allocates what its header declares)
@@ -426,31 +482,17 @@ def build_volume(records: Sequence[SliceRecord], *, min_slices: int = 2,
                                  "the float32 range; the header is damaged", r.path)
         voxels[k] = hu
     progress(1.0, "decoding slices")
+    return voxels
 
-    if tilted:
-        fill = float(voxels.min())
-        for k in range(nk):
-            if abs(shift_i[k]) > 1e-6:
-                voxels[k] = _shift_along(voxels[k], float(shift_i[k]), axis=1, fill=fill)
-            if abs(shift_j[k]) > 1e-6:
-                voxels[k] = _shift_along(voxels[k], float(shift_j[k]), axis=0, fill=fill)
-        drift_mm = float(np.linalg.norm(offsets[-1]))
-        angle = float(np.degrees(np.arctan2(drift_mm, along[-1] - along[0])))
-        notes.append(f"gantry tilt of {angle:.2f} degrees was corrected by shifting each slice in-plane "
-                     "onto a grid perpendicular to the slices")
 
-    if target is not None:
-        voxels = _resample_slices(voxels, along, target)
-
-    first = images[0]
-    return CTVolume(
-        voxels_hu=voxels,
-        spacing_mm=(col_spacing, row_spacing, spacing_k),
-        origin_mm=positions[0],
-        direction=np.stack([row_dir, col_dir, normal], axis=1) + 0.0,  # no negative zeros
-        metadata=_metadata(first.header),
-        warnings=notes,
-    )
+def _shift_slices(voxels: np.ndarray, shift_i: np.ndarray, shift_j: np.ndarray) -> None:
+    """Shift each slice in-plane (in place) by its drift: onto a grid perpendicular to the slices."""
+    fill = float(voxels.min())
+    for k in range(len(voxels)):
+        if abs(shift_i[k]) > 1e-6:
+            voxels[k] = _shift_along(voxels[k], float(shift_i[k]), axis=1, fill=fill)
+        if abs(shift_j[k]) > 1e-6:
+            voxels[k] = _shift_along(voxels[k], float(shift_j[k]), axis=0, fill=fill)
 
 
 def _slice_positions(along: np.ndarray, images: list[SliceRecord]) -> tuple[float, Optional[np.ndarray]]:

@@ -37,6 +37,7 @@ from typing import Iterator, Optional, Sequence, Union
 from ..errors import ACATInputError, shown_path
 from .itk_files import NRRD_SUFFIXES, file_kind
 from .itk_guards import nrrd_data_file
+from .path_relations import identity, is_within, same_path
 
 PathLike = Union[str, os.PathLike]
 
@@ -64,51 +65,10 @@ def input_paths(sources: Union[PathLike, Sequence[PathLike]]) -> list[Path]:
     return paths
 
 
-def _identity(path: Path) -> Optional[tuple[int, int]]:
-    try:
-        info = os.stat(path)
-    except (OSError, ValueError):
-        return None
-    return info.st_dev, info.st_ino
-
-
-def _chains(path: Path) -> list[list[str]]:
-    """The path and its ancestors, written out as given (made absolute) and with links resolved."""
-    chains = []
-    for text in {os.path.abspath(path), os.path.realpath(path)}:
-        chain, current = [], text
-        while True:
-            chain.append(current)
-            parent = os.path.dirname(current)
-            if parent == current:
-                break
-            current = parent
-        chains.append(chain)
-    return chains
-
-
-def _same(a: Path, b: Path) -> bool:
-    ida, idb = _identity(a), _identity(b)
-    if ida is not None and ida == idb:
-        return True
-    return bool({os.path.abspath(a), os.path.realpath(a)} & {os.path.abspath(b), os.path.realpath(b)})
-
-
-def is_within(child: Path, parent: Path) -> bool:
-    """Whether ``child`` lies inside the folder ``parent`` (not ``parent`` itself), by name or by identity."""
-    target_names = {os.path.abspath(parent), os.path.realpath(parent)}
-    target_id = _identity(parent)
-    for chain in _chains(child):
-        for ancestor in chain[1:]:
-            if ancestor in target_names or (target_id is not None and _identity(Path(ancestor)) == target_id):
-                return True
-    return False
-
-
 def input_problem(out: Path, inputs: Sequence[Path], *, kind: str) -> str:
     """Why writing ``out`` would touch an input, or "" (see the module docstring)."""
     for source in inputs:
-        if _same(out, source):
+        if same_path(out, source):
             which = "" if str(source) == str(out) else f" {shown_path(source)}"
             return f"the output would overwrite the input{which}; choose another output name"
         if is_within(out, source):
@@ -118,15 +78,6 @@ def input_problem(out: Path, inputs: Sequence[Path], *, kind: str) -> str:
             return (f"the output folder holds the input {shown_path(source)}; writing the results there would "
                     "replace it - choose another output folder")
     return ""
-
-
-def check_replaceable(target: Path, protect: Sequence[Path]) -> None:
-    """Raise unless ``target`` can be replaced without deleting a protected path (checked again just before
-    an output is swapped in: the inputs may have moved since the run started)."""
-    for source in protect:
-        if _same(target, source) or is_within(source, target):
-            raise ACATInputError(f"the output holds the input {shown_path(source)}; nothing was replaced - choose "
-                                 "another output", target)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -224,7 +175,7 @@ class OutputLock:
                 return
             # we hold a lock on the file we opened: it must still be the file at the lock's name
             info = os.fstat(fd)
-            if _identity(self.path) != (info.st_dev, info.st_ino):
+            if identity(self.path) != (info.st_dev, info.st_ino):
                 os.close(fd)
                 continue
             os.ftruncate(fd, 0)
@@ -282,7 +233,7 @@ class OutputLock:
         if self.fd is None:
             return
         # remove the name first, while still holding the lock, and only if it is still ours
-        if _identity(self.path) == self.identity:
+        if identity(self.path) == self.identity:
             with contextlib.suppress(OSError):
                 os.unlink(self.path)
         os.close(self.fd)

@@ -6,24 +6,28 @@ per file:
 
 * `volume_nodes`  - vtkMRMLScalarVolumeNode <-> `ACATLogic.CTVolume` (RAS <-> LPS geometry)
 * `nrrd_exchange` - the NRRD files exchanged with the background ``acat explain`` process
-* `settings`      - the explanation settings as a dataclass that becomes command-line arguments
+* `request`       - what one Explain runs: a model + ACATLogic's `ExplainOptions`, as the child's command line
 * `runner`        - the background process: progress lines, ETA, cancel (kills the process tree)
-* `session`       - one Explain: input file -> runner -> result nodes, scene untouched until success
+* `controller`    - one Explain at a time: input file -> runner -> result nodes, scene untouched until success;
+                    models, CPU retry, display, localisation, export (the module's logic, the web viewer's run)
+* `models`        - the models offered: ACATLogic's catalogue, then the folders the user added
 * `results`       - result nodes from an output folder (saliency, counterfactuals, differences, masks)
 * `hierarchy`     - the subject-hierarchy folder of one input + model + method (replaced on rerun)
 * `display`       - the saliency overlay: heat colours, opacity, percentile threshold
-* `layout`        - original vs counterfactual side by side, slices linked
+* `layout`        - original vs counterfactual side by side, slices linked; where a result is shown
 * `tables`        - prediction and per-class probabilities as a table node
 * `plots`         - class probability vs optimisation step: a plot chart, one series per class
 * `localisation`  - hit / IoU / Dice of the saliency against a lesion segmentation or labelmap
 * `export`        - results to a folder (NRRD + report.json)
 * `dependencies`  - which Python packages are missing, and the install steps (PyTorchUtils for torch)
 * `cpu_fallback`  - out of GPU memory recognised from the error line; offer one retry on the CPU
-* `controller`    - the module logic's work without Qt (ACATSlicerLogic is a shell over it)
 * `sample_data`   - the self-test case as Slicer Sample Data (generated NRRD files, file:// URIs)
 * `selftest`      - the checks of the module's self-test, also run headless
-* `paths`         - where ACATLogic lives (repository checkout or installed extension)
+* `paths`         - where ACATLogic and ACATCli live (repository checkout or installed extension)
 * `selftest_case` - a generated CT and a tiny random model for the module's self-test
+
+Packaged for pip as the top-level package ``ACATSlicerLib`` (pyproject.toml maps it to this folder), so the
+web viewer imports it like any package; inside Slicer the module's folder is on ``sys.path``.
 
 Modules that need ACATLogic import it inside functions: ACATLogic needs packages (torch, pydicom's
 JPEG plugins) that a fresh Slicer lacks until the user accepts the install, and the module must load

@@ -3,17 +3,17 @@
 The background process reports a failure as one line on stderr (`runner`); when that line says the
 GPU ran out of memory (PyTorch's ``torch.OutOfMemoryError``: "CUDA out of memory. Tried to allocate
 ..."; the MPS and ROCm variants; cuBLAS/cuDNN allocation failures), the widget asks once whether to
-retry on the CPU - slower, but a CT volume always fits in main memory - and re-runs with device "cpu".
+retry on the CPU - slower, but a CT volume always fits in main memory - and re-runs with device "cpu"
+(`request.ExplainRequest.onDevice`).
 The decision lives here, so it is tested without the GUI; the widget only shows the question.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import re
 
+from .request import ExplainRequest
 from .runner import FAILED
-from .settings import ExplainSettings
 
 _OUT_OF_GPU_MEMORY = re.compile(
     r"OutOfMemoryError"  # torch.OutOfMemoryError / torch.cuda.OutOfMemoryError
@@ -39,17 +39,11 @@ class CpuFallback:
         """A new Explain request: the next out-of-memory failure may be offered a retry again."""
         self.offered = False
 
-    def shouldOffer(self, outcome, settings: ExplainSettings) -> bool:
-        """``outcome``: a session or runner outcome (``state``, ``errorMessage``); ``settings``: the run's."""
-        if self.offered or outcome is None or outcome.state != FAILED or settings.device == "cpu":
+    def shouldOffer(self, outcome, request: ExplainRequest) -> bool:
+        """``outcome``: a controller or runner outcome (``state``, ``errorMessage``); ``request``: the run's."""
+        if self.offered or outcome is None or outcome.state != FAILED or request.options.device == "cpu":
             return False
         if not isOutOfGpuMemory(outcome.errorMessage):
             return False
         self.offered = True
         return True
-
-    @staticmethod
-    def cpuSettings(settings: ExplainSettings) -> ExplainSettings:
-        """The same explanation on the CPU."""
-        return dataclasses.replace(settings, device="cpu")
-

@@ -40,11 +40,9 @@ REQUIREMENTS = (
     Requirement("PIL", "pillow", "10"),
 )
 
-#: pyproject.toml dependencies that the explanation does not need inside Slicer, and why.
-NOT_NEEDED_IN_SLICER = {
-    "slicerio": "only for the command line's sample data (Slicer has its own Sample Data module)",
-    "pyyaml": "only for training configs",
-}
+#: pyproject.toml dependencies that the explanation does not need inside Slicer, and why (none today: the
+#: data sources' slicerio and training's pyyaml are extras, not core dependencies).
+NOT_NEEDED_IN_SLICER: dict[str, str] = {}
 
 
 def _versionTuple(text: str) -> tuple:

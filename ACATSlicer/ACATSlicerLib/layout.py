@@ -4,13 +4,16 @@ The "Side by side" layout shows two slice views (Red and Yellow). Red shows the 
 saliency overlay, Yellow the counterfactual alone, both in the same orientation; linked slice
 controls keep them on the same slice while the user scrolls, pans or zooms. When there is a
 probability-per-step chart, the module's own layout adds a plot view under the two slice views
-(Slicer has no built-in side-by-side + plot arrangement).
+(Slicer has no built-in side-by-side + plot arrangement). `showResults` puts a finished explanation there.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import slicer
 
+from . import display
 from .plots import showChart
 
 LEFT_VIEW, RIGHT_VIEW = "Red", "Yellow"
@@ -99,3 +102,26 @@ def linkSliceViews(scene, linked: bool = True) -> None:
     """Link (or unlink) the slice views, as the link button in a slice view's controller does."""
     for n in range(scene.GetNumberOfNodesByClass("vtkMRMLSliceCompositeNode")):
         scene.GetNthNodeByClass(n, "vtkMRMLSliceCompositeNode").SetLinkedControl(bool(linked))
+
+
+@dataclass
+class ViewOptions:
+    """How results are shown. opacity in [0, 1]; percentile in [0, 100] (95: the top 5% coloured).
+    ``show`` False: the caller shows them itself (the web viewer picks its own views)."""
+
+    show: bool = True
+    opacity: float = display.DEFAULT_OPACITY
+    percentile: float = display.DEFAULT_PERCENTILE
+    sideBySide: bool = True
+
+
+def showResults(scene, result, options: ViewOptions) -> None:
+    """Saliency over the input in every slice view; the counterfactual beside the original, with the
+    probability-per-step plot below them when there is one. ``result``: `results.ExplanationNodes`."""
+    display.showOverlay(scene, result.inputNode, result.saliency, options.opacity)
+    counterfactual = result.shownCounterfactual()
+    if options.sideBySide and counterfactual is not None and scene.GetFirstNodeByClass("vtkMRMLLayoutNode"):
+        showSideBySide(scene, result.inputNode, counterfactual, result.saliency, options.opacity,
+                       chartNode=result.probabilityChart)
+    elif result.probabilityChart is not None:
+        showChart(scene, result.probabilityChart)  # in a plot view if the current layout has one

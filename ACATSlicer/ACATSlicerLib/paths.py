@@ -1,9 +1,10 @@
-"""Where ACATLogic lives, so that the module works from a repository checkout and when installed.
+"""Where ACATLogic (and ACATCli, the command the background process runs) live, so that the module works
+from a repository checkout and when installed. Both packages always sit in the same folder:
 
 * Repository checkout (the ``ACATSlicer/`` folder added as an additional module path, no build):
-  ACATLogic is the sibling folder ``../ACATLogic``.
-* Installed extension: ACATLogic is installed beside the module's script (``./ACATLogic``).
-* A Python environment where ``pip install acat-slicer`` put it on ``sys.path`` already.
+  the sibling folders ``../ACATLogic`` and ``../ACATCli``.
+* Installed extension: installed beside the module's script (``./ACATLogic``, ``./ACATCli``).
+* A Python environment where ``pip install acat-slicer`` put them on ``sys.path`` already.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ def ensureACATLogicImportable() -> Path:
 
 
 def childEnvironment(base: Optional[dict] = None) -> dict:
-    """Environment for the background process: ``PYTHONPATH`` starts with ACATLogic's parent folder,
+    """Environment for the background process: ``PYTHONPATH`` starts with ACATLogic's (and ACATCli's) folder,
     and output is unbuffered so that progress lines arrive as they are written."""
     env = dict(os.environ if base is None else base)
     parent = ensureACATLogicImportable()

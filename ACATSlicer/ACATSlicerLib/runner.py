@@ -1,12 +1,14 @@
 """``acat explain`` in a background process: the GUI never freezes, and Cancel kills the process tree.
 
+The one GUI-free runner of both front ends (the Slicer module and the web viewer, through `controller`).
 The pattern of SlicerTotalSegmentator / MONAIAuto3DSeg: the input is written as NRRD, the child
-(``PythonSlicer -m ACATLogic.cli.main explain ... --progress-format jsonl``) writes one JSON object
-per line on stdout (progress events, then the result) and one line on stderr if it fails; the
-caller's timer calls `ExplainProcess.poll`, which hands progress to a callback on the caller's thread.
+(``PythonSlicer -m ACATCli explain ... --progress-format jsonl``, its arguments from `request.ExplainRequest`)
+writes one JSON object per line on stdout (progress events, then the result) and one line on stderr if it
+fails; the caller's timer calls `ExplainProcess.poll`, which hands progress to a callback on the caller's
+thread.
 
-Injectable like SlicerNNUnet's runner: the session takes any object with ``start/poll/cancel``, so a
-test or another front end can substitute its own; the real one is tested for real (Testing/).
+Injectable like SlicerNNUnet's runner: the controller takes any object with ``start/poll/cancel``, so a
+test can substitute its own; the real one is tested for real (Testing/).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
-from .settings import ExplainSettings
+from .request import ExplainRequest
 
 IDLE, RUNNING, SUCCEEDED, FAILED, CANCELLED = "idle", "running", "succeeded", "failed", "cancelled"
 
@@ -107,7 +109,7 @@ class ExplainProcess:
         self.lastProgress: Optional[ProgressEvent] = None
 
     # -- control -----------------------------------------------------------------------------
-    def start(self, settings: ExplainSettings, inputPath, outDir,
+    def start(self, request: ExplainRequest, inputPath, outDir,
               onProgress: Optional[Callable[[ProgressEvent], None]] = None) -> None:
         if self.state != IDLE:
             raise RuntimeError("an ExplainProcess runs once; make a new one for the next run")
@@ -115,8 +117,7 @@ class ExplainProcess:
 
         self.outDir = Path(outDir)
         self._onProgress = onProgress
-        command = [self.pythonExecutable, "-m", "ACATLogic.cli.main",
-                   *settings.commandLineArguments(str(inputPath), str(self.outDir))]
+        command = [self.pythonExecutable, "-m", "ACATCli", *request.commandLine(inputPath, self.outDir)]
         kwargs = {}
         if os.name == "nt":
             kwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP | getattr(subprocess, "CREATE_NO_WINDOW", 0)

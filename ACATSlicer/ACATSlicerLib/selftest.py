@@ -13,11 +13,13 @@ from . import layout
 from .runner import CANCELLED, SUCCEEDED
 
 
-def explainTwiceProblems(controller, inputNode, settings, timeoutS: float = 600.0) -> list[str]:
-    """Explain ``inputNode``: progress to 100%, result volumes on the input's grid, the saliency as the
-    Red view's foreground, a probability plot; then again: the results replaced, not duplicated."""
+def explainTwiceProblems(controller, inputNode, request, timeoutS: float = 600.0) -> list[str]:
+    """Explain ``inputNode`` (``request``: `request.ExplainRequest`) with ``controller``
+    (`controller.ExplainController`, e.g. ACATSlicerLogic): progress to 100%, result volumes on the input's
+    grid, the saliency as the Red view's foreground, a probability plot; then again: the results replaced,
+    not duplicated."""
     progress = []
-    controller.start(inputNode, settings, onProgress=progress.append)
+    controller.start(inputNode, request, onProgress=progress.append)
     outcome = controller.wait(timeoutS)
     if outcome is None or outcome.state != SUCCEEDED:
         return [f"the explanation did not succeed: {outcome.errorMessage if outcome else 'no outcome'}"]
@@ -31,7 +33,7 @@ def explainTwiceProblems(controller, inputNode, settings, timeoutS: float = 600.
     if result.probabilityChart is None or not result.probabilitySeries:
         problems.append("there is no probability-per-step plot")
     count = controller.scene.GetNumberOfNodes()
-    controller.start(inputNode, settings)
+    controller.start(inputNode, request)
     again = controller.wait(timeoutS)
     if again is None or again.state != SUCCEEDED:
         problems.append("the second explanation did not succeed")
@@ -40,11 +42,11 @@ def explainTwiceProblems(controller, inputNode, settings, timeoutS: float = 600.
     return problems
 
 
-def cancelProblems(controller, inputNode, settings, pause: Callable[[], None] = lambda: time.sleep(2.0)
+def cancelProblems(controller, inputNode, request, pause: Callable[[], None] = lambda: time.sleep(2.0)
                    ) -> list[str]:
     """Start a long explanation, ``pause`` (inside Slicer: a delayDisplay), cancel: nothing is added."""
     count = controller.scene.GetNumberOfNodes()
-    controller.start(inputNode, settings)
+    controller.start(inputNode, request)
     pause()
     controller.cancel()
     outcome = controller.poll()

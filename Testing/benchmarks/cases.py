@@ -1,10 +1,10 @@
 """The benchmark's CT cases, generated once into a cache folder as real CT DICOM series.
 
 * ``head40``: the phantom pipeline's brain case (the real Cranium head CT with a simulated left MCA
-  infarct, `training.phantom`), generated at Cranium's own resolution (0.96 mm, 1.5 mm slices), resampled
+  infarct, `ACATData.phantom`), generated at Cranium's own resolution (0.96 mm, 1.5 mm slices), resampled
   with SimpleITK (linear) to 512 x 512 in-plane and 40 slices of 5 mm centred on the head (air beyond).
 * ``head300``: the same case resampled to 512 x 512 x 300 thin slices over the head's extent (0.54 mm).
-* ``chest``: Slicer's CTChest sample (PyPI slicerio, `ACATLogic.sample_data`), resampled to 512 x 512
+* ``chest``: Slicer's CTChest sample (PyPI slicerio, `ACATData.sample_data`), resampled to 512 x 512
   in-plane, its own 34 slices, for the lung bundle.
 
 Each is written by the project's own DICOM writer (`ACATLogic.io.write_dicom_series`, int16 HU) and read
@@ -56,12 +56,12 @@ def case_specs(quick: bool) -> list[CaseSpec]:
 
 
 def brain_phantom_source(work: Path, fine: bool = True) -> CTVolume:
-    """The demo brain case (left MCA lesion, `training.phantom.demo`) at Cranium's own resolution
+    """The demo brain case (left MCA lesion, `ACATData.phantom.demo`) at Cranium's own resolution
     (``fine``), or at the demo's (about 1.1 mm, 5 mm slices: half the time, for ``--quick``)."""
-    from training.phantom.brain import BrainParams
-    from training.phantom.build import build
-    from training.phantom.demo import DEMO_SEED, SIDES, demo_params
-    from training.phantom.io import read_manifest
+    from ACATData.phantom.brain import BrainParams
+    from ACATData.phantom.build import build
+    from ACATData.phantom.demo import DEMO_SEED, SIDES, demo_params
+    from ACATData.phantom.io import read_manifest
 
     params = demo_params(dataclasses.replace(BrainParams(), slice_spacing_mm=(1.5,), inplane_spacing_mm=(0.96, 0.96))
                          if fine else None)
@@ -73,7 +73,7 @@ def brain_phantom_source(work: Path, fine: bool = True) -> CTVolume:
 
 
 def ctchest_source() -> CTVolume:
-    from ACATLogic.sample_data import ctchest_path
+    from ACATData.sample_data import ctchest_path
 
     return read_volume(ctchest_path())
 

@@ -2,7 +2,7 @@
 
     .venv/bin/python Testing/benchmarks/explain_worker.py --case DIR --bundle Resources/Models/NAME --out DIR
 
-The same steps as ``acat explain`` (ACATLogic/cli/commands.py): `read_volume`, `Explainer.explain`,
+The same steps as ``acat explain`` (ACATCli/commands.py): `read_volume`, `Explainer.explain`,
 `write_explanation`. Prints one line ``BENCH_RESULT {json}``: the stage times (s), the Explainer's own
 split (preprocess, counterfactual loop, classify, map back), the peak resident memory of this process
 (VmHWM) and, with ``--flops``, the counterfactual loop's FLOPs (counted afterwards on the meta

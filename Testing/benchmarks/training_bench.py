@@ -1,7 +1,7 @@
 """Training throughput per stage, on the CPU, through the real pipeline (`training.pipeline.main`).
 
 The data are small real NRRD head volumes with the phantom benchmark's manifest columns (the training
-tests' toy heads, Testing/test_training_toy.py); the config is training/configs/brain_cpu.yaml with its
+tests' toy heads, Testing/toy_training.py); the config is training/configs/brain_cpu.yaml with its
 model sizes, epochs cut to a few steps. training/ does not log how long the loop waits for data, so the
 benchmark wraps the training DataLoaders (``training.train.make_loader``) and splits each step's wall
 time into the wait inside ``next(loader)`` (reading the memory-mapped cache, collating) and the rest of
@@ -39,7 +39,7 @@ def mostly_train(labels: list[int]) -> list[str]:
 
 def write_dataset(root: Path, n: int, *, slices: int, size: int) -> Path:
     """n toy head volumes (NRRD, the training tests' toy heads) + manifest.csv, mostly training scans."""
-    from test_training_toy import write_brain_toy
+    from toy_training import write_brain_toy
 
     return write_brain_toy(root, n, slices=slices, size=size, splits=mostly_train)
 
@@ -89,7 +89,7 @@ def run_training(work: Path, *, quick: bool, log: Callable[[str], None] = print)
     for stage in ("baseline", "autoencoder", "acat"):
         cfg[stage].update({"epochs": 2, "batch_size": 4 if quick else 8})
     cfg["saliency"].update({"steps": 2 if quick else 5, "batch_size": 4 if quick else 8})
-    if quick:  # the training tests' tiny models (Testing/test_training_toy.py)
+    if quick:  # the training tests' tiny models (Testing/toy_training.py)
         cfg["input"].update({"slices": 4, "size": [32, 32]})
         cfg["model"].update({"baseline_config": {"widths": [4, 4, 8, 8, 8, 8, 8], "hidden": 8},
                              "autoencoder_config": {"channels": [4, 8, 8], "strides": [1, 2, 2]},

@@ -50,7 +50,7 @@ DEFAULT_OUT = HERE.parents[1] / "fuzz-output"
 
 def _hypothesis_home() -> Path:
     """Hypothesis keeps its example database and caches here, in the user cache, never in the repository."""
-    from ACATLogic import sample_data
+    from ACATData import sample_data
 
     return sample_data.cache_dir() / "hypothesis"
 

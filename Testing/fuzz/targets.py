@@ -44,7 +44,8 @@ import pydicom
 from hypothesis import strategies as st
 from pydicom.dataelem import RawDataElement
 
-from ACATLogic import ACATInputError, CTVolume, read_volume, sample_data, write_dicom_series
+from ACATData import sample_data
+from ACATLogic import ACATInputError, CTVolume, read_volume, write_dicom_series
 from ACATLogic.io.itk_files import write_itk_file
 
 REPO = Path(__file__).resolve().parents[2]

@@ -1,5 +1,4 @@
-"""The phantom benchmark: real CT anatomy, simulated lesions with known ground truth (SIMULATED data).
+"""``python -m training.phantom ...``: kept as a command for the scripts and run folders that recorded it.
 
-Stands in for IST-3 (brain stroke) and MosMed (lung COVID-19), which cannot be obtained here. Every
-case and every table made from it is labelled as simulated.
+The phantom generator is `ACATData.phantom` (``python -m ACATData.phantom ...``); import it from there.
 """

@@ -1,5 +1,5 @@
 import sys
 
-from .build import main
+from ACATData.phantom.build import main
 
 sys.exit(main())

@@ -19,7 +19,7 @@ from ACATLogic.models import create_model
 
 from ..checkpoint import load_weights
 from ..config import TrainConfig
-from . import TrainableStage
+from .stage import TrainableStage
 from .baseline import evaluate as _evaluate
 from .baseline import make_loss as _make_loss
 from .baseline import summarise

@@ -27,8 +27,8 @@ from ACATLogic.models import create_model
 
 from ..augment import inverse_frequency
 from ..config import TrainConfig
-from ..metrics import classification_metrics
-from . import TrainableStage
+from ..metrics import epoch_metrics
+from .stage import TrainableStage
 
 
 def build_model(cfg: TrainConfig, run=None) -> nn.Module:  # noqa: ARG001 - same signature as acat's
@@ -98,7 +98,7 @@ def evaluate(model: nn.Module, batch: dict, cfg: TrainConfig, uses_saliency: boo
 
 
 def summarise(outputs: dict, cfg: TrainConfig) -> dict:  # noqa: ARG001
-    return classification_metrics(outputs["probs"], outputs["labels"])
+    return epoch_metrics(outputs["probs"], outputs["labels"])
 
 
 STAGE = TrainableStage("baseline", False, build_model, make_loss, evaluate, summarise)

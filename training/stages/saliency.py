@@ -35,46 +35,9 @@ from ..config import TrainConfig
 from ..data import ScanData
 from ..distributed import DistContext, all_gather_objects, barrier, broadcast_object
 from ..run_folder import RunFolder, differences, fingerprint, now
-
-
-def chunk_path(run: RunFolder, i: int) -> Path:
-    return run.stage_dir("saliency") / "maps" / f"chunk_{i:05d}.npy"
-
-
-def _chunk_ok(path: Path, rows: int, shape: tuple) -> bool:
-    try:
-        arr = np.load(path, mmap_mode="r")
-    except (OSError, ValueError):
-        return False
-    return arr.shape == (rows,) + tuple(shape) and arr.dtype == np.float32
-
-
-def _chunk_rows(i: int, chunk_scans: int, n_rows: int) -> range:
-    return range(i * chunk_scans, min((i + 1) * chunk_scans, n_rows))
-
-
-def maps_complete(run: RunFolder, done: dict) -> bool:
-    """Every chunk that done.json announces exists with the right shape (headers only are read)."""
-    n, cs, shape = int(done["n_rows"]), int(done["chunk_scans"]), tuple(done["map_shape"])
-    return all(_chunk_ok(chunk_path(run, i), len(_chunk_rows(i, cs, n)), shape) for i in range(math.ceil(n / cs)))
-
-
-class SaliencyMaps:
-    """maps[row] -> (S, 1, H, W) float32 saliency of a cache row (chunks memory-mapped on first use)."""
-
-    def __init__(self, run: RunFolder, chunk_scans: int) -> None:
-        self.run = run
-        self.chunk_scans = int(chunk_scans)
-        self._open: dict[int, np.ndarray] = {}
-
-    def __getstate__(self) -> dict:
-        return {"run": self.run, "chunk_scans": self.chunk_scans, "_open": {}}
-
-    def __getitem__(self, row: int) -> np.ndarray:
-        i = row // self.chunk_scans
-        if i not in self._open:
-            self._open[i] = np.load(chunk_path(self.run, i), mmap_mode="r")
-        return self._open[i][row - i * self.chunk_scans]
+from ..saliency_maps import SaliencyMaps, chunk_path
+from ..saliency_maps import chunk_ok as _chunk_ok
+from ..saliency_maps import chunk_rows as _chunk_rows
 
 
 def open_maps(run: RunFolder) -> SaliencyMaps:

@@ -1,6 +1,6 @@
 """The brain template of the SIMULATED stroke phantom: masks and vascular territories on a real head CT.
 
-Built once per process from the real Cranium head CT (`ACATLogic.sample_data.load_cranium`: Debian
+Built once per process from the real Cranium head CT (`ACATData.sample_data.load_cranium`: Debian
 ``invesalius-examples``, 108 x 256 x 256 voxels, 0.957 x 0.957 x 1.5 mm, canonical LPS layout: i ->
 patient left, j -> posterior, k -> superior) and cached in memory (`brain_template`, ~4 s).
 
@@ -265,7 +265,7 @@ def territory_labels(volume: CTVolume, parenchyma: np.ndarray, plane: MidSagitta
 @functools.lru_cache(maxsize=1)
 def brain_template() -> BrainTemplate:
     """The Cranium brain template (built on first call, ~4 s, then shared; do not modify its arrays)."""
-    from ACATLogic.sample_data import load_cranium
+    from ACATData.sample_data import load_cranium
 
     volume = load_cranium()
     hu = volume.voxels_hu

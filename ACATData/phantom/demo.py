@@ -2,12 +2,12 @@
 
 ::
 
-    python -m training.phantom.demo --out demo-output/phantom_case            # left MCA lesion, DICOM
-    python -m training.phantom.demo --out /tmp/right --side right --format nrrd
+    python -m ACATData.phantom.demo --out demo-output/phantom_case            # left MCA lesion, DICOM
+    python -m ACATData.phantom.demo --out /tmp/right --side right --format nrrd
 
 What `make demo` explains and what the bundled-model tests run `acat explain` on: a large (60-100 ml)
 lesion in the middle cerebral artery territory of one hemisphere, drawn with the phantom benchmark's own
-generator (`training.phantom.brain`) at the benchmark's default contrast and noise, in the standard LPS
+generator (`ACATData.phantom.brain`) at the benchmark's default contrast and noise, in the standard LPS
 storage order. The folder is a one-case phantom dataset: ``manifest.csv`` and ``cases/<id>/`` with the
 image (a DICOM series for ``--format dicom``) and its ground truth (lesion mask, territory map).
 """
@@ -45,7 +45,7 @@ def write_demo_case(out: Path, *, side: str = "left", seed: int = DEMO_SEED, fmt
     proportions = [0.0, 0.0, 0.0, 0.0]
     proportions[SIDES[side]] = 1.0
     manifest = build("brain", 1, seed, Path(out), fmt, demo_params(), workers=1, proportions=proportions,
-                     command=f"python -m training.phantom.demo --out {out} --side {side} --seed {seed} --format {fmt}")
+                     command=f"python -m ACATData.phantom.demo --out {out} --side {side} --seed {seed} --format {fmt}")
     row = read_manifest(manifest)[0]
     row["manifest"] = str(manifest)
     row["image_path"] = str(Path(manifest).parent / row["image"])
@@ -53,7 +53,7 @@ def write_demo_case(out: Path, *, side: str = "left", seed: int = DEMO_SEED, fmt
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training.phantom.demo", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m ACATData.phantom.demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="folder to write (manifest.csv + cases/)")
     parser.add_argument("--side", choices=sorted(SIDES), default="left", help="the lesion's hemisphere")
     parser.add_argument("--seed", type=int, default=DEMO_SEED)

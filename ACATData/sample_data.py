@@ -8,8 +8,8 @@
 
 The cache is ``$ACAT_CACHE_DIR``, else ``$XDG_CACHE_HOME/acat``, else ``~/.cache/acat``.
 
-Command line: ``python -m ACATLogic.sample_data fetch`` (what ``make test`` runs first), and
-``python -m ACATLogic.sample_data demo-series OUT_DIR`` (the head CT as a DICOM series).
+Command line: ``python -m ACATData.sample_data fetch`` (what ``make test`` runs first), and
+``python -m ACATData.sample_data demo-series OUT_DIR`` (the head CT as a DICOM series).
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import ACATInputError
-from .volume import CTVolume, to_canonical
+from ACATLogic.errors import ACATInputError
+from ACATLogic.volume import CTVolume, to_canonical
 
 CRANIUM_PACKAGE = "invesalius-examples"
 CRANIUM_MEMBER = "usr/share/doc/invesalius-examples/examples/Cranium.inv3"
@@ -148,7 +148,7 @@ def pydicom_test_dir(name: str) -> Path:
 
 def write_cranium_series(out_dir: Path, *, overwrite: bool = False) -> Path:
     """The real Cranium head CT written as a multi-file CT DICOM series in ``out_dir``."""
-    from .io import write_dicom_series
+    from ACATLogic.io import write_dicom_series
 
     volume = load_cranium()
     volume.metadata.update(slice_thickness_mm=1.5, series_description="Cranium head CT (InVesalius sample)")
@@ -158,7 +158,7 @@ def write_cranium_series(out_dir: Path, *, overwrite: bool = False) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ACATLogic.sample_data", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m ACATData.sample_data", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("fetch", help="fetch and cache every sample data package")
     demo = sub.add_parser("demo-series", help="write the Cranium head CT as a DICOM series")

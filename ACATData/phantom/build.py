@@ -1,4 +1,4 @@
-"""Build a phantom dataset: ``python -m training.phantom --task brain|lung --n N --seed S --out DIR``.
+"""Build a phantom dataset: ``python -m ACATData.phantom --task brain|lung --n N --seed S --out DIR``.
 
 Deterministic for a given seed and flags: case i is generated from ``case_rng(seed, i)`` alone, so the
 result does not depend on the number of workers or the order they finish in. Labels follow the class
@@ -153,14 +153,14 @@ def build(task: str, n: int, seed: int, out: Path, fmt: str = "npz", params=None
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m training.phantom", formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog="python -m ACATData.phantom", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Build a SIMULATED phantom dataset (real CT anatomy, simulated lesions, ground truth).",
         epilog="every generator parameter is also a flag (--list-params shows them and their defaults):\n"
                "  --lesion-contrast-hu LO HI, --size-class-ml ..., --noise-sigma-hu LO HI,\n"
                "  --deformation-strength X, ... (the same as --set lesion_contrast_hu=[LO,HI])\n\n"
-               "example:\n  python -m training.phantom --task brain --n 40 --seed 0 --out data/brain --format dicom\n"
-               "  python -m training.phantom --task brain --n 600 --seed 0 --out data/brain --lesion-contrast-hu 3 8\n"
-               "  python -m training.phantom --task lung --n 20 --set noise_sigma_hu=[4,8]")
+               "example:\n  python -m ACATData.phantom --task brain --n 40 --seed 0 --out data/brain --format dicom\n"
+               "  python -m ACATData.phantom --task brain --n 600 --seed 0 --out data/brain --lesion-contrast-hu 3 8\n"
+               "  python -m ACATData.phantom --task lung --n 20 --set noise_sigma_hu=[4,8]")
     parser.add_argument("--task", choices=sorted(TASKS), required=True)
     parser.add_argument("--n", type=int, required=True, help="number of cases")
     parser.add_argument("--seed", type=int, default=0)
@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.n < 1:
             raise ACATInputError("--n must be at least 1")
         proportions = [float(x) for x in args.proportions.split(",")] if args.proportions else None
-        command = "python -m training.phantom " + " ".join(sys.argv[1:] if argv is None else argv)
+        command = "python -m ACATData.phantom " + " ".join(sys.argv[1:] if argv is None else argv)
         manifest = build(args.task, args.n, args.seed, args.out, args.format, params, args.workers, proportions,
                          progress=True, command=command)
     except ACATInputError as exc:

@@ -1,4 +1,4 @@
-"""A picture sheet of phantom cases, to judge their realism: ``python -m training.phantom.pictures``.
+"""A picture sheet of phantom cases, to judge their realism: ``python -m ACATData.phantom.pictures``.
 
 For a few cases per class: the axial slice through the lesion's centre (or the brain's middle) in a
 stroke window, the same slice with the lesion outlined, and the territory map (brain) or the lung mask
@@ -100,7 +100,7 @@ def sheet(task: str, per_class: int, seed: int) -> Image.Image:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training.phantom.pictures", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m ACATData.phantom.pictures", description=__doc__.split("\n")[0])
     parser.add_argument("--task", choices=["brain", "lung", "both"], default="both")
     parser.add_argument("--per-class", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)

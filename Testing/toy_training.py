@@ -1,4 +1,5 @@
-"""Tiny real datasets for the training tests (and a check that they are what the tests assume).
+"""Tiny real datasets for the training tests (a helper; the check that they are what the tests assume is
+Testing/test_training_data.py::test_toy_volumes_put_the_blob_on_the_labelled_side).
 
 `write_brain_toy` writes small head-like CT volumes as NRRD - an elongated "head" of 30 HU in air, with a
 bright 75 HU blob in the patient's left and/or right half (LPS: +i is the patient's left) - plus a
@@ -109,14 +110,3 @@ def tiny_config(path: Path, manifest: Path, out_dir: Path, *, cache_dir: Path | 
             cfg[name] = values
     Path(path).write_text(yaml.safe_dump(cfg, sort_keys=False))
     return Path(path)
-
-
-def test_toy_volumes_put_the_blob_on_the_labelled_side():
-    from ACATLogic.preprocess import InputSpec, prepare
-
-    spec = InputSpec(slices=4, size=(32, 32), hu_window=(40, 80), alignment="brain_midline")
-    for label, expect_left, expect_right in ((0, False, False), (1, True, False), (2, False, True), (3, True, True)):
-        x = prepare(head_volume(label), spec, coverage="sampled").images[0]  # (S, 1, H, W)
-        bright = (x > 0.9).float()
-        left, right = bright[..., 16:].sum().item(), bright[..., :16].sum().item()
-        assert (left > 5) == expect_left and (right > 5) == expect_right, (label, left, right)

@@ -1,4 +1,4 @@
-"""``acat``: read, convert and (soon) explain CT scans from the command line.
+"""``acat``: read, convert, explain and view CT scans from the command line.
 
 Exit codes: 0 success, 2 bad input (one line on stderr saying what to fix), 1 internal error, 130 / 143
 stopped by Ctrl+C / SIGTERM (what was being written under a temporary name is removed first).
@@ -17,10 +17,11 @@ import traceback
 import warnings
 from typing import Iterator, Sequence
 
-from .. import __version__
-from ..errors import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_OK, ACATInputError
-from ..io.limits import BUDGET_ENV, parse_budget_gib
-from ..options import add_explain_arguments
+from ACATLogic import __version__
+from ACATLogic.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_OK, ACATInputError
+from ACATLogic.io.limits import BUDGET_ENV, parse_budget_gib
+from ACATLogic.options import add_explain_arguments
+
 from . import commands
 from .terminal import configure_logging
 

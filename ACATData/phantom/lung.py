@@ -36,7 +36,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ACATLogic.io.read import read_volume
-from ACATLogic.sample_data import ctchest_path, ctchest_segmentation_path
+from ACATData.sample_data import ctchest_path, ctchest_segmentation_path
 from ACATLogic.volume import CTVolume, Reorientation, to_canonical
 
 from .common import LUNG_LABELS, PhantomCase, case_rng
@@ -71,12 +71,13 @@ class LungParams:
     """Everything a lung phantom dataset varies, with its range. Ranges are (low, high), drawn uniformly.
 
     Severity (MosMed: CT-0 none, CT-1 < 25 %, CT-2 25-50 %, CT-3 50-75 %, CT-4 > 75 % of the lung volume):
-        include_ct1: let the covid19 class also draw CT-1. Off by default because the paper's binary task
-            is CT-0 versus CT-2..CT-4 (mild cases are left out of both classes).
+        include_ct1: let the covid19 class also draw CT-1 (< 25 % involved). On by default since the CT-2+
+            only task saturated (every model 1.000, docs/PHANTOM.md "Difficulty"); off gives the paper's
+            CT-0 versus CT-2..CT-4 task.
         severity_weights: relative frequency of CT-1, CT-2, CT-3, CT-4 in the covid19 class (CT-1's weight
-            is dropped unless ``include_ct1``). MosMedData has 684 / 125 / 45 / 2 such scans; we keep the
-            order (milder is more common) but give CT-3/CT-4 more weight, 0.6 / 0.3 / 0.1 without CT-1,
-            so that a few hundred cases still contain severe ones.
+            is dropped unless ``include_ct1``). MosMedData has 684 / 125 / 45 / 2 such scans; the defaults
+            keep that order with CT-1 most common but give CT-3/CT-4 more weight (0.55 / 0.30 / 0.12 /
+            0.03), so that a few hundred cases still contain severe ones.
         involvement_margin: the target involvement is drawn at least this far inside the class range, so
             that the achieved value (exact up to one voxel) is never ambiguous between two classes.
         max_involvement: upper bound for CT-4 (a lung entirely opacified is not a useful case).
@@ -118,7 +119,8 @@ class LungParams:
         min_island_mm3: lesion fragments smaller than this (about a 1 cm ball) are dropped: a few thin
             lung edges score high by chance and would leave specks of one or two voxels.
         ggo_hu_range: HU of a focus's ground glass at full strength, between aerated lung (about -850)
-            and soft tissue; the texture makes most of it fainter (a GGO focus averages -600 to -500 HU).
+            and soft tissue; the texture makes most of it fainter. Default -720 to -450 HU: faint ground
+            glass (the earlier -600 to -250 made every case obvious).
         texture_range / texture_scale_mm: mottled attenuation: the lesion's strength is multiplied by a
             smooth random field (two scales: ``texture_scale_mm`` and three times that) mapped to this
             range.
@@ -144,7 +146,8 @@ class LungParams:
             deformation at ``deformation_strength`` 1 (0 = the template's own anatomy, 2 = twice as far).
         inplane_spacing_mm_choices, slice_spacing_mm_choices: output voxel size (cases stay small:
             at most about 156 x 156 x 67 voxels).
-        noise_sigma_hu_range: standard deviation of the added noise (on top of the scan's own noise).
+        noise_sigma_hu_range: standard deviation of the added noise (on top of the scan's own noise);
+            10-30 HU, a low-dose chest CT's range.
         noise_correlation_voxels: in-plane Gaussian correlation length (sigma, voxels) of that noise, like
             a reconstruction kernel's.
         hu_gain_jitter, hu_offset_jitter_hu: calibration error ``hu * (1 + g) + o`` with ``|g|`` and ``|o|``
@@ -153,8 +156,8 @@ class LungParams:
             matching direction matrix; off = canonical LPS storage.
     """
 
-    include_ct1: bool = False
-    severity_weights: tuple[float, float, float, float] = (0.4, 0.36, 0.18, 0.06)
+    include_ct1: bool = True
+    severity_weights: tuple[float, float, float, float] = (0.55, 0.30, 0.12, 0.03)
     involvement_margin: float = 0.03
     max_involvement: float = 0.92
 
@@ -173,7 +176,7 @@ class LungParams:
     shape_noise_scale_mm: float = 15.0
     edge_mm: float = 8.0
     min_island_mm3: float = 500.0
-    ggo_hu_range: tuple[float, float] = (-600.0, -250.0)
+    ggo_hu_range: tuple[float, float] = (-720.0, -450.0)
     consolidation_hu_range: tuple[float, float] = (-100.0, 40.0)
     consolidation_probability: tuple[float, float, float, float] = (0.0, 0.15, 0.35, 0.5)
     consolidation_core_mm_range: tuple[float, float] = (3.0, 12.0)
@@ -192,7 +195,7 @@ class LungParams:
     elastic_mm_range: tuple[float, float] = (0.0, 6.0)
     inplane_spacing_mm_choices: tuple[float, ...] = (2.5, 3.0, 3.5)
     slice_spacing_mm_choices: tuple[float, ...] = (5.0, 7.5, 10.0)
-    noise_sigma_hu_range: tuple[float, float] = (5.0, 20.0)
+    noise_sigma_hu_range: tuple[float, float] = (10.0, 30.0)
     noise_correlation_voxels: float = 0.8
     hu_gain_jitter: float = 0.02
     hu_offset_jitter_hu: float = 15.0
@@ -484,19 +487,69 @@ def _grow_lesions_in_box(rng: np.random.Generator, lung: np.ndarray, volume: CTV
     lo, hi = SEVERITY_RANGES[severity]
     hi = min(hi, params.max_involvement)
     target = float(rng.uniform(lo + params.involvement_margin, hi - params.involvement_margin))
-    shape = lung.shape
-    spacing = volume.spacing_mm
-    inside = lung > 0
-    depth = _depth_mm(_thoracic_cavity(inside) if params.exclude_mediastinal_pleura else inside, spacing)
-    depth = np.where(inside, depth, 0.0).astype(np.float32)
+    grid = _LungVoxels.of(lung, volume.spacing_mm, params)
+    foci = _grow_foci(rng, grid, target, severity, lung_hu, volume, params)
+    mask = _lesion_mask(grid, foci, target, params)
+    strength, signed = _soft_margin(grid, mask, params)
+    delta = _attenuation(rng, grid, foci, strength, signed, lung_hu, volume, params)
+    alpha = np.zeros(lung.size, dtype=np.float32)
+    alpha[grid.flat] = strength
+    mask, kept, dropped = _renumber_foci(mask, foci.drawn)
+    return _Lesions(mask, alpha.reshape(grid.shape), delta.astype(np.float32), target, kept, dropped)
 
-    flat = np.flatnonzero(inside)  # lung voxels, C order of (K, J, I)
-    k, j, i = np.unravel_index(flat, shape)
-    pos = [(a * s).astype(np.float32) for a, s in zip((i, j, k), spacing)]  # x, y, z in mm
-    lung_flat = lung.ravel()[flat]
-    rank_flat = _rank_in_lungs(lung_flat, depth.ravel()[flat])
-    posterior = _rank_in_lungs(lung_flat, j.astype(np.float32))  # 0 = most anterior, 1 = most posterior
-    inferior = _rank_in_lungs(lung_flat, -k.astype(np.float32))  # 0 = apex, 1 = base
+
+@dataclass
+class _LungVoxels:
+    """The lung voxels of a grid, as flat arrays (C order of (K, J, I)): where they are and how deep."""
+
+    shape: tuple
+    spacing: np.ndarray
+    inside: np.ndarray  # (K, J, I) bool
+    depth: np.ndarray  # (K, J, I) float32 mm from the lungs' outside (0 outside)
+    flat: np.ndarray  # indices of the lung voxels in the raveled grid
+    i: np.ndarray
+    j: np.ndarray
+    k: np.ndarray
+    pos: list  # x, y, z in mm, float32
+    lung_flat: np.ndarray  # the lung label of each voxel
+    rank_flat: np.ndarray  # depth rank in its own lung, 0 = at the pleura
+    posterior: np.ndarray  # 0 = most anterior, 1 = most posterior (in its own lung)
+    inferior: np.ndarray  # 0 = apex, 1 = base
+
+    @classmethod
+    def of(cls, lung: np.ndarray, spacing: np.ndarray, params: LungParams) -> "_LungVoxels":
+        shape = lung.shape
+        inside = lung > 0
+        depth = _depth_mm(_thoracic_cavity(inside) if params.exclude_mediastinal_pleura else inside, spacing)
+        depth = np.where(inside, depth, 0.0).astype(np.float32)
+        flat = np.flatnonzero(inside)  # lung voxels, C order of (K, J, I)
+        k, j, i = np.unravel_index(flat, shape)
+        pos = [(a * s).astype(np.float32) for a, s in zip((i, j, k), spacing)]  # x, y, z in mm
+        lung_flat = lung.ravel()[flat]
+        rank_flat = _rank_in_lungs(lung_flat, depth.ravel()[flat])
+        posterior = _rank_in_lungs(lung_flat, j.astype(np.float32))  # 0 = most anterior, 1 = most posterior
+        inferior = _rank_in_lungs(lung_flat, -k.astype(np.float32))  # 0 = apex, 1 = base
+        return cls(shape, spacing, inside, depth, flat, i, j, k, pos, lung_flat, rank_flat, posterior, inferior)
+
+
+@dataclass
+class _Foci:
+    """The foci drawn and, per lung voxel, the best score, the focus owning it, and the softmax over foci of
+    their attributes (ggo HU, consolidation flag, flag * consolidation HU, flag * core depth, crazy paving)."""
+
+    drawn: list
+    best: np.ndarray
+    owner: np.ndarray
+    soft: np.ndarray  # (5, lung voxels)
+
+
+def _grow_foci(rng: np.random.Generator, grid: _LungVoxels, target: float, severity: str, lung_hu: float,
+               volume: CTVolume, params: LungParams) -> _Foci:
+    """Seed as many foci as the involved volume needs and score every lung voxel for each (the level set of
+    `_grow_lesions_in_box`)."""
+    shape, spacing, flat, lung_flat = grid.shape, grid.spacing, grid.flat, grid.lung_flat
+    rank_flat, posterior, inferior, pos = grid.rank_flat, grid.posterior, grid.inferior, grid.pos
+    i, j, k = grid.i, grid.j, grid.k
     noise = _smooth_field(rng, shape, spacing, params.shape_noise_scale_mm)
     base_flat = (params.shape_noise_amplitude * noise.ravel()[flat]
                  - params.peripheral_weight * rank_flat
@@ -560,30 +613,42 @@ def _grow_lesions_in_box(rng: np.random.Generator, lung: np.ndarray, volume: CTV
             "fill_fraction": float(np.clip((peak_hu - lung_hu) / (TISSUE_HU - lung_hu), 0.0, 1.0)),
             "radius_mm": radius,
             "seed_lps_mm": [float(v) for v in volume.index_to_lps([i[seed_at], j[seed_at], k[seed_at]])],
-            "seed_depth_mm": float(depth.ravel()[flat[seed_at]]),
+            "seed_depth_mm": float(grid.depth.ravel()[flat[seed_at]]),
             "seed_depth_rank": float(rank_flat[seed_at]), "seed_posterior_rank": float(posterior[seed_at]),
             "peripheral_seed": peripheral,
         })
     soft /= soft_sum
+    return _Foci(drawn, best, owner, soft)
+
+
+def _lesion_mask(grid: _LungVoxels, foci: _Foci, target: float, params: LungParams) -> np.ndarray:
+    """(K, J, I) uint8 focus ids: the round(target * lung voxels) best-scoring voxels, specks dropped."""
+    flat = grid.flat
     n_lesion = int(round(target * flat.size))
     in_lesion = np.zeros(flat.size, dtype=bool)
     if n_lesion > 0:
-        chosen = np.argpartition(-best, n_lesion - 1)[:n_lesion]
+        chosen = np.argpartition(-foci.best, n_lesion - 1)[:n_lesion]
         in_lesion[chosen] = True
-    mask = np.zeros(lung.size, dtype=np.uint8)
-    mask[flat[in_lesion]] = owner[in_lesion]
-    mask = mask.reshape(shape)
+    mask = np.zeros(int(np.prod(grid.shape)), dtype=np.uint8)
+    mask[flat[in_lesion]] = foci.owner[in_lesion]
+    mask = mask.reshape(grid.shape)
     if params.min_island_mm3 > 0 and n_lesion > 0:
         # specks of a few voxels (thin lung edges that happen to score high) are not COVID-19 findings
-        min_voxels = int(np.ceil(params.min_island_mm3 / float(np.prod(spacing))))
+        min_voxels = int(np.ceil(params.min_island_mm3 / float(np.prod(grid.spacing))))
         components = sitk.ConnectedComponent(sitk.GetImageFromArray((mask > 0).astype(np.uint8)))
         kept = sitk.GetArrayFromImage(sitk.RelabelComponent(components, minimumObjectSize=min_voxels)) > 0
         mask[~kept] = 0
-    in_mask = mask.ravel()[flat] > 0
+    return mask
 
-    # soft margin from the distance (mm) to the boundary between lesion and aerated lung (the pleura is no
-    # boundary: a subpleural lesion stays dense up to the chest wall): > 0 inside the mask, < 0 outside,
-    # shifted by half an in-plane voxel so that the mask's boundary (half strength) is at 0
+
+def _soft_margin(grid: _LungVoxels, mask: np.ndarray, params: LungParams) -> tuple[np.ndarray, np.ndarray]:
+    """(strength 0..1, signed distance in mm) per lung voxel: 1/2 on the mask's boundary, rising inside.
+
+    The distance is to the boundary between lesion and aerated lung (the pleura is no boundary: a subpleural
+    lesion stays dense up to the chest wall): > 0 inside the mask, < 0 outside, shifted by half an in-plane
+    voxel so that the mask's boundary (half strength) is at 0."""
+    flat, spacing, inside = grid.flat, grid.spacing, grid.inside
+    in_mask = mask.ravel()[flat] > 0
     if in_mask.any():
         lesion_img = sitk.GetImageFromArray((mask > 0).astype(np.uint8))
         lesion_img.SetSpacing([float(v) for v in spacing])
@@ -599,10 +664,17 @@ def _grow_lesions_in_box(rng: np.random.Generator, lung: np.ndarray, volume: CTV
     strength = np.where(signed >= 0, 0.5 + 0.5 * _smoothstep(signed / (edge * 2 / 3)),
                         0.5 * _smoothstep(1 + signed / (edge / 4)))
     strength = np.where(in_mask, np.maximum(strength, 0.5), np.minimum(strength, 0.49)).astype(np.float32)
+    return strength, signed
 
-    # texture: mottled attenuation (fine + medium smooth noise -> texture_range), a reticular network
-    # (thin ridges along the zero level of another smooth field: "crazy paving"), and a consolidated
-    # core in consolidation foci (denser, more uniform: vessels no longer visible)
+
+def _attenuation(rng: np.random.Generator, grid: _LungVoxels, foci: _Foci, strength: np.ndarray,
+                 signed: np.ndarray, lung_hu: float, volume: CTVolume, params: LungParams) -> np.ndarray:
+    """(K, J, I) float32 HU the lesions add to aerated lung: envelope times texture.
+
+    Texture: mottled attenuation (fine + medium smooth noise -> texture_range), a reticular network (thin
+    ridges along the zero level of another smooth field: "crazy paving"), and a consolidated core in
+    consolidation foci (denser, more uniform: vessels no longer visible)."""
+    shape, spacing, flat, posterior = grid.shape, grid.spacing, grid.flat, grid.posterior
     s = params.texture_scale_mm
     coarse = _smooth_field(rng, shape, spacing, 3 * s).ravel()[flat]
     mottle = 0.8 * _smooth_field(rng, shape, spacing, s).ravel()[flat] + 0.6 * coarse
@@ -610,7 +682,7 @@ def _grow_lesions_in_box(rng: np.random.Generator, lung: np.ndarray, volume: CTV
     tex = (params.texture_range[0] + (params.texture_range[1] - params.texture_range[0]) * u).astype(np.float32)
     reticular = _smooth_field(rng, shape, spacing, params.crazy_paving_scale_mm).ravel()[flat]
     lines = np.exp(-(reticular / np.float32(0.35)) ** 2)
-    ggo, cons_w, cons_hu_w, core_w, paving = soft
+    ggo, cons_w, cons_hu_w, core_w, paving = foci.soft
     cons_hu = cons_hu_w / np.maximum(cons_w, np.float32(1e-6))
     core_mm = core_w / np.maximum(cons_w, np.float32(1e-6))
     # consolidation: deeper than core_mm inside the lesion, in patches, more often in the dependent (posterior) lung
@@ -620,17 +692,19 @@ def _grow_lesions_in_box(rng: np.random.Generator, lung: np.ndarray, volume: CTV
     peak = ggo + c * (cons_hu - ggo)
     tex = tex + c * (1 - tex) * np.float32(0.7)
     d = (peak - np.float32(lung_hu)) * tex + paving * (1 - c) * lines * np.float32(params.crazy_paving_hu)
-    delta = np.zeros(lung.size, dtype=np.float32)
+    delta = np.zeros(int(np.prod(shape)), dtype=np.float32)
     delta[flat] = strength * np.maximum(d, 0.0)
     delta = delta.reshape(shape)
     # air-containing voxels just outside the (nearest-neighbour) lung mask are partly lung: they take the
     # lesion of their neighbours, else they show as a dark dotted rim along a dense subpleural lesion
     spilled = sitk.GetArrayFromImage(sitk.GrayscaleDilate(sitk.GetImageFromArray(delta), [1, 1, 1]))
-    delta = np.where(~inside & (volume.voxels_hu < -200), spilled, delta)
-    alpha = np.zeros(lung.size, dtype=np.float32)
-    alpha[flat] = strength
+    return np.where(~grid.inside & (volume.voxels_hu < -200), spilled, delta)
 
-    # renumber the foci that own voxels 1..n (a focus can vanish: a deep seed, or a dropped speck)
+
+def _renumber_foci(mask: np.ndarray, drawn: list) -> tuple[np.ndarray, list, list]:
+    """(mask, foci, dropped): the foci that own voxels renumbered 1..n (a focus can vanish: a deep seed, or
+    a dropped speck), each with its voxel count; the ones left without voxels."""
+    n_foci = len(drawn)
     counts = np.bincount(mask.ravel(), minlength=n_foci + 1)
     renumber = np.zeros(n_foci + 1, dtype=np.uint8)
     foci = []
@@ -639,7 +713,7 @@ def _grow_lesions_in_box(rng: np.random.Generator, lung: np.ndarray, volume: CTV
             renumber[n] = len(foci) + 1
             foci.append({"id": len(foci) + 1, **drawn[n - 1], "voxels": int(counts[n])})
     dropped = [dict(d) for n, d in enumerate(drawn, start=1) if counts[n] == 0]
-    return _Lesions(renumber[mask], alpha.reshape(shape), delta.astype(np.float32), target, foci, dropped)
+    return renumber[mask], foci, dropped
 
 
 def _apply_lesions(hu: np.ndarray, delta: np.ndarray, lung_hu: float) -> np.ndarray:
@@ -700,7 +774,7 @@ def generate_lung_case(seed: int, index: int, label: int, params: LungParams = L
 
     info: dict = {
         "simulated": True,
-        "generator": "training.phantom.lung",
+        "generator": "ACATData.phantom.lung",
         "source": "Slicer CTChest sample (slicerio CTChest4.nrrd + Segmentation.seg.nrrd)",
         "seed": int(seed), "index": int(index), "label": int(label), "label_name": LUNG_LABELS[label],
         "severity": sev, "severity_range": list(SEVERITY_RANGES[sev]),

@@ -10,7 +10,7 @@ import shutil
 import sys
 from typing import Iterator
 
-from ..progress import ProgressCallback, no_progress
+from ACATLogic.progress import ProgressCallback, no_progress
 
 log = logging.getLogger("acat")
 

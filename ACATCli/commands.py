@@ -12,13 +12,14 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import EXIT_INTERNAL, ACATInputError, short_reason
-from ..progress import no_progress
-from ..io import read_volume, write_volume
-from ..io.itk_files import check_volume_name
-from ..io.output_guard import OutputClaim, claim_output, warn_if_short_of_space
-from ..io.read import check_sources
-from ..volume import CTVolume
+from ACATLogic.errors import EXIT_INTERNAL, ACATInputError, short_reason
+from ACATLogic.io import read_volume, write_volume
+from ACATLogic.io.itk_files import check_volume_name
+from ACATLogic.io.output_guard import OutputClaim, claim_output, warn_if_short_of_space
+from ACATLogic.io.read import check_sources
+from ACATLogic.progress import no_progress
+from ACATLogic.volume import CTVolume
+
 from .terminal import jsonl_line, progress_reporter
 
 log = logging.getLogger("acat")
@@ -121,8 +122,8 @@ def _convert(args: argparse.Namespace) -> int:
 
 
 def view(args: argparse.Namespace) -> int:
-    """``acat view``: the web viewer lives in the ACATWeb package (slicer, vtk, trame), which ACATLogic
-    never imports; it is loaded by name here, only when the command runs."""
+    """``acat view``: the web viewer is the ACATWeb front end (slicer, vtk, trame: the ``slicer`` extra), loaded
+    by name here only when the command runs, so that the other commands work without those packages."""
     import importlib
 
     try:
@@ -175,10 +176,11 @@ def explain(args: argparse.Namespace) -> int:
 def _explain(args: argparse.Namespace, claim: OutputClaim) -> int:
     import time
 
-    from ..bundle import load_bundle, resolve_model
-    from ..explain import Explainer
-    from ..options import ExplainOptions
-    from ..outputs import write_explanation
+    from ACATLogic.bundle import load_bundle
+    from ACATLogic.catalogue import resolve_model
+    from ACATLogic.explain import Explainer
+    from ACATLogic.options import ExplainOptions
+    from ACATLogic.outputs import write_explanation
 
     out = claim.out
     jsonl = args.progress_format == "jsonl"

@@ -1,1 +1,0 @@
-"""The ``acat`` command line. See `ACATLogic.cli.main`."""
