@@ -14,6 +14,9 @@ import numpy as np
 
 from ACATLogic.errors import EXIT_INTERNAL, ACATInputError, short_reason
 from ACATLogic.io import read_volume, write_volume
+from ACATLogic.io.itk_files import check_volume_name
+from ACATLogic.io.output_guard import OutputClaim, claim_output, warn_if_short_of_space
+from ACATLogic.io.read import check_sources
 from ACATLogic.progress import no_progress
 from ACATLogic.volume import CTVolume
 
@@ -103,24 +106,14 @@ def info(args: argparse.Namespace) -> int:
     return 0
 
 
-def _inside(child: Path, parent: Path) -> bool:
-    try:
-        child.resolve().relative_to(parent.resolve())
-        return True
-    except ValueError:
-        return False
-
-
 def convert(args: argparse.Namespace) -> int:
+    check_volume_name(Path(args.output))  # before anything is read: never an input, one writer (output_guard)
+    with claim_output(args.output, args.input, kind="file", overwrite=args.overwrite):
+        return _convert(args)
+
+
+def _convert(args: argparse.Namespace) -> int:
     output = Path(args.output)
-    for source in map(Path, args.input):
-        if output.exists() and output.resolve() == source.resolve():
-            raise ACATInputError("the output would overwrite the input; choose another output name", output)
-        if source.is_dir() and _inside(output, source):
-            raise ACATInputError("the output is inside the input folder; ACAT never writes into an input folder - "
-                                 "choose another location", output)
-    if output.exists() and not args.overwrite:
-        raise ACATInputError("the output file exists already; add --overwrite to replace it", output)
     volume = _read(args)
     write_volume(volume, output, overwrite=args.overwrite)
     if not args.quiet:
@@ -175,6 +168,12 @@ def release_gpu_memory() -> None:
 
 
 def explain(args: argparse.Namespace) -> int:
+    check_sources(_source(args))  # before anything is loaded: inputs exist, the output is none of them, one writer
+    with claim_output(args.out, args.input, kind="folder", overwrite=args.overwrite) as claim:
+        return _explain(args, claim)
+
+
+def _explain(args: argparse.Namespace, claim: OutputClaim) -> int:
     import time
 
     from ACATLogic.bundle import load_bundle
@@ -183,13 +182,7 @@ def explain(args: argparse.Namespace) -> int:
     from ACATLogic.options import ExplainOptions
     from ACATLogic.outputs import write_explanation
 
-    out = Path(args.out)
-    for source in map(Path, args.input):
-        if source.is_dir() and _inside(out, source):
-            raise ACATInputError("the output folder is inside the input folder; ACAT never writes into an input "
-                                 "folder - choose another location", out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.overwrite:
-        raise ACATInputError("the output folder is not empty; choose another or add --overwrite", out)
+    out = claim.out
     jsonl = args.progress_format == "jsonl"
     try:
         options = ExplainOptions.from_namespace(args)
@@ -199,6 +192,7 @@ def explain(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     volume = _read(args)
     read_s = time.perf_counter() - t0
+    warn_if_short_of_space(out, volume.voxels_hu.nbytes * (2 + len(bundle.labels) + 4))
 
     def explain_on(device: str):
         with _progress(args, "loading") as progress:
@@ -229,7 +223,7 @@ def explain(args: argparse.Namespace) -> int:
     with _progress(args, "writing") as progress:
         progress(0.0, "writing the results")
         files = write_explanation(explanation, out, bundle=bundle, volume=volume, overwrite=args.overwrite,
-                                  extra_timings={"read_s": round(read_s, 4)})
+                                  extra_timings={"read_s": round(read_s, 4)}, protect=claim.inputs)
         progress(1.0, "done")
     write_s = time.perf_counter() - t1
     if jsonl:

@@ -14,10 +14,12 @@ import signal
 import sys
 import threading
 import traceback
+import warnings
 from typing import Iterator, Sequence
 
 from ACATLogic import __version__
 from ACATLogic.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_OK, ACATInputError
+from ACATLogic.io.limits import BUDGET_ENV, parse_budget_gib
 from ACATLogic.options import add_explain_arguments
 
 from . import commands
@@ -30,6 +32,9 @@ def _common(parser: argparse.ArgumentParser) -> None:
     group = parser.add_mutually_exclusive_group()
     group.add_argument("-q", "--quiet", action="store_true", help="print errors only, no warnings or progress")
     group.add_argument("-v", "--verbose", action="store_true", help="print details (and tracebacks of internal errors)")
+    parser.add_argument("--max-memory-gb", metavar="GB", help="memory a scan may take when it is read (default: "
+                        "8 or half this computer's memory, whichever is less; also ACAT_MAX_MEMORY_GB); a damaged "
+                        "header declaring more is refused before anything is decoded")
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter):
@@ -125,6 +130,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def quiet_libraries(verbose: bool) -> None:
+    """The libraries' own warnings (PyTorch's UserWarnings, its C++ log lines) stay off stderr unless
+    --verbose: the user gets ACAT's warnings and at most one error line."""
+    if not verbose:
+        warnings.simplefilter("ignore")
+        os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")  # read when torch is imported (lazily, later)
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM (the Slicer module's Cancel, a job scheduler, ``kill``), raised where the program is, so that
     what is being written under a temporary name is removed on the way out - as for Ctrl+C."""
@@ -151,7 +164,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     configure_logging(getattr(args, "quiet", False), getattr(args, "verbose", False))
+    quiet_libraries(getattr(args, "verbose", False))
     try:
+        if getattr(args, "max_memory_gb", None) is not None:  # for this process and the ones it starts
+            os.environ[BUDGET_ENV] = str(parse_budget_gib(args.max_memory_gb, "--max-memory-gb"))
         with _sigterm_cancels():
             return int(args.handler(args) or EXIT_OK)
     except ACATInputError as exc:

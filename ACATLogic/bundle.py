@@ -180,6 +180,8 @@ def read_card(folder: Path) -> dict:
     if not (isinstance(card["labels"], list) and all(isinstance(x, str) for x in card["labels"])
             and len(card["labels"]) >= 2):
         raise _fail("'labels' must be a list of at least two names", card_path)
+    if not isinstance(card["input"], dict):
+        raise _fail("invalid 'input' in the model card (it must be an object)", card_path)
     try:
         spec = InputSpec.from_dict(card["input"])
     except (KeyError, TypeError, ValueError, IndexError, OverflowError) as exc:
@@ -205,6 +207,21 @@ def read_card(folder: Path) -> dict:
     return card
 
 
+def check_architectures(card: dict, card_path: Path) -> None:
+    """Every model the card describes: sane config, weights that fit the memory, a forward pass that works
+    on the card's input size; checked on PyTorch's meta device, before anything is built
+    (`ACATLogic.model_check`). Raises `ACATInputError`."""
+    from .io.limits import memory_budget_bytes
+    from .model_check import architecture_problem
+
+    spec = InputSpec.from_dict(card["input"])
+    for role, entry in card["models"].items():
+        problem = architecture_problem(role, entry["architecture"], entry["config"], slices=spec.slices,
+                                       size=spec.size, n_labels=len(card["labels"]), budget_bytes=memory_budget_bytes())
+        if problem:
+            raise _fail(f"invalid architecture in the model card: {problem}", card_path)
+
+
 def load_bundle(folder, *, device: str | torch.device = "cpu") -> ModelBundle:
     """Read, verify (sha256, names, shapes) and build every model of a bundle."""
     from .models import create_model  # registry import populates the architectures
@@ -213,11 +230,15 @@ def load_bundle(folder, *, device: str | torch.device = "cpu") -> ModelBundle:
     card = read_card(folder)
     if folder.is_file():
         folder = folder.parent
+    check_architectures(card, folder / CARD_NAME)  # before any weight is read or any model is built
     built = {}
     for role, entry in card["models"].items():
         weights = folder / entry["weights"]
         if not weights.is_file():
-            raise _fail(f"the {role} weights named in the card are missing", weights)
+            missing = not weights.exists()
+            raise _fail(f"the {role} weights named in the card are missing" if missing else
+                        f"the {role} weights are not a regular file (a pipe, socket or device); a bundle holds "
+                        ".safetensors files", weights)
         digest = sha256_file(weights)
         if digest != entry["sha256"]:
             raise _fail(f"sha256 mismatch: the {role} weights are not the ones the card describes "

@@ -12,13 +12,23 @@ EXIT_INTERNAL = 1
 EXIT_BAD_INPUT = 2
 
 
+def shown_path(path: object) -> str:
+    """A path as text for a message: bytes that are not UTF-8 (Linux allows any) as ``\xff`` escapes."""
+    text = str(path)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates: the name's own bytes, escaped
+        text = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return text
+
+
 class ACATInputError(ValueError):
     """Bad input that a user can act on. The message is one line, without a traceback."""
 
     def __init__(self, message: str, path: object | None = None):
         message = " ".join(str(message).split())  # one line, always
         if path is not None:
-            message = f"{path}: {message}"
+            message = f"{shown_path(path)}: {message}"
         super().__init__(message)
         self.path = path
 

@@ -13,14 +13,14 @@ import os
 import re
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 
 from .bundle import ModelBundle
 from .errors import ACATInputError
 from .explain import Explanation
-from .io.atomic import atomic_directory
+from .io.atomic import atomic_directory, out_of_space
 from .io.itk_files import write_itk_file
 from .overview import write_overview
 from .volume import CTVolume
@@ -93,33 +93,39 @@ def _write_volumes(explanation: Explanation, volume: CTVolume, folder: Path, nam
     return {label: c for (_, _, label), c in zip(jobs, changes) if label is not None}
 
 
+def _write_failed(exc: BaseException, out_dir: Path, tmp: Path) -> ACATInputError:
+    """One line naming the output (never the temporary folder, which is removed next) and the cause; a
+    full disk is said so, whichever library hit it (ITK's NRRD writer does not pass errno on)."""
+    if out_of_space(exc, tmp):
+        return ACATInputError("no space left on device while writing the results; nothing was written - free some "
+                              "space or choose another output", out_dir)
+    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).split(": ", 1)[-1]
+    return ACATInputError(f"cannot write the results ({reason})", out_dir)
+
+
 def write_explanation(explanation: Explanation, out_dir, *, bundle: ModelBundle, volume: CTVolume,
-                      overwrite: bool = False, extra_timings: Optional[dict] = None) -> list[Path]:
-    """Write every result into ``out_dir`` (a new or empty folder, or any with ``overwrite``)."""
+                      overwrite: bool = False, extra_timings: Optional[dict] = None,
+                      protect: Sequence[Path] = ()) -> list[Path]:
+    """Write every result into ``out_dir`` (a new or empty folder, or any with ``overwrite``).
+
+    ``protect``: the command's inputs (`ACATLogic.io.output_guard.input_paths`); a folder that is or holds
+    one is never replaced.
+    """
     out_dir = Path(out_dir)
     if out_dir.exists():
         if not out_dir.is_dir():
-            raise ACATInputError("the output path exists and is not a folder", out_dir)
+            raise ACATInputError("the output path is an existing file, not a folder; the results are a folder of "
+                                 "files - choose a folder name", out_dir)
         if any(out_dir.iterdir()) and not overwrite:
             raise ACATInputError("the output folder is not empty; choose another or add --overwrite", out_dir)
     names: list[str] = []
     try:
         # an empty folder is replaced whole (and stays, empty, if this is cancelled)
-        with atomic_directory(out_dir, overwrite=True) as tmp:
-            change = _write_volumes(explanation, volume, tmp, names)
-            healthy = explanation.class_names[0]
-            shown = explanation.counterfactuals.get(healthy) if explanation.label != healthy else None
-            if shown is None and change:
-                # the class farthest from the prediction: the largest change
-                shown = explanation.counterfactuals[max(change, key=change.get)]
-            probs = ", ".join(f"{k} {v:.2f}" for k, v in explanation.probabilities.items())
-            title = (f"{bundle.id}: {explanation.label} ({probs}) - {explanation.method} saliency")
-            write_overview(tmp / "overview.png", volume, explanation.saliency, shown, title,
-                           tuple(bundle.spec.hu_window))
-            names.append("overview.png")
-            report = build_report(explanation, bundle, volume, names + ["report.json"], extra_timings)
-            (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-            names.append("report.json")
+        with atomic_directory(out_dir, overwrite=True, protect=protect) as tmp:
+            try:
+                _write_all(explanation, bundle, volume, tmp, names, extra_timings)
+            except (OSError, ACATInputError) as exc:
+                raise _write_failed(exc, out_dir, tmp) from None
             if not overwrite and out_dir.is_dir() and any(out_dir.iterdir()):
                 # another run filled the folder while this one was writing: its files stay, unmixed
                 raise ACATInputError("another run wrote into the output folder meanwhile; its files are kept and "
@@ -127,3 +133,22 @@ def write_explanation(explanation: Explanation, out_dir, *, bundle: ModelBundle,
     except OSError as exc:
         raise ACATInputError(f"cannot write the results ({exc.strerror or exc})", out_dir) from None
     return [out_dir / n for n in names]
+
+
+def _write_all(explanation: Explanation, bundle: ModelBundle, volume: CTVolume, tmp: Path, names: list,
+               extra_timings: Optional[dict]) -> None:
+    """Every result file into the temporary folder ``tmp``; their names appended to ``names``."""
+    change = _write_volumes(explanation, volume, tmp, names)
+    healthy = explanation.class_names[0]
+    shown = explanation.counterfactuals.get(healthy) if explanation.label != healthy else None
+    if shown is None and change:
+        # the class farthest from the prediction: the largest change
+        shown = explanation.counterfactuals[max(change, key=change.get)]
+    probs = ", ".join(f"{k} {v:.2f}" for k, v in explanation.probabilities.items())
+    title = (f"{bundle.id}: {explanation.label} ({probs}) - {explanation.method} saliency")
+    write_overview(tmp / "overview.png", volume, explanation.saliency, shown, title,
+                   tuple(bundle.spec.hu_window))
+    names.append("overview.png")
+    report = build_report(explanation, bundle, volume, names + ["report.json"], extra_timings)
+    (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    names.append("report.json")

@@ -78,7 +78,7 @@ class Built:
 #: readers, the gzip bomb), which only a separate process with a time limit can guard.
 END_TO_END = {"pkg-mr", "pkg-small-ct-series", "missing-path", "explain-ok", "explain-truncated-slice",
               "fifo-in-series", "fifo-alone", "nhdr-data-fifo", "symlink-loop-dir", "symlink-loop-file",
-              "nrrd-ascii-binary", "nrrd-gzip-bomb", "nifti-bad-dim", "nifti-sform-inf"}
+              "nrrd-ascii-binary", "nrrd-gzip-bomb", "nifti-bad-dim", "nifti-sform-inf", "nrrd-long-field"}
 
 
 @dataclass(frozen=True)
@@ -479,7 +479,7 @@ def build_huge_rows(c: Corpus, d: Path) -> Built:
     folder = c.small_head_copy(d / "series")
     for path in series_files(folder):
         edit(path, lambda ds: (setattr(ds, "Rows", 65535), setattr(ds, "Columns", 65535)))
-    return Built(folder, names=series_files(folder)[0])
+    return Built(folder)
 
 
 def build_zero_orientation(c: Corpus, d: Path) -> Built:
@@ -511,6 +511,16 @@ def build_nrrd_ascii_binary(c: Corpus, d: Path) -> Built:
     """Found by `make fuzz`: 'encoding: ascii' over binary voxels overflowed teem's reader (a segfault)."""
     path = write_itk_file(c.small_head, d / "scan.nrrd", compress=False)
     path.write_bytes(path.read_bytes().replace(b"encoding: raw", b"encoding: ascii", 1))
+    return Built(path)
+
+
+def build_nrrd_long_field(c: Corpus, d: Path) -> Built:
+    """Found by `make fuzz` (issue 17): a 'space directions' line of 1000 characters that NrrdIO cannot parse
+    overflowed the buffer of its error message: a segmentation fault."""
+    path = write_itk_file(c.small_head, d / "scan.nrrd", compress=False)
+    raw = path.read_bytes()
+    start = raw.index(b"space directions: (") + len(b"space directions: (")
+    path.write_bytes(raw[:start] + b"7" * 1000 + raw[start:])
     return Built(path)
 
 
@@ -709,8 +719,9 @@ CASES: list[Case] = [
          build_fifo_in_series, True),
     Case("fifo-alone", C, "a named pipe given as the input", "refused: not a regular file (no hang)", build_fifo,
          False, r"not a regular file"),
-    Case("huge-rows", C, "headers declaring 65535 x 65535 pixels", "refused (was a MemoryError)", build_huge_rows,
-         False, r"cannot decode the pixel data"),
+    Case("huge-rows", C, "headers declaring 65535 x 65535 pixels", "refused before decoding: over the memory budget "
+         "(was a MemoryError)", build_huge_rows, False, r"12 x 65535 x 65535 voxels, which would need .* GiB of memory, "
+         r"more than ACAT's budget"),
     Case("zero-orientation", C, "ImageOrientationPatient all zero in one slice", "refused (was a ValueError)",
          build_zero_orientation, False, r"invalid ImageOrientationPatient"),
     Case("huge-spacing", C, "PixelSpacing 1e308", "refused: implausible spacing", build_huge_spacing, False,
@@ -722,6 +733,9 @@ CASES: list[Case] = [
     Case("nrrd-ascii-binary", C, "raw NRRD relabelled 'encoding: ascii' (found by fuzzing)",
          "refused (was a segfault in ITK's NRRD reader)", build_nrrd_ascii_binary, False,
          r"says the voxels are ASCII text, but the data holds a run of more than 64 characters"),
+    Case("nrrd-long-field", C, "NRRD whose 'space directions' holds a 1000-digit number (found by fuzzing)",
+         "refused (was a segfault in ITK's NRRD reader)", build_nrrd_long_field, False,
+         r"the NRRD header's line 'space directions: \.\.\.' is \d+ characters long"),
     Case("nhdr-data-fifo", C, ".nhdr whose data file is a named pipe", "refused, never opened (no hang)",
          build_nhdr_pointing_to("fifo"), False, r"the NRRD data file is not a regular file"),
     Case("nhdr-data-list", C, ".nhdr with 'data file: LIST'", "refused: one data file only",

@@ -137,6 +137,8 @@ SLOW = {
     "test_slicer_runner.py::test_a_second_explain_while_one_runs_is_refused_and_the_first_goes_on":
         "a background explain, cancelled",
     "test_slicer_runner.py::test_cancel_right_after_start_leaves_nothing": "a background explain, cancelled",
+    "test_output_safety.py": "acat explain and convert in processes on odd outputs, some in user namespaces (~110 s)",
+    "test_reader_bounds.py": "acat on decoder bombs, 20,000 files, 1,100 folders, in processes (~120 s)",
 }
 #: Fixtures (file::fixture) that make every test of that file using them slow, and why.
 SLOW_FIXTURES = {

@@ -41,9 +41,9 @@ def spy(monkeypatch):
     calls = []
     original = dicom_volume._read_pixels
 
-    def counting(path):
+    def counting(path, *args):
         calls.append(path)
-        return original(path)
+        return original(path, *args)
 
     monkeypatch.setattr(dicom_volume, "_read_pixels", counting)
     return calls

@@ -140,6 +140,42 @@ def test_implausible_input_specs_are_refused(tmp_path, field, value, why):
         read_card(tmp_path)
 
 
+def test_a_transfer_syntax_that_is_not_one_is_a_clear_error(cranium_copy):
+    """fuzz (issue 17): ValueError ("UID is not a transfer syntax") at dicom_bounds.py, from the pixel cost check
+    on a slice whose TransferSyntaxUID was replaced by a SOP class UID."""
+    victim = sorted(cranium_copy.iterdir())[5]
+    data = victim.read_bytes()
+    explicit_le = b"1.2.840.10008.1.2.1\x00"  # the file meta's TransferSyntaxUID, as our writer stores it
+    assert data.count(explicit_le) == 1
+    victim.write_bytes(data.replace(explicit_le, b"1.2.840.10008.5.1.4"[:19] + b"\x00"))  # a UID, not a syntax
+    with pytest.raises(ACATInputError) as info:
+        read_volume(cranium_copy)
+    assert "\n" not in str(info.value) and str(victim) in str(info.value)
+
+
+def test_a_panic_in_the_rust_rle_decoder_is_a_clear_error_and_prints_nothing(tmp_path, capfd):
+    """fuzz (issue 17, 600 s run): pyo3_runtime.PanicException ("index out of bounds") from pylibjpeg-rle on one
+    flipped byte of an RLE slice. PanicException is a BaseException, so it passed every `except Exception`,
+    and Rust printed its panic message and backtrace straight onto stderr."""
+    example = {"seed": 2, "edits": [], "bytes": [["flip", 1841860, 118]], "layout": "series", "others": [],
+               "frame_size": [40000, 1024]}
+    assert TARGETS["dicom"].run(example, tmp_path / "work") == "input error"
+    assert capfd.readouterr().err == ""
+
+
+def test_a_model_card_input_that_is_not_an_object_is_refused(tmp_path):
+    """fuzz (issue 17): AttributeError at preprocess.py (InputSpec.from_dict) for "input": [] ."""
+    import json as _json
+
+    from ACATLogic.bundle import read_card
+
+    card = _json.loads((REPO / "Resources/Models/brain-stroke-phantom/model.json").read_text())
+    card["input"] = []
+    (tmp_path / "model.json").write_text(_json.dumps(card))
+    with pytest.raises(ACATInputError, match=r"invalid 'input' in the model card \(it must be an object\)"):
+        read_card(tmp_path)
+
+
 # ---- short property runs of the fuzzers' own strategies (the long run is `make fuzz`) ---------------
 def _work(tmp_path_factory) -> Path:
     return Path(tempfile.mkdtemp(dir=tmp_path_factory.getbasetemp()))

@@ -28,6 +28,8 @@ from ..errors import ACATInputError, short_reason
 from ..progress import ProgressCallback, no_progress
 from ..volume import CTVolume
 from .dicom_scan import VALUE_ERRORS, ScanResult, SliceRecord, describe_skipped, optional
+from .dicom_bounds import check_pixel_cost, declared_pixel_bytes, read_dataset_file
+from .itk_guards import c_stderr_captured
 from .limits import check_memory
 
 ORIENTATION_TOL = 1e-3  # difference between unit vectors still counted as "the same orientation"
@@ -101,7 +103,7 @@ def select_series(scan: ScanResult, source: Path, series_uid: Optional[str] = No
             raise ACATInputError(f"the file holds {_series_kind(only)}; ACAT explains CT scans only", only[0].path)
         total = sum(unusable.values())
         found = "; ".join(f"{kind} ({n})" if len(unusable) > 1 else kind for kind, n in unusable.most_common())
-        raise ACATInputError(f"no usable CT series here; found {total} series: {found}", source)
+        raise ACATInputError(f"no usable CT series here; found {total} series: {found}" + passed_over(scan), source)
 
     def size(item):
         uid, records = item
@@ -113,7 +115,14 @@ def select_series(scan: ScanResult, source: Path, series_uid: Optional[str] = No
     else:
         how = (f"the largest CT series ({size((uid, records))[0]} images) of {len(scan.series)} series; "
                "choose another with --series UID")
-    return records, how
+    return records, how + passed_over(scan)
+
+
+def passed_over(scan: ScanResult) -> str:
+    """'; 20000 other files passed over (20000 not a DICOM file)', or '' when every file was an image."""
+    if not scan.skipped:
+        return ""
+    return f"; {len(scan.skipped)} other files passed over ({describe_skipped(scan.skipped)})"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -171,12 +180,22 @@ def _check_uniform_images(records: list[SliceRecord]) -> tuple[float, float]:
 # ------------------------------------------------------------------------------------------------
 # Pixels
 # ------------------------------------------------------------------------------------------------
-def _read_pixels(path: Path) -> np.ndarray:
-    """All frames of one file as (F, rows, columns), as stored (before rescale)."""
+def _read_pixels(path: Path, header: Optional[pydicom.Dataset] = None) -> np.ndarray:
+    """All frames of one file as (F, rows, columns), as stored (before rescale).
+
+    ``header``: the file's header as scanned; what it declares is checked against the memory budget
+    before the file is read (`ACATLogic.io.dicom_bounds`), and again what the file itself says.
+    """
+    declared = 0
+    if header is not None:
+        check_pixel_cost(header, path)
+        declared = declared_pixel_bytes(header)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            ds = pydicom.dcmread(path, force=True)
+            ds = read_dataset_file(path, force=True, pixel_bytes=declared)
+        except ACATInputError:
+            raise
         except Exception as exc:  # noqa: BLE001 - damaged file: any parser error
             raise ACATInputError(f"cannot read the file ({short_reason(exc)})", path) from None
         if not any(tag in ds for tag in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
@@ -188,9 +207,14 @@ def _read_pixels(path: Path) -> np.ndarray:
             meta.TransferSyntaxUID = ImplicitVRLittleEndian if implicit else (
                 ExplicitVRLittleEndian if little else ExplicitVRBigEndian)
             ds.file_meta = meta
+        check_pixel_cost(ds, path)  # before the decoder allocates what the header (or the codestream) declares
         try:
-            pixels = ds.pixel_array
-        except Exception as exc:  # noqa: BLE001 - codecs raise many types
+            with c_stderr_captured():  # a Rust decoder's panic message and backtrace, printed on fd 2
+                pixels = ds.pixel_array
+        except BaseException as exc:  # noqa: BLE001 - codecs raise many types
+            # pylibjpeg-rle is Rust: on damaged data it panics, and PyO3's PanicException is a BaseException
+            if not isinstance(exc, Exception) and type(exc).__name__ != "PanicException":
+                raise  # Ctrl+C, SIGTERM, SystemExit
             ts = getattr(meta.get("TransferSyntaxUID"), "name", "unknown transfer syntax")
             raise ACATInputError(f"cannot decode the pixel data ({ts}): {short_reason(exc)}", path) from None
     try:
@@ -262,7 +286,16 @@ def _read_native_pixels(record: SliceRecord) -> Optional[np.ndarray]:
 def _pixels_of(record: SliceRecord) -> np.ndarray:
     """All frames of the record's file as (F, rows, columns), as stored (before rescale)."""
     pixels = _read_native_pixels(record)
-    return pixels if pixels is not None else _read_pixels(record.path)
+    return pixels if pixels is not None else _read_pixels(record.path, record.header)
+
+
+def _stored_bytes(record: SliceRecord) -> int:
+    """Bytes per stored pixel as the header declares (BitsAllocated), 2 when it does not say."""
+    bits = optional(record.header, "BitsAllocated", 16)
+    try:
+        return max(1, (int(bits) + 7) // 8)
+    except (TypeError, ValueError):
+        return 2
 
 
 def _integer_hu(frame: np.ndarray, record: SliceRecord) -> bool:
@@ -415,8 +448,10 @@ def _decode_hu(images: list[SliceRecord], progress: ProgressCallback) -> np.ndar
     overflow. The first file is decoded before the volume is allocated, so a header that declares more
     pixels than its file holds fails on its own data, not on a huge allocation."""
     nk = len(images)
+    # the whole volume against the memory budget before anything is decoded (a compressed file's decoder
+    # allocates what its header declares)
+    check_memory((nk, images[0].rows, images[0].columns), _stored_bytes(images[0]), images[0].path.parent)
     cache: dict[Path, np.ndarray] = {images[0].path: _pixels_of(images[0])}
-    check_memory((nk, images[0].rows, images[0].columns), cache[images[0].path].itemsize, images[0].path.parent)
     try:
         voxels = np.empty((nk, images[0].rows, images[0].columns), dtype=np.float32)
     except MemoryError:

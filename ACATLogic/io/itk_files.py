@@ -7,6 +7,7 @@ for coordinates of a few hundred mm); voxel values are exact. Use NRRD when geom
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -14,9 +15,10 @@ import SimpleITK as sitk
 
 from ..errors import ACATInputError
 from ..volume import METADATA_KEYS, CTVolume
-from .atomic import atomic_path
-from .itk_guards import (c_stderr_captured, check_nifti_orientation, check_nifti_size, check_nrrd_data,
-                         check_nrrd_files, library_reason)
+from .atomic import atomic_path, out_of_space
+from .itk_guards import (c_stderr_captured, check_nifti_gzip_stream, check_nifti_orientation, check_nifti_size,
+                         check_nrrd_data, check_nrrd_files, library_reason, nrrd_data_file)
+from .itk_paths import itk_path
 from .limits import check_memory
 
 NRRD_SUFFIXES = (".nrrd", ".nhdr")
@@ -58,13 +60,20 @@ def read_itk_file(path: Path) -> CTVolume:
     """Read an NRRD or NIfTI CT volume (HU assumed) into a `CTVolume`."""
     kind = file_kind(path)
     fmt = "NRRD" if kind in NRRD_SUFFIXES else "NIfTI"
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
-    reader.SetImageIO(_IMAGE_IO[kind])
     if fmt == "NIfTI":
         check_nifti_orientation(path, compressed=kind == ".nii.gz")
     else:
         check_nrrd_files(path)
+    data_file = nrrd_data_file(path) if kind == ".nhdr" else None
+    relative = None if data_file is None else os.path.relpath(data_file, path.parent)
+    with itk_path(path, data_file=relative) as itk_name:  # SimpleITK aborts on a path that is not UTF-8
+        return _read_itk_file(path, itk_name, kind, fmt)
+
+
+def _read_itk_file(path: Path, itk_name: str, kind: str, fmt: str) -> CTVolume:
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(itk_name)
+    reader.SetImageIO(_IMAGE_IO[kind])
     try:
         with c_stderr_captured() as printed:
             reader.ReadImageInformation()
@@ -85,10 +94,12 @@ def read_itk_file(path: Path) -> CTVolume:
     n_bytes = int(np.prod([int(s) for s in size], dtype=object)) * component_bytes
     shown = " x ".join(str(int(s)) for s in size)
     if fmt == "NRRD":
-        check_nrrd_data(path, shown, n_bytes)
+        check_nrrd_data(path, shown, n_bytes, n_bytes // component_bytes)
     else:
         check_nifti_size(path, kind == ".nii.gz", shown, n_bytes)
     check_memory(tuple(size), component_bytes, path)
+    if kind == ".nii.gz":
+        check_nifti_gzip_stream(path, shown, n_bytes)
     try:
         with c_stderr_captured() as printed:
             image = reader.Execute()
@@ -137,12 +148,18 @@ def to_sitk(volume: CTVolume) -> sitk.Image:
     return image
 
 
-def write_itk_file(volume: CTVolume, path: Path, *, overwrite: bool = False, compress: bool = True) -> Path:
-    """Write NRRD or NIfTI by the file name's suffix, atomically. Returns the path written."""
-    path = Path(path)
+def check_volume_name(path: Path) -> str:
+    """The output kind ('.nrrd', '.nii', '.nii.gz') from the name, or `ACATInputError` for any other name."""
     kind = file_kind(path)
     if kind is None or kind == ".nhdr":  # a detached header cannot be renamed into place atomically
         raise ACATInputError("unsupported output type; use a name ending in .nrrd, .nii or .nii.gz", path)
+    return kind
+
+
+def write_itk_file(volume: CTVolume, path: Path, *, overwrite: bool = False, compress: bool = True) -> Path:
+    """Write NRRD or NIfTI by the file name's suffix, atomically. Returns the path written."""
+    path = Path(path)
+    kind = check_volume_name(path)
     image = to_sitk(volume)
     if kind in NRRD_SUFFIXES:
         for key, value in volume.metadata.items():
@@ -156,11 +173,21 @@ def write_itk_file(volume: CTVolume, path: Path, *, overwrite: bool = False, com
         # (docs/BENCHMARKS.md); an explanation writes up to nine of them
         writer.SetCompressionLevel(1)
     try:
-        with atomic_path(path, overwrite=overwrite) as tmp:
-            writer.SetFileName(str(tmp))
-            writer.Execute(image)
+        with atomic_path(path, overwrite=overwrite) as tmp, itk_path(tmp) as itk_name:
+            writer.SetFileName(itk_name)
+            try:
+                writer.Execute(image)
+            except RuntimeError as exc:  # judged while the partial file still takes its space
+                raise _write_error(exc, path) from None
     except FileExistsError:
         raise ACATInputError("the output file exists already; choose another name or allow overwriting", path) from None
-    except RuntimeError as exc:
-        raise ACATInputError(f"cannot write the file ({_short(exc)})", path) from None
+    except OSError as exc:
+        raise _write_error(exc, path) from None
     return path
+
+
+def _write_error(exc: BaseException, path: Path) -> ACATInputError:
+    if out_of_space(exc, path.parent):
+        return ACATInputError("no space left on device; nothing was written - free some space or choose another "
+                              "output", path)
+    return ACATInputError(f"cannot write the file ({exc.strerror if isinstance(exc, OSError) else _short(exc)})", path)

@@ -104,24 +104,76 @@ def check_nifti_orientation(path: Path, compressed: bool) -> None:
                              "the file is damaged", path)
 
 
-def check_nifti_size(path: Path, compressed: bool, shown: str, n_bytes: int) -> None:
-    """Refuse a NIfTI header that declares more voxel data than the file can hold."""
+def _nifti_vox_offset(head: bytes) -> int:
+    """Where the voxels start (the header's vox_offset), or the smallest possible offset when unreadable."""
+    for order in "<>":
+        if len(head) >= 348 and struct.unpack_from(order + "i", head, 0)[0] == 348:
+            offset = struct.unpack_from(order + "f", head, 108)[0]
+            return int(offset) if math.isfinite(offset) and NIFTI_HEADER_BYTES <= offset < 1 << 40 else NIFTI_HEADER_BYTES
+        if len(head) >= 540 and struct.unpack_from(order + "i", head, 0)[0] == 540:
+            offset = struct.unpack_from(order + "q", head, 168)[0]
+            return offset if 544 <= offset < 1 << 40 else 544
+    return NIFTI_HEADER_BYTES
+
+
+def _gzip_length(path: Path, enough: int) -> int:
+    """How many bytes the gzip file inflates to, counted in 4 MB steps (never held in memory), stopping
+    at ``enough``. A stream that is cut short or damaged counts up to where it breaks."""
+    total = 0
     try:
-        available = path.stat().st_size - (0 if compressed else NIFTI_HEADER_BYTES)
-    except OSError:
+        with gzip.open(path, "rb") as fh:
+            while total < enough:
+                chunk = fh.read(min(1 << 22, enough - total))
+                if not chunk:
+                    break
+                total += len(chunk)
+    except (OSError, EOFError, zlib.error):
+        pass
+    return total
+
+
+def _nifti_layout(path: Path, compressed: bool) -> Optional[tuple[int, int]]:
+    """(file size, vox_offset), or None when the file cannot be opened (ITK then says why)."""
+    try:
+        size = path.stat().st_size
+        with (gzip.open(path, "rb") if compressed else open(path, "rb")) as fh:
+            return size, _nifti_vox_offset(fh.read(540))
+    except (OSError, EOFError, zlib.error):
+        return None
+
+
+def check_nifti_size(path: Path, compressed: bool, shown: str, n_bytes: int) -> None:
+    """Refuse a NIfTI header that declares more voxel data than the file can hold (from its size alone)."""
+    layout = _nifti_layout(path, compressed)
+    if layout is not None:
+        size, offset = layout
+        _check_available("NIfTI", path, "gzip" if compressed else "raw", size - (0 if compressed else offset),
+                         shown, n_bytes)
+
+
+def check_nifti_gzip_stream(path: Path, shown: str, n_bytes: int) -> None:
+    """Refuse a .nii.gz whose gzip stream holds fewer voxel bytes than its header declares.
+
+    ITK reads a short gzip stream without complaint and leaves the rest of the volume zero (a 1 MB file
+    read as gigabytes of "HU 0..0"): the stream is inflated once, in steps, to count its bytes. Called
+    after the memory budget check, so the count is bounded too.
+    """
+    layout = _nifti_layout(path, True)
+    if layout is None:
         return
-    _check_available("NIfTI", path, "gzip" if compressed else "raw", available, shown, n_bytes)
+    offset = layout[1]
+    held = _gzip_length(path, offset + n_bytes) - offset
+    if held < n_bytes:
+        raise ACATInputError(f"the NIfTI header declares {shown} voxels ({n_bytes} bytes) but the gzip data holds "
+                             f"only {max(held, 0)} bytes of voxels (truncated or damaged)", path)
 
 
 # ------------------------------------------------------------------------------------------------
 # NRRD
 # ------------------------------------------------------------------------------------------------
-def _nrrd_layout(path: Path) -> Optional[tuple[str, Optional[Path], int]]:
-    """(encoding, the file holding the voxels, where they start in it) from an NRRD header.
-
-    The data file is None for a list or a printf-style pattern of data files. None when the header
-    cannot be parsed at all (ITK then says why).
-    """
+def _nrrd_header(path: Path) -> Optional[tuple[list[str], int]]:
+    """The header's lines (latin-1 text) and its length in bytes (to the blank line that ends it), or None
+    when the file cannot be read or no header ends within `MAX_NRRD_HEADER_BYTES`."""
     try:
         with open(path, "rb") as fh:
             head = fh.read(MAX_NRRD_HEADER_BYTES)
@@ -135,8 +187,40 @@ def _nrrd_layout(path: Path) -> Optional[tuple[str, Optional[Path], int]]:
         end = header_bytes = len(head)
     else:
         return None
+    return head[:end].decode("latin-1").splitlines(), header_bytes
+
+
+#: header lines longer than this crash ITK's NRRD reader (NrrdIO) when it cannot parse them: its error
+#: messages are formatted into fixed buffers (a segmentation fault from about 900 characters on, found by
+#: `make fuzz`); a 3-D NRRD's longest field, "space directions", needs about 250
+MAX_NRRD_FIELD_LINE = 512
+
+
+def _long_field_line(lines: list[str]) -> Optional[str]:
+    """The first field line longer than `MAX_NRRD_FIELD_LINE` (comments, key/value pairs and "content",
+    which NrrdIO stores without parsing, may be longer), or None."""
+    for line in lines[1:]:
+        if len(line) <= MAX_NRRD_FIELD_LINE or line.startswith("#") or line.lower().startswith("content:"):
+            continue
+        kv, field = line.find(":="), line.find(": ")
+        if kv >= 0 and (field < 0 or kv < field):
+            continue
+        return line
+    return None
+
+
+def _nrrd_layout(path: Path) -> Optional[tuple[str, Optional[Path], int]]:
+    """(encoding, the file holding the voxels, where they start in it) from an NRRD header.
+
+    The data file is None for a list or a printf-style pattern of data files. None when the header
+    cannot be parsed at all (ITK then says why).
+    """
+    header = _nrrd_header(path)
+    if header is None:
+        return None
+    lines, header_bytes = header
     fields = {}
-    for line in head[:end].decode("latin-1").splitlines()[1:]:
+    for line in lines[1:]:
         key, sep, value = line.partition(":")
         if sep and not line.startswith("#"):
             fields.setdefault(key.strip().lower().replace(" ", ""), value.lstrip("=").strip())
@@ -146,7 +230,15 @@ def _nrrd_layout(path: Path) -> Optional[tuple[str, Optional[Path], int]]:
         return encoding, path, header_bytes
     if detached.upper().startswith("LIST") or re.search(r"%\S*d|\s", detached):
         return encoding, None, 0
+    detached = os.fsdecode(detached.encode("latin-1"))  # the name's own bytes, as the file system has them
     return encoding, (Path(detached) if Path(detached).is_absolute() else path.parent / detached), 0
+
+
+def nrrd_data_file(path: Path) -> Optional[Path]:
+    """The file holding a detached NRRD header's voxels (``path`` itself for an attached one); None for a
+    list or pattern of data files, or a header that cannot be parsed."""
+    layout = _nrrd_layout(path)
+    return None if layout is None else layout[1]
 
 
 def _has_long_token(fh: BinaryIO, limit: int) -> bool:
@@ -171,7 +263,23 @@ def _has_long_token(fh: BinaryIO, limit: int) -> bool:
 
 
 def check_nrrd_files(path: Path) -> None:
-    """Before ITK opens anything: one data file, and a regular one (ITK opens it with the header already)."""
+    """Before ITK opens anything: a header ITK's parser survives, one data file, and a regular one (ITK opens
+    it with the header already)."""
+    header = _nrrd_header(path)
+    if header is None:
+        try:
+            complete = path.stat().st_size < MAX_NRRD_HEADER_BYTES
+        except OSError:
+            return  # ITK says why it cannot open the file
+        if not complete:
+            raise ACATInputError(f"the NRRD header does not end within its first {MAX_NRRD_HEADER_BYTES >> 20} MB (no "
+                                 "blank line); the file is damaged", path)
+        return
+    line = _long_field_line(header[0])
+    if line is not None:
+        field = line.split(":", 1)[0][:40]
+        raise ACATInputError(f"the NRRD header's line '{field}: ...' is {len(line)} characters long (a field needs a few "
+                             "hundred at most); the header is damaged", path)
     layout = _nrrd_layout(path)
     if layout is None:
         return
@@ -187,19 +295,33 @@ def check_nrrd_files(path: Path) -> None:
         raise ACATInputError("the NRRD data file is not a regular file (a pipe, socket or device)", data_path)
 
 
-def check_nrrd_data(path: Path, shown: str, n_bytes: int) -> None:
+#: what ITK's NRRD reader (NrrdIO) decodes; "bzip2" it refuses only after allocating the declared voxels
+NRRD_ENCODINGS = ("raw", "gzip", "gz", "hex") + ASCII_ENCODINGS
+
+
+def check_nrrd_data(path: Path, shown: str, n_bytes: int, n_voxels: Optional[int] = None) -> None:
     """Refuse NRRD voxel data that cannot hold the declared voxels, or that ITK's ASCII reader would crash on."""
     layout = _nrrd_layout(path)
     if layout is None or layout[1] is None:
         return
     encoding, data_path, offset = layout
+    if encoding not in NRRD_ENCODINGS:
+        raise ACATInputError(f"NRRD encoding {encoding!r} is not supported (ACAT reads raw, gzip, hex and ascii); "
+                             "save the volume again with gzip or raw encoding", path)
     try:
         info = data_path.stat()
     except (OSError, ValueError):
         return  # ITK says the data file is missing
     if not stat.S_ISREG(info.st_mode):
         return
-    _check_available("NRRD", data_path, encoding, info.st_size - offset, shown, n_bytes)
+    available = max(info.st_size - offset, 0)
+    _check_available("NRRD", data_path, encoding, available, shown, n_bytes)
+    if encoding == "hex" and available < 2 * n_bytes:  # two hex digits per byte
+        raise ACATInputError(f"the NRRD header declares {shown} voxels ({n_bytes} bytes, {2 * n_bytes} hex digits) but "
+                             f"the file holds only {available} bytes of voxel data (truncated?)", data_path)
+    if encoding in ASCII_ENCODINGS and n_voxels is not None and available < 2 * n_voxels - 1:
+        raise ACATInputError(f"the NRRD header declares {shown} voxels but the file holds only {available} bytes of "
+                             "voxel text, less than one digit and one space per voxel (truncated?)", data_path)
     if encoding in ASCII_ENCODINGS:
         with open(data_path, "rb") as fh:
             fh.seek(offset)

@@ -19,6 +19,7 @@ from ..volume import CTVolume
 from . import dicom_scan, dicom_volume
 from .itk_files import file_kind, read_itk_file
 from .limits import check_geometry
+from .walk import list_files
 
 PathLike = Union[str, os.PathLike]
 
@@ -43,30 +44,55 @@ def read_volume(source: Union[PathLike, Sequence[PathLike]], *, series_uid: Opti
     return volume
 
 
-def _read_any(source: Union[PathLike, Sequence[PathLike]], series_uid: Optional[str], min_slices: int,
-              progress: ProgressCallback) -> CTVolume:
+def check_sources(source: Union[PathLike, Sequence[PathLike]]) -> None:
+    """The cheap checks of `read_volume`'s input, made before anything expensive (a model loaded): each
+    path exists, a single path is a file or folder that can be opened, several paths are files."""
     if isinstance(source, (list, tuple)):
         files = [Path(p) for p in source]
         if not files:
             raise ACATInputError("no input files were given")
         for f in files:
+            if f.is_dir():
+                raise ACATInputError(f"a folder among {len(files)} inputs: give one folder (it is searched for the "
+                                     "series), or several DICOM files of one series", f)
+            if not f.exists():
+                raise ACATInputError("no such file" + (" (a broken link)" if f.is_symlink() else ""), f)
             if not f.is_file():
-                raise ACATInputError("no such file", f)
-        return _read_dicom(files, Path(os.path.commonpath([str(f.parent) for f in files])), series_uid,
-                           min_slices, progress)
+                raise ACATInputError("not a regular file (a pipe, socket or device)", f)
+        return
     path = Path(source)
     if not path.exists():
         raise ACATInputError("no such file or folder" + (" (a broken link)" if path.is_symlink() else ""), path)
     if path.is_dir():
-        try:
-            files = list(dicom_scan.iter_candidate_files(path))
-        except OSError as exc:
-            raise ACATInputError(f"cannot list the folder ({exc.strerror or exc})", path) from None
-        return _read_dicom(files, path, series_uid, min_slices, progress)
+        if not os.access(path, os.R_OK | os.X_OK):
+            raise ACATInputError("cannot list the folder (Permission denied); check its permissions", path)
+        return
     if not path.is_file():  # opening a pipe or a device could block forever or never end
         raise ACATInputError("not a regular file (a pipe, socket or device); give a file or a folder", path)
     if not os.access(path, os.R_OK):
         raise ACATInputError("permission denied: the file cannot be read", path)
+
+
+def _read_any(source: Union[PathLike, Sequence[PathLike]], series_uid: Optional[str], min_slices: int,
+              progress: ProgressCallback) -> CTVolume:
+    check_sources(source)
+    if isinstance(source, (list, tuple)):
+        files = [Path(p) for p in source]
+        return _read_dicom(files, Path(os.path.commonpath([str(f.parent) for f in files])), series_uid,
+                           min_slices, progress)
+    path = Path(source)
+    if path.is_dir():
+        try:
+            listing = list_files(path)
+        except OSError as exc:
+            raise ACATInputError(f"cannot list the folder ({exc.strerror or exc}); check its permissions", path) from None
+        if listing.unreadable:
+            # what is behind it may be part of the series: reading the rest would give a shorter scan, silently
+            folder, why = listing.unreadable[0]
+            more = f" (and {len(listing.unreadable) - 1} more folders)" if len(listing.unreadable) > 1 else ""
+            raise ACATInputError(f"a folder inside the input cannot be read ({why}){more}; its files may belong to "
+                                 "the series - fix the permissions, or give a folder without it", folder)
+        return _read_dicom(listing.files, path, series_uid, min_slices, progress)
     if file_kind(path) is not None:
         volume = read_itk_file(path)
         if volume.voxels_hu.shape[0] < min_slices:

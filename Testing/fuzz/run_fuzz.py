@@ -16,9 +16,15 @@ Each distinct crash (exception type and the line that raised it) is saved once u
 replayable with `replay`), and ``traceback.txt``. Found crashes become regression tests in
 Testing/test_fuzz_regressions.py.
 
-Prints a table (examples tried, read, input errors, crashes per target) and exits 1 on any crash.
+Prints a table (examples tried, read, input errors, crashes, peak memory per target) and exits 1 on any
+crash or when a worker's peak resident memory (its own, from ``wait4``) passed ``--max-peak-mb``
+(default 2048): a reader that allocates what a damaged header claims is a finding even when the machine
+has the memory. The workers read under ACAT's memory budget (``ACAT_MAX_MEMORY_GB``, default here 1 GiB,
+`ACATLogic.io.limits`), as a user's ``--max-memory-gb`` would set it.
 The Hypothesis example database lives in the user cache (``~/.cache/acat/hypothesis``), never in
 the repository.
+
+(The web viewer's message handlers are to be added as targets of their own.)
 """
 
 from __future__ import annotations
@@ -52,6 +58,8 @@ def _hypothesis_home() -> Path:
 # before Hypothesis is imported anywhere (it would create .hypothesis/ in the working folder)
 os.environ.setdefault("HYPOTHESIS_STORAGE_DIRECTORY", str(_hypothesis_home()))
 STALL_GRACE_S = 10  # a worker silent this long past --example-timeout is stuck in C code: killed, input kept
+#: the readers' memory budget in the workers (GiB), unless ACAT_MAX_MEMORY_GB is set already
+WORKER_BUDGET_GIB = "1"
 
 
 class ExampleTimeout(BaseException):
@@ -151,6 +159,15 @@ def worker(target_name: str, seconds: float, out: Path, example_timeout: float) 
     return 0
 
 
+def _reap(proc: subprocess.Popen, block: bool) -> tuple[bool, int]:
+    """Whether ``proc`` has ended, and its peak resident memory in kB (from wait4: the child's own)."""
+    pid, status, usage = os.wait4(proc.pid, 0 if block else os.WNOHANG)
+    if pid == 0:
+        return False, 0
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return True, int(usage.ru_maxrss)
+
+
 # ------------------------------------------------------------------------------------------------
 # The parent: time sharing, worker restarts, the summary
 # ------------------------------------------------------------------------------------------------
@@ -159,6 +176,8 @@ def _run_target(name: str, seconds: float, out: Path, example_timeout: float) ->
     status_path.unlink(missing_ok=True)
     end = time.monotonic() + seconds
     restarts = 0
+    peak_kb = 0
+    env = {**os.environ, "ACAT_MAX_MEMORY_GB": os.environ.get("ACAT_MAX_MEMORY_GB") or WORKER_BUDGET_GIB}
     while True:
         left = end - time.monotonic()
         if left < 1.0:
@@ -166,17 +185,22 @@ def _run_target(name: str, seconds: float, out: Path, example_timeout: float) ->
         log = open(out / f"{name}.worker.log", "a")
         proc = subprocess.Popen([sys.executable, __file__, "--worker", name, "--seconds", f"{left:.1f}",
                                  "--out", str(out), "--example-timeout", str(example_timeout)],
-                                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+                                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
         stalled = False
         limit = example_timeout + STALL_GRACE_S
-        while proc.poll() is None:
+        while True:
+            done, kb = _reap(proc, block=False)
+            if done:
+                break
             time.sleep(0.5)
             beat = status_path.stat().st_mtime if status_path.exists() else None
             quiet_for = time.time() - beat if beat else time.monotonic() - (end - seconds)
             if quiet_for > limit or time.monotonic() > end + limit:
                 stalled = True
                 proc.kill()
-                proc.wait()
+                done, kb = _reap(proc, block=True)
+                break
+        peak_kb = max(peak_kb, kb)
         log.close()
         if proc.returncode == 0 and not stalled:
             break
@@ -202,6 +226,7 @@ def _run_target(name: str, seconds: float, out: Path, example_timeout: float) ->
             break
     status = json.loads(status_path.read_text()) if status_path.exists() else \
         {"examples": 0, "read": 0, "input error": 0, "crashes": {}}
+    status["peak_mb"] = peak_kb / 1024
     return status
 
 
@@ -225,6 +250,8 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"where crash reproducers go (default {DEFAULT_OUT.name}/ in the repository)")
     parser.add_argument("--example-timeout", type=float, default=30.0,
                         help="seconds one example may run before it counts as a hang (default 30)")
+    parser.add_argument("--max-peak-mb", type=float, default=2048,
+                        help="fail when a worker's peak resident memory passes this (MB; default 2048)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--replay", type=Path, help="run one saved example.json again and show what happens")
     args = parser.parse_args(argv)
@@ -252,20 +279,26 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.monotonic()
         results[name] = _run_target(name, share, args.out, args.example_timeout)
         results[name]["seconds"] = time.monotonic() - t0
-    rows = ["| target | seconds | examples tried | read | input errors | crashes |",
-            "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    rows = ["| target | seconds | examples tried | read | input errors | crashes | peak memory (MB) |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     total_crashes = 0
     for name, s in results.items():
         crashes = sum(c["count"] for c in s["crashes"].values())
         total_crashes += crashes
-        rows.append(f"| {name} | {s['seconds']:.0f} | {s['examples']} | {s['read']} | {s['input error']} | {crashes} |")
+        rows.append(f"| {name} | {s['seconds']:.0f} | {s['examples']} | {s['read']} | {s['input error']} | {crashes} "
+                    f"| {s['peak_mb']:.0f} |")
     print("\n".join(rows))
     for name, s in results.items():
         for signature, c in s["crashes"].items():
             print(f"CRASH {name}: {signature} ({c['count']} examples); reproducer: {c['saved']}")
+    over = {name: s["peak_mb"] for name, s in results.items() if s["peak_mb"] > args.max_peak_mb}
+    for name, mb in over.items():
+        print(f"MEMORY {name}: a worker's peak resident memory was {mb:.0f} MB, over --max-peak-mb {args.max_peak_mb:g}")
     examples = sum(s["examples"] for s in results.values())
-    print(f"examples tried: {examples}; crashes: {total_crashes}")
-    return 1 if total_crashes else 0
+    peak = max((s["peak_mb"] for s in results.values()), default=0.0)
+    print(f"examples tried: {examples}; crashes: {total_crashes}; peak memory: {peak:.0f} MB "
+          f"(budget ACAT_MAX_MEMORY_GB={os.environ.get('ACAT_MAX_MEMORY_GB') or WORKER_BUDGET_GIB})")
+    return 1 if total_crashes or over else 0
 
 
 if __name__ == "__main__":

@@ -3,17 +3,23 @@
 Three targets, each a Hypothesis strategy that turns real seed files into a mutated input, and a
 ``run`` function that writes the input under a scratch folder and reads it in-process:
 
-* ``dicom``: real DICOM files (slices of the Cranium head CT as our writer stores them, and CT,
-  enhanced CT, JPEG 2000, RLE, big-endian, multi-frame files from pydicom and pydicom-data).
-  Mutations are structure-aware (any header element, nested ones included, replaced by odd text,
-  numbers or bytes, with its length field kept consistent or not) and byte-level (flips,
-  insertions, deletions, truncation, "interesting" words). The file is read alone or as one slice
-  of a real 4-slice series whose other slices may carry geometry mutations of their own.
-* ``image-files``: NRRD (attached raw and gzip, detached ``.nhdr``, Slicer's CTChest) and NIfTI
-  (``.nii``, ``.nii.gz``): header fields set, dropped or duplicated, binary header fields of NIfTI
-  overwritten, data bytes mutated or cut.
+* ``dicom``: real DICOM files (slices of the Cranium head CT as our writer stores them, the same
+  slices RLE-compressed and deflated, and CT, enhanced CT, JPEG 2000, RLE, JPEG lossless, big-endian,
+  multi-frame files from pydicom and pydicom-data). Mutations are structure-aware (any header element,
+  nested ones included, replaced by odd text, numbers or bytes, with its length field kept consistent
+  or not; the image size a JPEG / JPEG 2000 frame declares in its own SOF / SIZ marker) and byte-level
+  (flips, insertions, deletions, truncation, "interesting" words). The file is read alone or as one
+  slice of a real 4-slice series whose other slices may carry geometry mutations of their own.
+* ``image-files``: NRRD (attached raw, gzip, hex, ascii and bzip2, detached ``.nhdr``, Slicer's
+  CTChest) and NIfTI (``.nii``, ``.nii.gz``): header fields set, dropped or duplicated, binary header
+  fields of NIfTI overwritten, data bytes mutated or cut.
 * ``model-card``: the shipped brain model's ``model.json``: values anywhere in the JSON tree
-  replaced by random JSON, keys dropped or added, the text mutated, nested very deep.
+  replaced by random JSON, architecture configs given odd sizes (negative, zero, huge), keys dropped
+  or added, the text mutated, nested very deep. A card that parses has its architectures checked
+  (`ACATLogic.bundle.check_architectures`: built and run on PyTorch's meta device).
+
+Every target reads under a memory budget (`ACATLogic.io.limits`, ``ACAT_MAX_MEMORY_GB``; the runner
+sets 1 GiB) so that a reader's bound, not the machine, decides what is refused.
 
 ``run`` returns "read" or "input error"; anything it raises is a crash (the caller's business).
 Only `ACATInputError` counts as the documented error for every target (``read_card`` raises it too).
@@ -71,6 +77,14 @@ def seed_dir() -> Path:
     end = raw.index(b"\n\n")
     (root / "head.nhdr").write_bytes(raw[: end + 1] + b"data file: head.raw\n\n")
     (root / "head.raw").write_bytes(raw[end + 2:])
+    # the other encodings NRRD has (ITK reads hex and ascii; bzip2 it refuses, after allocating)
+    header, voxels = raw[: end + 1].replace(b"encoding: raw", b"encoding: %s"), raw[end + 2:]
+    values = np.frombuffer(voxels, dtype="<f4")
+    (root / "head_hex.nrrd").write_bytes(header % b"hex" + b"\n" + voxels.hex().encode())
+    (root / "head_ascii.nrrd").write_bytes(header % b"ascii" + b"\n" + " ".join(f"{v:g}" for v in values).encode())
+    import bz2
+
+    (root / "head_bzip2.nrrd").write_bytes(header % b"bzip2" + b"\n" + bz2.compress(voxels))
     return root
 
 
@@ -80,9 +94,43 @@ def head_series() -> list[bytes]:
     return [p.read_bytes() for p in sorted((seed_dir() / "head").iterdir())]
 
 
+def _recoded(data: bytes, how: str) -> bytes:
+    """A slice of our own series stored another way: RLE-compressed or deflated (both real transfer syntaxes)."""
+    from pydicom.uid import DeflatedExplicitVRLittleEndian, RLELossless
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = pydicom.dcmread(io.BytesIO(data))
+        if how == "rle":
+            ds.compress(RLELossless)
+        else:
+            ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+        out = io.BytesIO()
+        ds.save_as(out)
+        return out.getvalue()
+
+
+def _jpeg_ct() -> bytes:
+    """pydicom's JPEG lossless (process 14) NM image relabelled as a CT slice: JPEG-compressed CT pixels."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = pydicom.dcmread(sample_data.pydicom_test_file("JPEG-LL.dcm"))
+        ds.Modality = "CT"
+        ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+        ds.ImagePositionPatient, ds.ImageOrientationPatient = [0, 0, 0], [1, 0, 0, 0, 1, 0]
+        ds.PixelSpacing = [1, 1]
+        ds.SeriesInstanceUID = ds.get("SeriesInstanceUID") or "1.2.3.4"
+        out = io.BytesIO()
+        ds.save_as(out)
+        return out.getvalue()
+
+
 @lru_cache(maxsize=1)
 def dicom_seeds() -> list[tuple[str, bytes]]:
-    seeds = [("head_slice_03.dcm", head_series()[3]), ("head_slice_07.dcm", head_series()[7])]
+    seeds = [("head_slice_03.dcm", head_series()[3]), ("head_slice_07.dcm", head_series()[7]),
+             ("head_slice_05_rle.dcm", _recoded(head_series()[5], "rle")),
+             ("head_slice_04_deflated.dcm", _recoded(head_series()[4], "deflate")),
+             ("jpeg_lossless_ct.dcm", _jpeg_ct())]
     seeds += [(name, sample_data.pydicom_test_file(name).read_bytes()) for name in PYDICOM_SEEDS]
     return seeds
 
@@ -90,7 +138,8 @@ def dicom_seeds() -> list[tuple[str, bytes]]:
 @lru_cache(maxsize=1)
 def image_seeds() -> list[tuple[str, bytes]]:
     root = seed_dir()
-    names = ("head_raw.nrrd", "head_gzip.nrrd", "head.nhdr", "head.nii", "head.nii.gz")
+    names = ("head_raw.nrrd", "head_gzip.nrrd", "head.nhdr", "head.nii", "head.nii.gz", "head_hex.nrrd",
+             "head_ascii.nrrd", "head_bzip2.nrrd")
     return [(n, (root / n).read_bytes()) for n in names] + [("CTChest4.nrrd", sample_data.ctchest_path().read_bytes())]
 
 
@@ -120,7 +169,10 @@ class Span:
 @lru_cache(maxsize=None)
 def element_spans(seed_index: int) -> tuple[Span, ...]:
     """Every element of a seed with a defined length, nested sequence items included."""
-    data = dicom_seeds()[seed_index][1]
+    return _spans_of(dicom_seeds()[seed_index][1])
+
+
+def _spans_of(data: bytes) -> tuple[Span, ...]:
     spans: list[Span] = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -248,6 +300,10 @@ SERIES_TAGS = ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing"
                "BitsStored", "PixelRepresentation", "SliceThickness")
 
 
+#: image sizes a compressed frame may declare in its own header (SOF / SIZ), whatever the DICOM header says
+CODESTREAM_SIZES = [0, 1, 2, 63, 64, 65, 255, 256, 511, 512, 513, 1024, 4096, 40000, 65535]
+
+
 @st.composite
 def dicom_example(draw) -> dict:
     seed_index = draw(st.integers(0, len(dicom_seeds()) - 1))
@@ -256,12 +312,53 @@ def dicom_example(draw) -> dict:
     layout = draw(st.sampled_from(["alone", "series"]))
     others = draw(st.lists(st.tuples(st.integers(0, 2), st.sampled_from(SERIES_TAGS), text_value), max_size=3)) \
         if layout == "series" else []
-    return {"seed": seed_index, "edits": edits, "bytes": mutations, "layout": layout, "others": others}
+    frame_size = draw(st.one_of(st.none(), st.tuples(st.sampled_from(CODESTREAM_SIZES),
+                                                     st.sampled_from(CODESTREAM_SIZES))))
+    return {"seed": seed_index, "edits": edits, "bytes": mutations, "layout": layout, "others": others,
+            "frame_size": frame_size}
+
+
+def _frame_sized(data: bytes, size) -> bytes:
+    """Every encapsulated frame's own SOF / SIZ marker set to declare ``size`` = (rows, columns)."""
+    if size is None:
+        return data
+    from pydicom.encaps import encapsulate, generate_frames
+
+    rows, columns = size
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            ds = pydicom.dcmread(io.BytesIO(data))
+            if not ds.file_meta.TransferSyntaxUID.is_encapsulated:
+                return data
+            frames = [bytearray(f) for f in generate_frames(ds.PixelData, number_of_frames=int(ds.get("NumberOfFrames", 1) or 1))]
+        except Exception:  # noqa: BLE001 - a seed we cannot take apart: leave it
+            return data
+        for frame in frames:
+            siz = frame.find(b"\xff\x4f\xff\x51")
+            if siz >= 0 and siz + 24 <= len(frame):
+                struct.pack_into(">II", frame, siz + 8, columns, rows)  # Xsiz, Ysiz (origins stay)
+                continue
+            for marker in (b"\xff\xc0", b"\xff\xc1", b"\xff\xc3", b"\xff\xf7"):
+                at = frame.find(marker)
+                if at >= 0 and at + 9 <= len(frame):
+                    struct.pack_into(">HH", frame, at + 5, rows, columns)
+                    break
+        ds.PixelData = encapsulate([bytes(f) for f in frames])
+        out = io.BytesIO()
+        try:
+            ds.save_as(out)
+        except Exception:  # noqa: BLE001
+            return data
+        return out.getvalue()
 
 
 def mutate_dicom(example: dict) -> bytes:
     spans = element_spans(example["seed"])
     data = dicom_seeds()[example["seed"]][1]
+    if example.get("frame_size") is not None:  # before the element edits: it re-encodes the file
+        data = _frame_sized(data, example["frame_size"])
+        spans = _spans_of(data) if data is not dicom_seeds()[example["seed"]][1] else spans
     # highest offset first, so earlier offsets stay valid after a change in length
     chosen = sorted(((spans[i % len(spans)], value, keep, pad) for i, value, keep, pad in example["edits"]),
                     key=lambda e: -e[0].value_at)
@@ -431,17 +528,29 @@ def _paths(node, prefix=()):
 CARD_DEPTHS = (0, 0, 0, 0, 0, 0, 0, 50, 5000, 200000)
 
 
+#: sizes an architecture config may be given: none of them may cost an allocation before they are judged
+CONFIG_INTS = [-(2 ** 31), -4, -1, 0, 1, 2, 3, 7, 8, 9, 64, 4096, 8192, 8193, 65536, 10 ** 6, 2 ** 31, 2 ** 63]
+config_value = st.one_of(st.sampled_from(CONFIG_INTS), st.floats(allow_nan=True, allow_infinity=True),
+                         st.lists(st.sampled_from(CONFIG_INTS), max_size=9), st.sampled_from(["", "brain_mtl", "acat"]))
+CONFIG_KEYS = ["widths", "hidden", "channels", "strides", "depths", "base_width", "slice_hidden", "backbone",
+               "attention_batch_norm", "in_channels", "extra"]
+
+
 @st.composite
 def card_example(draw, depths: tuple[int, ...] = CARD_DEPTHS) -> dict:
     ops = draw(st.lists(st.tuples(st.sampled_from(["replace", "drop", "add"]), st.integers(0, 10 ** 6), json_value,
                                   st.text(max_size=12)), max_size=3))
+    config = draw(st.lists(st.tuples(st.sampled_from(["baseline", "autoencoder", "acat"]), st.sampled_from(CONFIG_KEYS),
+                                     config_value), max_size=2))
     text_ops = draw(st.lists(byte_mutation, max_size=2))
     deep = draw(st.sampled_from(depths))
-    return {"ops": ops, "bytes": text_ops, "deep": deep}
+    return {"ops": ops, "config": config, "bytes": text_ops, "deep": deep}
 
 
 def mutate_card(example: dict) -> bytes:
     card = json.loads(json.dumps(card_seed()))
+    for role, key, value in example.get("config", []):
+        card["models"][role]["config"][key] = value
     for op, index, value, key in example["ops"]:
         paths = list(_paths(card))
         path = paths[index % len(paths)]
@@ -516,10 +625,11 @@ def _read(path: Path) -> str:
 
 
 def _read_card(folder: Path) -> str:
-    from ACATLogic.bundle import read_card
+    from ACATLogic.bundle import CARD_NAME, check_architectures, read_card
 
     try:
-        read_card(folder)
+        card = read_card(folder)
+        check_architectures(card, folder / CARD_NAME)
     except ACATInputError:
         return "input error"
     return "read"
