@@ -174,6 +174,32 @@ def release_gpu_memory() -> None:
         mps.empty_cache()
 
 
+def check_dicom_output_args(args: argparse.Namespace, source=None) -> None:
+    """``--dicom`` needs a DICOM input; ``--deidentify`` and ``--dicom-top-percent`` need ``--dicom``. One line
+    (exit 2) before the model is even loaded."""
+    if not getattr(args, "dicom", False):
+        if getattr(args, "deidentify", False):
+            raise ACATInputError("--deidentify applies to the DICOM results: add --dicom")
+        return
+    from ACATLogic.dicom_export import check_dicom_input, top_region
+
+    top_region(np.zeros(1), args.dicom_top_percent)  # checks the percentage
+    if source is None and not getattr(args, "batch", False):
+        source = _source(args)
+    if source is not None:
+        check_dicom_input(source)
+
+
+def dicom_writer(args: argparse.Namespace, source, volume: CTVolume, explanation, bundle):
+    """The DICOM results' writer for `write_explanation` when ``--dicom`` is given, else None."""
+    if not getattr(args, "dicom", False):
+        return None
+    from ACATLogic.dicom_export import results_writer
+
+    return results_writer(source, volume, explanation, bundle, series_uid=args.series,
+                          top_percent=args.dicom_top_percent, deidentify_output=args.deidentify)
+
+
 def explain(args: argparse.Namespace) -> int:
     import time
 
@@ -195,6 +221,7 @@ def explain(args: argparse.Namespace) -> int:
         options = ExplainOptions.from_namespace(args)
     except ValueError as exc:
         raise ACATInputError(str(exc)) from None
+    check_dicom_output_args(args)
     bundle = load_bundle(resolve_model(args.model))
     t0 = time.perf_counter()
     volume = _read(args)
@@ -229,7 +256,8 @@ def explain(args: argparse.Namespace) -> int:
     with _progress(args, "writing") as progress:
         progress(0.0, "writing the results")
         files = write_explanation(explanation, out, bundle=bundle, volume=volume, overwrite=args.overwrite,
-                                  extra_timings={"read_s": round(read_s, 4)})
+                                  extra_timings={"read_s": round(read_s, 4)},
+                                  extra_writer=dicom_writer(args, _source(args), volume, explanation, bundle))
         progress(1.0, "done")
     write_s = time.perf_counter() - t1
     if jsonl:

@@ -89,6 +89,19 @@ def build_parser() -> argparse.ArgumentParser:
     add_explain_arguments(explain)  # every ExplainOptions field, defined once (ACATLogic/options.py)
     explain.add_argument("--series", metavar="UID", help="the SeriesInstanceUID to read from a DICOM folder")
     explain.add_argument("--overwrite", action="store_true", help="replace the contents of --out")
+    dicom = explain.add_argument_group("DICOM results (for PACS; need a DICOM input)")
+    dicom.add_argument("--dicom", action="store_true",
+                       help="also write OUT/dicom/: the saliency as a Parametric Map, its top region as a SEG and a "
+                            "secondary-capture series with the overlay burned in, all in the source's study and "
+                            "referring to the source series; they carry the source's patient and study attributes "
+                            "(nothing more) unless --deidentify")
+    dicom.add_argument("--deidentify", action="store_true",
+                       help="with --dicom: leave out the patient's name, ID, birth date and the other identifying "
+                            "attributes (PS3.15 Basic Profile; the UIDs are kept so that the results stay with "
+                            "their scan)")
+    dicom.add_argument("--dicom-top-percent", type=float, default=5.0, metavar="P",
+                       help="with --dicom: the SEG marks the most salient P%% of the map's non-zero voxels "
+                            "(default 5)")
     explain.add_argument("--progress-format", choices=["bar", "jsonl"], default="bar",
                          help="bar (default): a progress bar on a terminal only; jsonl: one JSON object per "
                               "line on stdout - progress events, then the result - for programs such as the "

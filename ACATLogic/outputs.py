@@ -13,7 +13,7 @@ import os
 import re
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -93,9 +93,17 @@ def _write_volumes(explanation: Explanation, volume: CTVolume, folder: Path, nam
     return {label: c for (_, _, label), c in zip(jobs, changes) if label is not None}
 
 
+#: writes more results into the folder being assembled; returns (their relative names, report.json sections)
+ExtraWriter = Callable[[Path], "tuple[list[str], dict]"]
+
+
 def write_explanation(explanation: Explanation, out_dir, *, bundle: ModelBundle, volume: CTVolume,
-                      overwrite: bool = False, extra_timings: Optional[dict] = None) -> list[Path]:
-    """Write every result into ``out_dir`` (a new or empty folder, or any with ``overwrite``)."""
+                      overwrite: bool = False, extra_timings: Optional[dict] = None,
+                      extra_writer: Optional[ExtraWriter] = None) -> list[Path]:
+    """Write every result into ``out_dir`` (a new or empty folder, or any with ``overwrite``).
+
+    ``extra_writer(folder)`` adds results of its own (the DICOM results: `ACATLogic.dicom_export`) inside
+    the same atomic folder; the sections it returns go into report.json."""
     out_dir = Path(out_dir)
     if out_dir.exists():
         if not out_dir.is_dir():
@@ -117,7 +125,12 @@ def write_explanation(explanation: Explanation, out_dir, *, bundle: ModelBundle,
             write_overview(tmp / "overview.png", volume, explanation.saliency, shown, title,
                            tuple(bundle.spec.hu_window))
             names.append("overview.png")
+            sections = {}
+            if extra_writer is not None:
+                more, sections = extra_writer(tmp)
+                names += more
             report = build_report(explanation, bundle, volume, names + ["report.json"], extra_timings)
+            report.update(sections)
             (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
             names.append("report.json")
             if not overwrite and out_dir.is_dir() and any(out_dir.iterdir()):

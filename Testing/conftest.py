@@ -119,6 +119,7 @@ SLOW = {
     "test_cli.py::test_a_reader_that_closes_the_pipe_early_is_not_an_error": "acat in a shell pipe (~1 s)",
     "test_bundle.py::test_the_command_line_refuses_a_pickled_model_in_one_line": "an acat process (~3 s)",
     "test_explain.py::test_explain_outputs_hold_no_patient_identity": "acat explain in a process (~3 s)",
+    "test_dicom_export.py::test_dicom_results_need_a_dicom_input_said_in_one_line": "acat processes (~3 s)",
     "test_patient_data.py": "acat and the web viewer's session on a head CT with patient identity (~4 s)",
     "test_web_server.py": "a real web viewer server, probed over HTTP and websockets (~9 s)",
     "test_slicer_packaging.py": "the extension configured, built and installed with CMake (~5 s)",
@@ -141,6 +142,7 @@ SLOW = {
 #: Fixtures (file::fixture) that make every test of that file using them slow, and why.
 SLOW_FIXTURES = {
     "test_counterfactual.py::blob_model": "trains the toy classifier (~40 s)",
+    "test_dicom_export.py::demo_series": "writes the demo case, then acat explain --dicom on it (~45 s in all)",
     "test_phantom_brain.py::cases": "generates five brain phantom cases (~10 s)",
 }
 
