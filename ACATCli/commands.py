@@ -265,6 +265,13 @@ def explain(args: argparse.Namespace) -> int:
                    probabilities=explanation.probabilities, classifier=explanation.classifier, model=bundle.id,
                    method=explanation.method, files=[f.name for f in files], write_s=round(write_s, 3))
         return 0
+    if getattr(args, "json", False):
+        print(json.dumps({"out": os.fspath(out), "prediction": explanation.label,
+                          "probabilities": explanation.probabilities, "classifier": explanation.classifier,
+                          "model": bundle.id, "method": explanation.method,
+                          "files": [os.fspath(f.relative_to(out)) for f in files], "write_s": round(write_s, 3)},
+                         indent=2))
+        return 0
     probs = ", ".join(f"{k} {v:.3f}" for k, v in explanation.probabilities.items())
     print(f"Prediction:   {explanation.label} ({probs}) by the {explanation.classifier} classifier of {bundle.id}")
     print(f"Method:       {explanation.method}")

@@ -20,7 +20,7 @@ from ACATLogic import __version__
 from ACATLogic.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_OK, ACATInputError
 from ACATLogic.options import add_explain_arguments
 
-from . import commands
+from . import batch, commands
 from .terminal import configure_logging
 
 log = logging.getLogger("acat")
@@ -82,8 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
                     "(or a comparison method). Writes into OUT: saliency.nrrd, counterfactual_<class>.nrrd,\n"
                     "attention_*.nrrd (ACAT models), report.json and overview.png - every volume on the\n"
                     "input's own grid. Research use only.",
-        epilog="example:\n  acat explain ~/scans/head_ct/ --model Resources/Models/brain-demo --out results/")
-    explain.add_argument("input", nargs="+", help="a DICOM folder or file, NRRD, or NIfTI")
+        epilog="examples:\n  acat explain ~/scans/head_ct/ --out results/               # the default model\n"
+               "  acat explain chest/ --model lung-covid-phantom --out r/ --dicom   # + DICOM results for PACS\n"
+               "  acat explain --batch ~/scans/studies/ --out results/       # one folder per study + summary.csv\n"
+               "  acat explain studies.csv --out results/ --workers 2        # a list: path[,id][,series]")
+    explain.add_argument("input", nargs="+", help="a DICOM folder or file, NRRD, or NIfTI; with --batch a folder of "
+                                                   "studies; a .csv file lists studies (a batch)")
     explain.add_argument("--out", required=True, help="the results folder (new or empty; see --overwrite)")
     explain.add_argument("--model", help="a model bundle folder or the id of a bundled model")
     add_explain_arguments(explain)  # every ExplainOptions field, defined once (ACATLogic/options.py)
@@ -102,12 +106,22 @@ def build_parser() -> argparse.ArgumentParser:
     dicom.add_argument("--dicom-top-percent", type=float, default=5.0, metavar="P",
                        help="with --dicom: the SEG marks the most salient P%% of the map's non-zero voxels "
                             "(default 5)")
+    many = explain.add_argument_group("many studies (a batch)")
+    many.add_argument("--batch", action="store_true",
+                      help="INPUT is a folder of studies (each sub-folder, NRRD or NIfTI file is one): OUT gets one "
+                           "results folder per study, named by the list's id column or by a hash (never by the "
+                           "input's name), and summary.csv / summary.jsonl; finished studies are skipped when run "
+                           "again, a failed one is reported and the run goes on")
+    many.add_argument("--workers", type=int, default=1, metavar="N",
+                      help="batch: explain N studies at once in N processes sharing the CPU threads (default 1)")
+    explain.add_argument("--json", action="store_true",
+                         help="print the result (one scan) or the summary (a batch) as JSON on stdout")
     explain.add_argument("--progress-format", choices=["bar", "jsonl"], default="bar",
                          help="bar (default): a progress bar on a terminal only; jsonl: one JSON object per "
                               "line on stdout - progress events, then the result - for programs such as the "
                               "Slicer module")
     _common(explain)
-    explain.set_defaults(handler=commands.explain)
+    explain.set_defaults(handler=_explain)
 
     view = sub.add_parser(
         "view", formatter_class=_Formatter, help="open the web viewer: Slicer views and Explain in a browser",
@@ -136,6 +150,10 @@ def build_parser() -> argparse.ArgumentParser:
     _common(demo)
     demo.set_defaults(handler=commands.not_yet, feature="acat demo")
     return parser
+
+
+def _explain(args: argparse.Namespace) -> int:
+    return batch.explain_batch(args) if batch.is_batch(args) else commands.explain(args)
 
 
 class Terminated(KeyboardInterrupt):

@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -206,10 +207,13 @@ def read_card(folder: Path) -> dict:
 
 
 def load_bundle(folder, *, device: str | torch.device = "cpu") -> ModelBundle:
-    """Read, verify (sha256, names, shapes) and build every model of a bundle."""
+    """Read, verify (sha256, names, shapes) and build every model of a bundle.
+
+    ``folder``: a bundle folder (or its model.json), or the id of an installed bundle - ``load_bundle(
+    "brain-stroke-phantom")``, as ``acat explain --model`` takes it (`ACATLogic.catalogue.resolve_model`)."""
     from .models import create_model  # registry import populates the architectures
 
-    folder = Path(folder)
+    folder = resolve_model(os.fspath(folder)) if not Path(folder).exists() else Path(folder)
     card = read_card(folder)
     if folder.is_file():
         folder = folder.parent

@@ -120,6 +120,11 @@ SLOW = {
     "test_bundle.py::test_the_command_line_refuses_a_pickled_model_in_one_line": "an acat process (~3 s)",
     "test_explain.py::test_explain_outputs_hold_no_patient_identity": "acat explain in a process (~3 s)",
     "test_dicom_export.py::test_dicom_results_need_a_dicom_input_said_in_one_line": "acat processes (~3 s)",
+    "test_batch.py::test_a_batch_of_five_with_one_broken_then_a_rerun_that_skips_the_four":
+        "three acat batch runs over five small studies (~30 s)",
+    "test_batch.py::test_a_csv_list_with_ids_and_two_workers": "a batch in two worker processes, one explain (~20 s)",
+    "test_python_api.py::test_the_readme_python_example_runs": "the README's example: the demo case explained (~70 s)",
+    "test_python_api.py::test_the_notebook_runs": "docs/python_api.ipynb: the demo case explained (~70 s)",
     "test_patient_data.py": "acat and the web viewer's session on a head CT with patient identity (~4 s)",
     "test_web_server.py": "a real web viewer server, probed over HTTP and websockets (~9 s)",
     "test_slicer_packaging.py": "the extension configured, built and installed with CMake (~5 s)",
