@@ -115,7 +115,7 @@ def write_explanation(explanation: Explanation, out_dir, *, bundle: ModelBundle,
         # an empty folder is replaced whole (and stays, empty, if this is cancelled)
         with atomic_directory(out_dir, overwrite=True) as tmp:
             change = _write_volumes(explanation, volume, tmp, names)
-            healthy = explanation.class_names[0]
+            healthy = explanation.class_names[bundle.healthy_index]
             shown = explanation.counterfactuals.get(healthy) if explanation.label != healthy else None
             if shown is None and change:
                 # the class farthest from the prediction: the largest change

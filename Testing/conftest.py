@@ -125,6 +125,7 @@ SLOW = {
     "test_batch.py::test_a_csv_list_with_ids_and_two_workers": "a batch in two worker processes, one explain (~20 s)",
     "test_python_api.py::test_the_readme_python_example_runs": "the README's example: the demo case explained (~70 s)",
     "test_python_api.py::test_the_notebook_runs": "docs/python_api.ipynb: the demo case explained (~70 s)",
+    "test_custom_task.py::test_an_architecture_from_an_installed_package": "a Python process (~5 s)",
     "test_patient_data.py": "acat and the web viewer's session on a head CT with patient identity (~4 s)",
     "test_web_server.py": "a real web viewer server, probed over HTTP and websockets (~9 s)",
     "test_slicer_packaging.py": "the extension configured, built and installed with CMake (~5 s)",
@@ -147,6 +148,7 @@ SLOW = {
 #: Fixtures (file::fixture) that make every test of that file using them slow, and why.
 SLOW_FIXTURES = {
     "test_counterfactual.py::blob_model": "trains the toy classifier (~40 s)",
+    "test_custom_task.py::trained": "the four stages of a three-class task trained, exported, explained (~60 s)",
     "test_dicom_export.py::demo_series": "writes the demo case, then acat explain --dicom on it (~45 s in all)",
     "test_phantom_brain.py::cases": "generates five brain phantom cases (~10 s)",
 }
