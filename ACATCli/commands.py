@@ -123,7 +123,11 @@ def convert(args: argparse.Namespace) -> int:
         raise ACATInputError("the output file exists already; add --overwrite to replace it", output)
     volume = _read(args)
     write_volume(volume, output, overwrite=args.overwrite)
-    if not args.quiet:
+    if getattr(args, "json", False):
+        described = summary(volume)
+        print(json.dumps({"output": os.fspath(output), **{k: v for k, v in described.items() if k != "metadata"},
+                          "source_format": volume.metadata.get("source_format")}, indent=2))
+    elif not args.quiet:
         log.info("wrote %s (%d x %d x %d voxels)", os.fspath(output), *volume.size_ijk)
     return 0
 
@@ -139,12 +143,6 @@ def view(args: argparse.Namespace) -> int:
         raise ACATInputError(f"the web viewer is not installed ({exc}); from a checkout of the repository: "
                              "pip install -e '.[slicer]'") from None
     return server.run(args)
-
-
-def not_yet(args: argparse.Namespace) -> int:
-    log.error("acat: %s is not available in this version yet (it arrives with the ACAT models); "
-              "see README.md", args.feature)
-    return EXIT_INTERNAL
 
 
 _GPU_OUT_OF_MEMORY = re.compile(r"\b(CUDA|MPS|HIP|XPU|GPU)\b[^\n]{0,80}?\bout of memory"

@@ -1,4 +1,4 @@
-"""``acat``: read, convert, explain and view CT scans from the command line.
+"""``acat``: read, convert, explain (one scan or a batch) and view CT scans from the command line.
 
 Exit codes: 0 success, 2 bad input (one line on stderr saying what to fix), 1 internal error, 130 / 143
 stopped by Ctrl+C / SIGTERM (what was being written under a temporary name is removed first).
@@ -66,12 +66,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="Read any supported input and write it as NRRD (.nrrd) or NIfTI (.nii, .nii.gz):\n"
                     "float32 Hounsfield units, the input's own grid and patient geometry.\n"
                     "The output is written to a temporary name and renamed: never half a file.",
-        epilog="example:\n  acat convert ~/scans/head_ct/ head_ct.nrrd")
+        epilog="example:\n  acat convert ~/scans/head_ct/ head_ct.nrrd\n  acat convert scan.nii.gz scan.nrrd --json")
     convert.add_argument("input", nargs="+", help="a DICOM folder or file, NRRD, or NIfTI; "
                                                    "several DICOM files are read as one series")
     convert.add_argument("output", help="the file to write: .nrrd, .nii or .nii.gz")
     convert.add_argument("--series", metavar="UID", help="the SeriesInstanceUID to read from a DICOM folder")
     convert.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
+    convert.add_argument("--json", action="store_true",
+                         help="print what was written (file, size, spacing, orientation, origin) as JSON")
     _common(convert)
     convert.set_defaults(handler=commands.convert)
 
@@ -82,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "(or a comparison method). Writes into OUT: saliency.nrrd, counterfactual_<class>.nrrd,\n"
                     "attention_*.nrrd (ACAT models), report.json and overview.png - every volume on the\n"
                     "input's own grid. Research use only.",
-        epilog="examples:\n  acat explain ~/scans/head_ct/ --out results/               # the default model\n"
+        epilog="example:\n  acat explain ~/scans/head_ct/ --out results/               # the default model\n"
                "  acat explain chest/ --model lung-covid-phantom --out r/ --dicom   # + DICOM results for PACS\n"
                "  acat explain --batch ~/scans/studies/ --out results/       # one folder per study + summary.csv\n"
                "  acat explain studies.csv --out results/ --workers 2        # a list: path[,id][,series]")
@@ -140,15 +142,6 @@ def build_parser() -> argparse.ArgumentParser:
     _common(view)
     view.set_defaults(handler=commands.view)
 
-    demo = sub.add_parser(
-        "demo", formatter_class=_Formatter,
-        help="run ACAT on the bundled demo case [not in this version yet]",
-        description="Build the bundled demo case (a real head CT with a simulated lesion) and explain it.\n"
-                    "Reserved: arrives with the models. Today 'make demo' reads and converts the demo CT.",
-        epilog="example:\n  acat demo --out demo-output/")
-    demo.add_argument("args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
-    _common(demo)
-    demo.set_defaults(handler=commands.not_yet, feature="acat demo")
     return parser
 
 
