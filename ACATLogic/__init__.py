@@ -11,6 +11,7 @@ The Python API, in one import::
     bundle = load_bundle("brain-stroke-phantom")               # a bundled model's id, or a bundle folder
     explanation = Explainer(bundle).explain(volume, ExplainOptions())
     write_explanation(explanation, "results/", bundle=bundle, volume=volume)
+    run_batch(list_studies("scans/"), "batch-results/", Explainer(bundle))   # one folder per study + summary.csv
 
 The names below are loaded on first use, so that the standard-library-only modules (`ACATLogic.options`,
 `ACATLogic.catalogue`) import without numpy, pydicom or SimpleITK: the Slicer module reads them before the
@@ -27,7 +28,7 @@ _EXPORTS = {"ACATInputError": ".errors", "CTVolume": ".volume", "Reorientation":
             "to_canonical": ".volume", "read_volume": ".io", "write_dicom_series": ".io", "write_volume": ".io",
             "ExplainOptions": ".options", "available_models": ".catalogue", "load_bundle": ".bundle",
             "ModelBundle": ".bundle", "Explainer": ".explain", "Explanation": ".explain",
-            "write_explanation": ".outputs"}
+            "write_explanation": ".outputs", "list_studies": ".batch", "run_batch": ".batch"}
 
 __all__ = [*sorted(_EXPORTS), "__version__"]
 

@@ -30,7 +30,8 @@ def test_the_api_is_one_import():
     from ACATLogic import (CTVolume, Explainer, ExplainOptions, Explanation, ModelBundle,  # noqa: F401
                            available_models, load_bundle, read_volume, write_explanation)
 
-    for name in ("read_volume", "load_bundle", "Explainer", "CTVolume", "ExplainOptions", "write_explanation"):
+    for name in ("read_volume", "load_bundle", "Explainer", "CTVolume", "ExplainOptions", "write_explanation",
+                 "list_studies", "run_batch"):
         assert name in ACATLogic.__all__ and name in dir(ACATLogic)
     assert ExplainOptions().method == "counterfactual"
 
