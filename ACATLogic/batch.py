@@ -164,10 +164,11 @@ def _from_report(study: Study, folder: Path, status: str) -> dict:
 
 def explain_study(explainer, study: Study, out_dir: Path, options: ExplainOptions, *,
                   dicom: Optional[DicomRequest] = None, progress: ProgressCallback = no_progress,
-                  cancel=None) -> dict:
+                  cancel=None, overwrite: bool = False) -> dict:
     """Read, explain and write one study into ``out_dir / study.key``; returns its summary record. Bad input
     and internal errors become a "failed" record with a one-line reason (input paths replaced by the key);
-    a cancel raises `ACATLogic.errors.Cancelled`."""
+    a cancel raises `ACATLogic.errors.Cancelled`. ``overwrite``: replace the study's results (atomically:
+    the old ones stay until the new ones are complete)."""
     from .io import read_volume
     from .outputs import write_explanation
 
@@ -188,7 +189,7 @@ def explain_study(explainer, study: Study, out_dir: Path, options: ExplainOption
 
             writer = results_writer(study.source, volume, explanation, explainer.bundle, series_uid=study.series,
                                     top_percent=dicom.top_percent, deidentify_output=dicom.deidentify)
-        write_explanation(explanation, folder, bundle=explainer.bundle, volume=volume,
+        write_explanation(explanation, folder, bundle=explainer.bundle, volume=volume, overwrite=overwrite,
                           extra_timings={"read_s": round(read_s, 4)}, extra_writer=writer)
         progress(1.0, "written")
     except (Cancelled, KeyboardInterrupt):
@@ -270,10 +271,10 @@ def _init_worker(bundle_path: str, device: str, threads: int) -> None:
     _WORKER["explainer"] = Explainer(load_bundle(bundle_path), device=device, threads=threads)
 
 
-def _work(study: Study, out_dir: str, options: dict, dicom: Optional[dict]) -> dict:
+def _work(study: Study, out_dir: str, options: dict, dicom: Optional[dict], overwrite: bool) -> dict:
     options = ExplainOptions(**{k: tuple(v) if isinstance(v, list) else v for k, v in options.items()})
     return explain_study(_WORKER["explainer"], study, Path(out_dir), options,
-                         dicom=DicomRequest(**dicom) if dicom else None)
+                         dicom=DicomRequest(**dicom) if dicom else None, overwrite=overwrite)
 
 
 def run_batch(studies: Sequence[Study], out_dir, explainer, options: Optional[ExplainOptions] = None, *,
@@ -304,10 +305,6 @@ def run_batch(studies: Sequence[Study], out_dir, explainer, options: Optional[Ex
         if not overwrite and (folder / REPORT).is_file():
             finish(_from_report(study, folder, "skipped"))
         else:
-            if overwrite and folder.exists():
-                import shutil
-
-                shutil.rmtree(folder)
             todo.append(study)
     progress(len(records) / max(n, 1), f"{len(records)} of {n} studies already done")
     if workers <= 1 or len(todo) <= 1:
@@ -315,14 +312,16 @@ def run_batch(studies: Sequence[Study], out_dir, explainer, options: Optional[Ex
             if is_cancelled(cancel):
                 raise Cancelled("cancelled")
             done = len(records)
-            finish(explain_study(explainer, study, out_dir, options, dicom=dicom, cancel=cancel,
+            finish(explain_study(explainer, study, out_dir, options, dicom=dicom, cancel=cancel, overwrite=overwrite,
                                  progress=scaled(progress, done / n, (done + 1) / n)))
             progress(len(records) / n, f"{len(records)} of {n} studies")
         return sorted(records, key=lambda r: r["index"])
-    return _run_in_processes(todo, out_dir, explainer, options, dicom, workers, records, finish, progress, cancel, n)
+    return _run_in_processes(todo, out_dir, explainer, options, dicom, workers, records, finish, progress, cancel, n,
+                             overwrite)
 
 
-def _run_in_processes(todo, out_dir, explainer, options, dicom, workers, records, finish, progress, cancel, n):
+def _run_in_processes(todo, out_dir, explainer, options, dicom, workers, records, finish, progress, cancel, n,
+                      overwrite):
     import multiprocessing
 
     workers = min(workers, len(todo))
@@ -331,7 +330,7 @@ def _run_in_processes(todo, out_dir, explainer, options, dicom, workers, records
     # spawn, not fork: the parent already runs torch's OpenMP threads, which do not survive a fork
     pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
                                initargs=(str(explainer.bundle.path), device, threads))
-    args = (str(out_dir), options.to_dict(), dataclasses.asdict(dicom) if dicom else None)
+    args = (str(out_dir), options.to_dict(), dataclasses.asdict(dicom) if dicom else None, overwrite)
     pending = {pool.submit(_work, study, *args): study for study in todo}
     try:
         while pending:

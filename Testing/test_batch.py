@@ -111,6 +111,13 @@ def test_a_batch_of_five_with_one_broken_then_a_rerun_that_skips_the_four(studie
                      "--method", "gradient")
     assert other.returncode == 2 and "another model or other options" in other.stderr
     assert len(other.stderr.strip().splitlines()) == 1
+    # unless asked to explain every study again: each folder replaced whole
+    redo = run_acat("explain", "--batch", str(studies), "--model", str(bundle), "--out", str(out), *FAST,
+                    "--method", "gradient", "--overwrite", "--json")
+    assert redo.returncode == 2, redo.stderr
+    assert [s["status"] for s in json.loads(redo.stdout)["studies"]] == ["done", "done", "done", "failed", "done"]
+    assert {json.loads(p.read_text())["method"] for p in out.rglob("report.json")} == {"gradient"}
+    assert json.loads((out / "batch.json").read_text())["options"]["method"] == "gradient"
 
 
 def test_a_csv_list_with_ids_and_two_workers(studies, bundle, tmp_path):
