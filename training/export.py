@@ -33,6 +33,7 @@ from . import autoencoder_fitness
 from .checkpoint import atomic_write_text, load_weights, sha256_file
 from .config import InputConfig
 from .manifest import is_simulated
+from .model_card import hub_front_matter, slug
 from .portable import dataset_folder, portable
 from .run_folder import RunFolder, command_line
 
@@ -69,41 +70,6 @@ def dataset_command(manifest_path) -> str:
         return str(json.loads(description.read_text(encoding="utf-8")).get("command", ""))
     except (OSError, ValueError):
         return ""
-
-
-#: licence names as the Hugging Face Hub spells them (its ``license:`` field); any other is "other"
-HUB_LICENCES = ("apache-2.0", "mit", "bsd-2-clause", "bsd-3-clause", "gpl-2.0", "gpl-3.0", "lgpl-3.0", "mpl-2.0",
-                "cc0-1.0", "cc-by-4.0", "cc-by-sa-4.0", "cc-by-nc-4.0", "cc-by-nc-sa-4.0", "openrail")
-
-
-def hub_front_matter(card: dict, *, simulated: bool, datasets=()) -> str:
-    """The YAML front matter of a Hugging Face model card: licence, tags, datasets, metrics and the test metrics
-    as a model-index, so that the bundle folder can be published as it is."""
-    import yaml
-
-    licence = str(card["licence"]).strip().lower()
-    front = {"license": licence if licence in HUB_LICENCES else "other"}
-    if front["license"] == "other":
-        front["license_name"] = re_slug(card["licence"])
-    tests = [m for m in card["metrics"] if m["split"] == "test"]
-    front.update({
-        "library_name": "acat", "pipeline_tag": "image-classification",
-        "tags": ["acat", "medical-imaging", "ct", "explainability", "counterfactual", "saliency", "pytorch",
-                 "safetensors", "research-only"] + (["simulated-data"] if simulated else []),
-        "datasets": list(datasets), "metrics": sorted({m["name"] for m in tests}),
-        "model-index": [{"name": card["id"], "results": [{
-            "task": {"type": "image-classification", "name": card["task"]},
-            "dataset": {"type": (list(datasets) or ["data"])[0], "name": card["training_data"].split(":")[0],
-                        "split": "test"},
-            "metrics": [{"type": m["name"], "value": round(float(m["value"]), 6), "name": f"{m['model']} {m['name']}"}
-                        for m in tests]}]}]})
-    return "---\n" + yaml.safe_dump(front, sort_keys=False, default_flow_style=False, allow_unicode=True) + "---\n"
-
-
-def re_slug(text: str) -> str:
-    import re
-
-    return re.sub(r"[^a-z0-9.-]+", "-", str(text).lower()).strip("-") or "unknown"
 
 
 def render_model_readme(card: dict, export_command: str = "", data_command: str = "", *, simulated: bool = True,
@@ -199,7 +165,7 @@ def export(run_dir, out, *, bundle_id: Optional[str] = None, version: str = "0.1
                 explanation=explanation, description=here(description), overwrite=overwrite,
                 healthy_index=labels.index(healthy))
     bundle = load_bundle(out)  # refuse to report success for a bundle the application could not open
-    datasets = [f"acat-phantom-{card_task}" if simulated else re_slug(data_dir.name if data_dir else task)]
+    datasets = [f"acat-phantom-{card_task}" if simulated else slug(data_dir.name if data_dir else task)]
     atomic_write_text(Path(out) / "README.md",
                       render_model_readme(bundle.card, here(command or ""), here(dataset_command(source["path"])),
                                           simulated=simulated, datasets=datasets))
