@@ -14,8 +14,9 @@ DEMO_SERVE ?= 1
 DEMO_PORT ?= 8080
 # Debian packages for the web viewer (`acat view`) and its browser test: offscreen rendering through Mesa's
 # EGL (libegl1 loads libegl-mesa0, which draws with llvmpipe from libgl1-mesa-dri; no display, no GPU needed),
-# Debian's chromium driven by Playwright (never a browser download), a font for the page text.
-SYSTEM_PACKAGES ?= chromium libegl1 libegl-mesa0 libgl1-mesa-dri libgl1 libopengl0 fonts-dejavu-core
+# Debian's chromium driven by Playwright (never a browser download), a font for the page text; dicom3tools'
+# dciodvfy, the DICOM validator that the tests run on what `acat explain --dicom` writes.
+SYSTEM_PACKAGES ?= chromium libegl1 libegl-mesa0 libgl1-mesa-dri libgl1 libopengl0 fonts-dejavu-core dicom3tools
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: venv data system-deps test test-fast demo bench fuzz clean
@@ -36,7 +37,7 @@ data: venv
 # Installs only what is missing (apt-get, with sudo unless root); on a system without dpkg it says what to install.
 system-deps:
 	@if ! command -v dpkg-query >/dev/null; then \
-	  echo "make: not a Debian/Ubuntu system: install chromium and Mesa's EGL/OpenGL libraries yourself" >&2; exit 0; fi; \
+	  echo "make: not a Debian/Ubuntu system: install chromium, Mesa's EGL/OpenGL libraries and dicom3tools yourself" >&2; exit 0; fi; \
 	missing=$$(for p in $(SYSTEM_PACKAGES); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || echo $$p; done); \
 	if [ -n "$$missing" ]; then \

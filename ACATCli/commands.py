@@ -116,7 +116,11 @@ def _convert(args: argparse.Namespace) -> int:
     output = Path(args.output)
     volume = _read(args)
     write_volume(volume, output, overwrite=args.overwrite)
-    if not args.quiet:
+    if getattr(args, "json", False):
+        described = summary(volume)
+        print(json.dumps({"output": os.fspath(output), **{k: v for k, v in described.items() if k != "metadata"},
+                          "source_format": volume.metadata.get("source_format")}, indent=2))
+    elif not args.quiet:
         log.info("wrote %s (%d x %d x %d voxels)", os.fspath(output), *volume.size_ijk)
     return 0
 
@@ -132,12 +136,6 @@ def view(args: argparse.Namespace) -> int:
         raise ACATInputError(f"the web viewer is not installed ({exc}); from a checkout of the repository: "
                              "pip install -e '.[slicer]'") from None
     return server.run(args)
-
-
-def not_yet(args: argparse.Namespace) -> int:
-    log.error("acat: %s is not available in this version yet (it arrives with the ACAT models); "
-              "see README.md", args.feature)
-    return EXIT_INTERNAL
 
 
 _GPU_OUT_OF_MEMORY = re.compile(r"\b(CUDA|MPS|HIP|XPU|GPU)\b[^\n]{0,80}?\bout of memory"
@@ -167,6 +165,32 @@ def release_gpu_memory() -> None:
         mps.empty_cache()
 
 
+def check_dicom_output_args(args: argparse.Namespace, source=None) -> None:
+    """``--dicom`` needs a DICOM input; ``--deidentify`` and ``--dicom-top-percent`` need ``--dicom``. One line
+    (exit 2) before the model is even loaded."""
+    if not getattr(args, "dicom", False):
+        if getattr(args, "deidentify", False):
+            raise ACATInputError("--deidentify applies to the DICOM results: add --dicom")
+        return
+    from ACATLogic.dicom_export import check_dicom_input, top_region
+
+    top_region(np.zeros(1), args.dicom_top_percent)  # checks the percentage
+    if source is None and not getattr(args, "batch", False):
+        source = _source(args)
+    if source is not None:
+        check_dicom_input(source)
+
+
+def dicom_writer(args: argparse.Namespace, source, volume: CTVolume, explanation, bundle):
+    """The DICOM results' writer for `write_explanation` when ``--dicom`` is given, else None."""
+    if not getattr(args, "dicom", False):
+        return None
+    from ACATLogic.dicom_export import results_writer
+
+    return results_writer(source, volume, explanation, bundle, series_uid=args.series,
+                          top_percent=args.dicom_top_percent, deidentify_output=args.deidentify)
+
+
 def explain(args: argparse.Namespace) -> int:
     check_sources(_source(args))  # before anything is loaded: inputs exist, the output is none of them, one writer
     with claim_output(args.out, args.input, kind="folder", overwrite=args.overwrite) as claim:
@@ -188,6 +212,7 @@ def _explain(args: argparse.Namespace, claim: OutputClaim) -> int:
         options = ExplainOptions.from_namespace(args)
     except ValueError as exc:
         raise ACATInputError(str(exc)) from None
+    check_dicom_output_args(args)
     bundle = load_bundle(resolve_model(args.model))
     t0 = time.perf_counter()
     volume = _read(args)
@@ -223,13 +248,21 @@ def _explain(args: argparse.Namespace, claim: OutputClaim) -> int:
     with _progress(args, "writing") as progress:
         progress(0.0, "writing the results")
         files = write_explanation(explanation, out, bundle=bundle, volume=volume, overwrite=args.overwrite,
-                                  extra_timings={"read_s": round(read_s, 4)}, protect=claim.inputs)
+                                  extra_timings={"read_s": round(read_s, 4)}, protect=claim.inputs,
+                                  extra_writer=dicom_writer(args, _source(args), volume, explanation, bundle))
         progress(1.0, "done")
     write_s = time.perf_counter() - t1
     if jsonl:
         jsonl_line("result", out=os.fspath(out), prediction=explanation.label,
                    probabilities=explanation.probabilities, classifier=explanation.classifier, model=bundle.id,
                    method=explanation.method, files=[f.name for f in files], write_s=round(write_s, 3))
+        return 0
+    if getattr(args, "json", False):
+        print(json.dumps({"out": os.fspath(out), "prediction": explanation.label,
+                          "probabilities": explanation.probabilities, "classifier": explanation.classifier,
+                          "model": bundle.id, "method": explanation.method,
+                          "files": [os.fspath(f.relative_to(out)) for f in files], "write_s": round(write_s, 3)},
+                         indent=2))
         return 0
     probs = ", ".join(f"{k} {v:.3f}" for k, v in explanation.probabilities.items())
     print(f"Prediction:   {explanation.label} ({probs}) by the {explanation.classifier} classifier of {bundle.id}")

@@ -1,4 +1,4 @@
-"""``acat``: read, convert, explain and view CT scans from the command line.
+"""``acat``: read, convert, explain (one scan or a batch) and view CT scans from the command line.
 
 Exit codes: 0 success, 2 bad input (one line on stderr saying what to fix), 1 internal error, 130 / 143
 stopped by Ctrl+C / SIGTERM (what was being written under a temporary name is removed first).
@@ -22,7 +22,7 @@ from ACATLogic.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_OK, ACATInputEr
 from ACATLogic.io.limits import BUDGET_ENV, parse_budget_gib
 from ACATLogic.options import add_explain_arguments
 
-from . import commands
+from . import batch, commands
 from .terminal import configure_logging
 
 log = logging.getLogger("acat")
@@ -71,12 +71,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="Read any supported input and write it as NRRD (.nrrd) or NIfTI (.nii, .nii.gz):\n"
                     "float32 Hounsfield units, the input's own grid and patient geometry.\n"
                     "The output is written to a temporary name and renamed: never half a file.",
-        epilog="example:\n  acat convert ~/scans/head_ct/ head_ct.nrrd")
+        epilog="example:\n  acat convert ~/scans/head_ct/ head_ct.nrrd\n  acat convert scan.nii.gz scan.nrrd --json")
     convert.add_argument("input", nargs="+", help="a DICOM folder or file, NRRD, or NIfTI; "
                                                    "several DICOM files are read as one series")
     convert.add_argument("output", help="the file to write: .nrrd, .nii or .nii.gz")
     convert.add_argument("--series", metavar="UID", help="the SeriesInstanceUID to read from a DICOM folder")
     convert.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
+    convert.add_argument("--json", action="store_true",
+                         help="print what was written (file, size, spacing, orientation, origin) as JSON")
     _common(convert)
     convert.set_defaults(handler=commands.convert)
 
@@ -87,19 +89,46 @@ def build_parser() -> argparse.ArgumentParser:
                     "(or a comparison method). Writes into OUT: saliency.nrrd, counterfactual_<class>.nrrd,\n"
                     "attention_*.nrrd (ACAT models), report.json and overview.png - every volume on the\n"
                     "input's own grid. Research use only.",
-        epilog="example:\n  acat explain ~/scans/head_ct/ --model Resources/Models/brain-demo --out results/")
-    explain.add_argument("input", nargs="+", help="a DICOM folder or file, NRRD, or NIfTI")
+        epilog="example:\n  acat explain ~/scans/head_ct/ --out results/               # the default model\n"
+               "  acat explain chest/ --model lung-covid-phantom --out r/ --dicom   # + DICOM results for PACS\n"
+               "  acat explain --batch ~/scans/studies/ --out results/       # one folder per study + summary.csv\n"
+               "  acat explain studies.csv --out results/ --workers 2        # a list: path[,id][,series]")
+    explain.add_argument("input", nargs="+", help="a DICOM folder or file, NRRD, or NIfTI; with --batch a folder of "
+                                                   "studies; a .csv file lists studies (a batch)")
     explain.add_argument("--out", required=True, help="the results folder (new or empty; see --overwrite)")
     explain.add_argument("--model", help="a model bundle folder or the id of a bundled model")
     add_explain_arguments(explain)  # every ExplainOptions field, defined once (ACATLogic/options.py)
     explain.add_argument("--series", metavar="UID", help="the SeriesInstanceUID to read from a DICOM folder")
     explain.add_argument("--overwrite", action="store_true", help="replace the contents of --out")
+    dicom = explain.add_argument_group("DICOM results (for PACS; need a DICOM input)")
+    dicom.add_argument("--dicom", action="store_true",
+                       help="also write OUT/dicom/: the saliency as a Parametric Map, its top region as a SEG and a "
+                            "secondary-capture series with the overlay burned in, all in the source's study and "
+                            "referring to the source series; they carry the source's patient and study attributes "
+                            "(nothing more) unless --deidentify")
+    dicom.add_argument("--deidentify", action="store_true",
+                       help="with --dicom: leave out the patient's name, ID, birth date and the other identifying "
+                            "attributes (PS3.15 Basic Profile; the UIDs are kept so that the results stay with "
+                            "their scan)")
+    dicom.add_argument("--dicom-top-percent", type=float, default=5.0, metavar="P",
+                       help="with --dicom: the SEG marks the most salient P%% of the map's non-zero voxels "
+                            "(default 5)")
+    many = explain.add_argument_group("many studies (a batch)")
+    many.add_argument("--batch", action="store_true",
+                      help="INPUT is a folder of studies (each sub-folder, NRRD or NIfTI file is one): OUT gets one "
+                           "results folder per study, named by the list's id column or by a hash (never by the "
+                           "input's name), and summary.csv / summary.jsonl; finished studies are skipped when run "
+                           "again, a failed one is reported and the run goes on")
+    many.add_argument("--workers", type=int, default=1, metavar="N",
+                      help="batch: explain N studies at once in N processes sharing the CPU threads (default 1)")
+    explain.add_argument("--json", action="store_true",
+                         help="print the result (one scan) or the summary (a batch) as JSON on stdout")
     explain.add_argument("--progress-format", choices=["bar", "jsonl"], default="bar",
                          help="bar (default): a progress bar on a terminal only; jsonl: one JSON object per "
                               "line on stdout - progress events, then the result - for programs such as the "
                               "Slicer module")
     _common(explain)
-    explain.set_defaults(handler=commands.explain)
+    explain.set_defaults(handler=_explain)
 
     view = sub.add_parser(
         "view", formatter_class=_Formatter, help="open the web viewer: Slicer views and Explain in a browser",
@@ -118,15 +147,6 @@ def build_parser() -> argparse.ArgumentParser:
     _common(view)
     view.set_defaults(handler=commands.view)
 
-    demo = sub.add_parser(
-        "demo", formatter_class=_Formatter,
-        help="run ACAT on the bundled demo case [not in this version yet]",
-        description="Build the bundled demo case (a real head CT with a simulated lesion) and explain it.\n"
-                    "Reserved: arrives with the models. Today 'make demo' reads and converts the demo CT.",
-        epilog="example:\n  acat demo --out demo-output/")
-    demo.add_argument("args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
-    _common(demo)
-    demo.set_defaults(handler=commands.not_yet, feature="acat demo")
     return parser
 
 
@@ -136,6 +156,10 @@ def quiet_libraries(verbose: bool) -> None:
     if not verbose:
         warnings.simplefilter("ignore")
         os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")  # read when torch is imported (lazily, later)
+
+
+def _explain(args: argparse.Namespace) -> int:
+    return batch.explain_batch(args) if batch.is_batch(args) else commands.explain(args)
 
 
 class Terminated(KeyboardInterrupt):

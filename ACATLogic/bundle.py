@@ -7,7 +7,9 @@ A bundle is a folder::
     autoencoder.safetensors    the autoencoder E, D
     acat.safetensors           optional: the ACAT classifier
 
-The card (format_version 1) holds: ``id``, ``version``, ``task``, ``labels``, ``input`` (see
+The card (format_version 1) holds: ``id``, ``version``, ``task`` (any name: the task is what its ``labels``
+say, not one of a fixed list), ``labels`` (the classes in output order), ``healthy_index`` (optional, default
+0: the healthy / negative class, the counterfactual's "no finding"), ``input`` (see
 `ACATLogic.preprocess.InputSpec`), ``models`` (per role: ``architecture``, ``config``, ``weights``,
 ``sha256``), ``explanation`` (default counterfactual parameters), ``training_data``, ``metrics`` (each
 with the ``command`` that produced it), ``licence`` and ``intended_use``. Unknown fields are refused,
@@ -22,6 +24,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -42,10 +46,12 @@ from .preprocess import InputSpec
 FORMAT_VERSION = 1
 ROLES = ("baseline", "autoencoder", "acat")
 REQUIRED_ROLES = ("baseline", "autoencoder")
+#: the bundled models' tasks; a card may name any task (`TASK_NAME`): its labels say what the classes are
 TASKS = ("brain_stroke", "lung_covid")
+TASK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 RESEARCH_ONLY = "Research use only. Not for diagnosis or any clinical decision."
 _CARD_FIELDS = {"format_version", "id", "version", "task", "labels", "input", "models", "explanation",
-                "training_data", "metrics", "licence", "intended_use", "description"}
+                "training_data", "metrics", "licence", "intended_use", "description", "healthy_index"}
 _MODEL_FIELDS = {"architecture", "config", "weights", "sha256"}
 _MAX_CARD_BYTES = 1 << 20
 PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".bin", ".ckpt")
@@ -75,6 +81,12 @@ class ModelBundle:
     @property
     def labels(self) -> list[str]:
         return list(self.card["labels"])
+
+    @property
+    def healthy_index(self) -> int:
+        """The index of the healthy (negative) class in `labels`: the card's ``healthy_index``, else 0. The
+        decision a counterfactual explains is "this class" against "any other"."""
+        return int(self.card.get("healthy_index", 0))
 
     @property
     def explanation_defaults(self) -> dict:
@@ -175,11 +187,16 @@ def read_card(folder: Path) -> dict:
     for key in ("id", "version", "task", "labels", "input", "models", "licence", "intended_use"):
         if key not in card:
             raise _fail(f"the model card lacks '{key}'", card_path)
-    if card["task"] not in TASKS:
-        raise _fail(f"unknown task {card['task']!r}; expected one of {list(TASKS)}", card_path)
-    if not (isinstance(card["labels"], list) and all(isinstance(x, str) for x in card["labels"])
-            and len(card["labels"]) >= 2):
-        raise _fail("'labels' must be a list of at least two names", card_path)
+    if not (isinstance(card["task"], str) and TASK_NAME.fullmatch(card["task"])):
+        raise _fail(f"the task must be a name of letters, digits, '_', '.' or '-' (at most 64), not "
+                    f"{card['task']!r}", card_path)
+    if not (isinstance(card["labels"], list) and all(isinstance(x, str) and x.strip() for x in card["labels"])
+            and len(card["labels"]) >= 2 and len(set(card["labels"])) == len(card["labels"])):
+        raise _fail("'labels' must be a list of at least two distinct names", card_path)
+    healthy = card.get("healthy_index", 0)
+    if isinstance(healthy, bool) or not isinstance(healthy, int) or not 0 <= healthy < len(card["labels"]):
+        raise _fail(f"'healthy_index' must be the index of the healthy (negative) class in 'labels', 0 to "
+                    f"{len(card['labels']) - 1}, not {healthy!r}", card_path)
     if not isinstance(card["input"], dict):
         raise _fail("invalid 'input' in the model card (it must be an object)", card_path)
     try:
@@ -223,10 +240,13 @@ def check_architectures(card: dict, card_path: Path) -> None:
 
 
 def load_bundle(folder, *, device: str | torch.device = "cpu") -> ModelBundle:
-    """Read, verify (sha256, names, shapes) and build every model of a bundle."""
+    """Read, verify (sha256, names, shapes) and build every model of a bundle.
+
+    ``folder``: a bundle folder (or its model.json), or the id of an installed bundle - ``load_bundle(
+    "brain-stroke-phantom")``, as ``acat explain --model`` takes it (`ACATLogic.catalogue.resolve_model`)."""
     from .models import create_model  # registry import populates the architectures
 
-    folder = Path(folder)
+    folder = resolve_model(os.fspath(folder)) if not Path(folder).exists() else Path(folder)
     card = read_card(folder)
     if folder.is_file():
         folder = folder.parent
@@ -275,12 +295,14 @@ def load_bundle(folder, *, device: str | torch.device = "cpu") -> ModelBundle:
 
 def save_bundle(folder, *, models: dict, bundle_id: str, version: str, task: str, spec: InputSpec,
                 training_data: str, metrics: Optional[list] = None, licence: str = "Apache-2.0",
-                explanation: Optional[dict] = None, description: str = "", overwrite: bool = False) -> Path:
+                explanation: Optional[dict] = None, description: str = "", overwrite: bool = False,
+                healthy_index: int = 0) -> Path:
     """Write a bundle atomically: one safetensors file per role, sha256 in the card."""
     folder = Path(folder)
     labels = list(models["baseline"].class_names)
     card = {"format_version": FORMAT_VERSION, "id": bundle_id, "version": version, "task": task,
-            "labels": labels, "description": description, "input": spec.to_dict(), "models": {},
+            "labels": labels, "healthy_index": int(healthy_index), "description": description,
+            "input": spec.to_dict(), "models": {},
             "explanation": explanation_card(explanation), "training_data": training_data,
             "metrics": metrics or [], "licence": licence, "intended_use": RESEARCH_ONLY}
     with atomic_directory(folder, overwrite=overwrite) as tmp:

@@ -13,7 +13,7 @@ import os
 import re
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 
@@ -103,13 +103,18 @@ def _write_failed(exc: BaseException, out_dir: Path, tmp: Path) -> ACATInputErro
     return ACATInputError(f"cannot write the results ({reason})", out_dir)
 
 
+#: writes more results into the folder being assembled; returns (their relative names, report.json sections)
+ExtraWriter = Callable[[Path], "tuple[list[str], dict]"]
+
+
 def write_explanation(explanation: Explanation, out_dir, *, bundle: ModelBundle, volume: CTVolume,
                       overwrite: bool = False, extra_timings: Optional[dict] = None,
-                      protect: Sequence[Path] = ()) -> list[Path]:
+                      protect: Sequence[Path] = (), extra_writer: Optional[ExtraWriter] = None) -> list[Path]:
     """Write every result into ``out_dir`` (a new or empty folder, or any with ``overwrite``).
 
     ``protect``: the command's inputs (`ACATLogic.io.output_guard.input_paths`); a folder that is or holds
-    one is never replaced.
+    one is never replaced. ``extra_writer(folder)`` adds results of its own (the DICOM results:
+    `ACATLogic.dicom_export`) inside the same atomic folder; the sections it returns go into report.json.
     """
     out_dir = Path(out_dir)
     if out_dir.exists():
@@ -123,7 +128,7 @@ def write_explanation(explanation: Explanation, out_dir, *, bundle: ModelBundle,
         # an empty folder is replaced whole (and stays, empty, if this is cancelled)
         with atomic_directory(out_dir, overwrite=True, protect=protect) as tmp:
             try:
-                _write_all(explanation, bundle, volume, tmp, names, extra_timings)
+                _write_all(explanation, bundle, volume, tmp, names, extra_timings, extra_writer)
             except (OSError, ACATInputError) as exc:
                 raise _write_failed(exc, out_dir, tmp) from None
             if not overwrite and out_dir.is_dir() and any(out_dir.iterdir()):
@@ -136,10 +141,10 @@ def write_explanation(explanation: Explanation, out_dir, *, bundle: ModelBundle,
 
 
 def _write_all(explanation: Explanation, bundle: ModelBundle, volume: CTVolume, tmp: Path, names: list,
-               extra_timings: Optional[dict]) -> None:
+               extra_timings: Optional[dict], extra_writer: Optional[ExtraWriter] = None) -> None:
     """Every result file into the temporary folder ``tmp``; their names appended to ``names``."""
     change = _write_volumes(explanation, volume, tmp, names)
-    healthy = explanation.class_names[0]
+    healthy = explanation.class_names[bundle.healthy_index]
     shown = explanation.counterfactuals.get(healthy) if explanation.label != healthy else None
     if shown is None and change:
         # the class farthest from the prediction: the largest change
@@ -149,6 +154,11 @@ def _write_all(explanation: Explanation, bundle: ModelBundle, volume: CTVolume, 
     write_overview(tmp / "overview.png", volume, explanation.saliency, shown, title,
                    tuple(bundle.spec.hu_window))
     names.append("overview.png")
+    sections = {}
+    if extra_writer is not None:
+        more, sections = extra_writer(tmp)
+        names += more
     report = build_report(explanation, bundle, volume, names + ["report.json"], extra_timings)
+    report.update(sections)
     (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     names.append("report.json")

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 from dataclasses import dataclass, field
+from typing import Optional
 
 import numpy as np
 
@@ -112,6 +113,82 @@ class CTVolume:
     def orientation_code(self) -> str:
         """Three letters: the patient direction each index axis (i, j, k) points to, e.g. "LPS"."""
         return orientation_code(self.direction)
+
+    # -- building from and handing to other libraries ---------------------------------------------
+    @classmethod
+    def from_array(cls, array, affine=None, *, spacing=None, origin=None, direction=None, axes: str = "kji",
+                   coordinates: str = "LPS", metadata: Optional[dict] = None) -> "CTVolume":
+        """A volume from a numpy array of HU and its geometry: a 4 x 4 ``affine``, or ``spacing`` (+ ``origin``,
+        ``direction``; default 0 and the identity).
+
+        Args:
+            array: 3D HU values. ``axes="kji"`` (default): (slice, row, column), as here and in SimpleITK's
+                ``GetArrayFromImage``; ``axes="ijk"``: (column, row, slice), as nibabel's ``get_fdata()``.
+            affine: (4, 4) mapping the voxel index (i, j, k, 1) to millimetres - nibabel's ``img.affine``
+                (with ``coordinates="RAS"``) or `affine_lps`. No shear: its columns must be perpendicular.
+            spacing, origin, direction: in (i, j, k) order, as the attributes of this class.
+            coordinates: "LPS" (DICOM, ITK, default) or "RAS" (NIfTI / nibabel, 3D Slicer): converted to LPS.
+            metadata: PHI-free description (keys in `METADATA_KEYS`); default {"source_format": "array"}.
+
+        Example::
+
+            nii = nibabel.load("head.nii.gz")
+            volume = CTVolume.from_array(nii.get_fdata(), nii.affine, axes="ijk", coordinates="RAS")
+            volume = CTVolume.from_array(hu, spacing=(0.5, 0.5, 2.0))          # (K, J, I), at the origin
+        """
+        voxels = np.asarray(array)
+        if voxels.ndim != 3:
+            raise ACATInputError(f"a CT volume needs 3 dimensions, got an array of shape {voxels.shape}")
+        if axes not in ("kji", "ijk"):
+            raise ValueError(f"axes must be 'kji' or 'ijk', not {axes!r}")
+        if coordinates not in ("LPS", "RAS"):
+            raise ValueError(f"coordinates must be 'LPS' or 'RAS', not {coordinates!r}")
+        if axes == "ijk":
+            voxels = voxels.transpose(2, 1, 0)
+        if affine is not None:
+            if spacing is not None or origin is not None or direction is not None:
+                raise ValueError("give either an affine or spacing/origin/direction, not both")
+            affine = np.asarray(affine, dtype=np.float64)
+            if affine.shape != (4, 4):
+                raise ValueError(f"the affine must be 4 x 4, not {affine.shape}")
+            linear = affine[:3, :3]
+            spacing = np.linalg.norm(linear, axis=0)
+            if np.any(spacing <= 0):
+                raise ACATInputError(f"the affine has a zero-length axis (voxel size {spacing.tolist()} mm)")
+            direction, origin = linear / spacing, affine[:3, 3]
+        else:
+            if spacing is None:
+                raise ValueError("give the voxel spacing (or an affine)")
+            origin = np.zeros(3) if origin is None else origin
+            direction = np.eye(3) if direction is None else direction
+        direction = np.array(direction, dtype=np.float64).reshape(3, 3)
+        origin = np.array(origin, dtype=np.float64).reshape(3)
+        if coordinates == "RAS":
+            direction, origin = lps_to_ras(direction), lps_to_ras(origin[None])[0]
+        return cls(np.ascontiguousarray(voxels, dtype=np.float32), spacing, origin, direction + 0.0,
+                   dict(metadata) if metadata is not None else {"source_format": "array"})
+
+    @classmethod
+    def from_sitk(cls, image, metadata: Optional[dict] = None) -> "CTVolume":
+        """A volume from a 3D scalar ``SimpleITK.Image`` of HU (geometry as is: ITK is LPS too)."""
+        import SimpleITK as sitk
+
+        if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
+            raise ACATInputError(f"a CT volume is a 3D image of one value per voxel, not {image.GetDimension()}D "
+                                 f"with {image.GetNumberOfComponentsPerPixel()} components")
+        return cls(sitk.GetArrayFromImage(image).astype(np.float32, copy=False), image.GetSpacing(),
+                   image.GetOrigin(), np.reshape(image.GetDirection(), (3, 3)),
+                   dict(metadata) if metadata is not None else {"source_format": "SimpleITK"})
+
+    def to_sitk(self):
+        """The volume as a float32 ``SimpleITK.Image`` with the same geometry (a copy of the voxels)."""
+        import SimpleITK as sitk
+
+        image = sitk.GetImageFromArray(self.voxels_hu, isVector=False)
+        image.SetSpacing([float(v) for v in self.spacing_mm])
+        image.SetOrigin([float(v) for v in self.origin_mm])
+        image.SetDirection([float(v) for v in self.direction.reshape(-1)])
+        return image
 
     def with_voxels(self, voxels_hu: np.ndarray) -> "CTVolume":
         """A copy with other voxels on the same grid (same shape required)."""

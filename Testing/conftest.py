@@ -113,12 +113,20 @@ SLOW = {
     "test_cli.py::test_usage_errors_exit_2": "acat processes (~3 s)",
     "test_cli.py::test_convert_never_writes_into_the_input_folder": "acat processes (~2 s)",
     "test_cli.py::test_convert_refuses_to_overwrite_its_input": "acat processes (~1 s)",
-    "test_cli.py::test_reserved_commands_say_so": "an acat process (~1 s)",
+    "test_cli.py::test_no_placeholder_commands": "two acat processes (~2 s)",
+    "test_cli.py::test_every_command_that_prints_results_has_json": "four acat processes (~5 s)",
     "test_cli.py::test_progress_bar_on_a_terminal": "acat on a pseudo-terminal (~2 s)",
     "test_cli.py::test_module_entry_point": "python -m ACATCli (~1 s)",
     "test_cli.py::test_a_reader_that_closes_the_pipe_early_is_not_an_error": "acat in a shell pipe (~1 s)",
     "test_bundle.py::test_the_command_line_refuses_a_pickled_model_in_one_line": "an acat process (~3 s)",
     "test_explain.py::test_explain_outputs_hold_no_patient_identity": "acat explain in a process (~3 s)",
+    "test_dicom_export.py::test_dicom_results_need_a_dicom_input_said_in_one_line": "acat processes (~3 s)",
+    "test_batch.py::test_a_batch_of_five_with_one_broken_then_a_rerun_that_skips_the_four":
+        "three acat batch runs over five small studies (~30 s)",
+    "test_batch.py::test_a_csv_list_with_ids_and_two_workers": "a batch in two worker processes, one explain (~20 s)",
+    "test_python_api.py::test_the_readme_python_example_runs": "the README's example: the demo case explained (~70 s)",
+    "test_python_api.py::test_the_notebook_runs": "docs/python_api.ipynb: the demo case explained (~70 s)",
+    "test_custom_task.py::test_an_architecture_from_an_installed_package": "a Python process (~5 s)",
     "test_patient_data.py": "acat and the web viewer's session on a head CT with patient identity (~4 s)",
     "test_web_server.py": "a real web viewer server, probed over HTTP and websockets (~9 s)",
     "test_slicer_packaging.py": "the extension configured, built and installed with CMake (~5 s)",
@@ -143,6 +151,8 @@ SLOW = {
 #: Fixtures (file::fixture) that make every test of that file using them slow, and why.
 SLOW_FIXTURES = {
     "test_counterfactual.py::blob_model": "trains the toy classifier (~40 s)",
+    "test_custom_task.py::trained": "the four stages of a three-class task trained, exported, explained (~60 s)",
+    "test_dicom_export.py::demo_series": "writes the demo case, then acat explain --dicom on it (~45 s in all)",
     "test_phantom_brain.py::cases": "generates five brain phantom cases (~10 s)",
 }
 

@@ -12,11 +12,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from ACATLogic.bundle import DEFAULT_MODEL, load_bundle, read_card, resolve_model
 from ACATLogic.io.read import read_volume
 from ACATLogic.metrics import saliency_hit
 from training.evaluate import TERRITORY_IDS
+from training.portable import absolute_paths
 from ACATData.phantom.demo import write_demo_case
 from ACATData.phantom.io import load_case
 
@@ -43,6 +45,11 @@ def test_shipped_bundles_are_valid_small_and_documented(bundle_id):
         assert 0 <= tests[(role, "accuracy")]["value"] <= 1
         assert tests[(role, "accuracy")]["command"].startswith("python -m training.")
     assert (folder / "README.md").is_file()  # the model card in words, with the commands
+    # published as it is: nothing of the machine that trained it, and the Hugging Face model-card layout
+    readme = (folder / "README.md").read_text()
+    assert absolute_paths((folder / "model.json").read_text() + readme) == []
+    front = yaml.safe_load(readme.split("---\n")[1])
+    assert {"license", "tags", "datasets", "metrics", "model-index"} <= set(front) and "simulated-data" in front["tags"]
 
 
 def test_the_default_model_is_the_shipped_brain_bundle(monkeypatch):

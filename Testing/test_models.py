@@ -26,7 +26,11 @@ CLASSIFIERS = [
     ("acat", {"backbone": "brain_mtl", "widths": WIDTHS, "slice_hidden": 8}),
     ("acat", {"backbone": "lung_resnet_small", "slice_hidden": 8}),
     ("acat", {"backbone": "lung_resnet", "depths": (1, 1, 1, 1), "base_width": 4, "attention_batch_norm": True}),
+    ("slice_resnet", {"class_names": ["normal", "cyst", "mass"], "base_width": 4}),
+    ("acat", {"backbone": "slice_resnet", "class_names": ["normal", "cyst", "mass"], "base_width": 4,
+              "slice_hidden": 8}),
 ]
+THREE = ("normal", "cyst", "mass")
 IDS = [f"{name}-{cfg.get('backbone', '')}{'-bn' if cfg.get('attention_batch_norm') else ''}" for name, cfg in CLASSIFIERS]
 ACAT_CASES = [(n, c) for n, c in CLASSIFIERS if n == "acat"]
 ACAT_IDS = [i for i, (n, _) in zip(IDS, CLASSIFIERS) if n == "acat"]
@@ -62,7 +66,7 @@ def _randomise_batch_norm(model: torch.nn.Module, seed: int = 3) -> None:
 def test_registry_lists_every_model_and_names_them_when_a_name_is_unknown():
     # other test modules register toy models named "test_*"; the project's own are these
     assert [n for n in list_models() if not n.startswith("test_")] == sorted(["acat", "autoencoder", "brain_mtl", "lung_resnet", "lung_resnet50",
-                                    "lung_resnet_small"])
+                                    "lung_resnet_small", "slice_resnet"])
     assert {n for n, _ in CLASSIFIERS} | {"lung_resnet50", "autoencoder"} == \
         {n for n in list_models() if not n.startswith("test_")}
     with pytest.raises(ValueError, match="unknown model 'resnet18'.*brain_mtl.*lung_resnet50"):
@@ -118,6 +122,8 @@ def test_output_shape_class_names_and_gradcam_layer(name, config):
     if model.task == "brain":
         assert model.class_names == ("none", "left", "right", "both")
         torch.testing.assert_close(out.exp().sum(-1), torch.ones(2))
+    elif "class_names" in config:
+        assert model.class_names == THREE and model.config["class_names"] == list(THREE)
     else:
         assert model.class_names == ("normal", "covid19")
     (t,) = captured
@@ -347,6 +353,8 @@ EXPECTED_MAP_SIZES = {
     ("lung_resnet_small", (96, 80)): [(24, 20), (12, 10), (6, 5), (3, 3)],
     ("lung_resnet", (64, 64)): [(16, 16), (8, 8), (4, 4), (2, 2)],
     ("lung_resnet", (96, 80)): [(24, 20), (12, 10), (6, 5), (3, 3)],
+    ("slice_resnet", (64, 64)): [(16, 16), (8, 8), (4, 4), (2, 2)],
+    ("slice_resnet", (96, 80)): [(24, 20), (12, 10), (6, 5), (3, 3)],
 }
 
 

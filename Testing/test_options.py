@@ -36,7 +36,9 @@ def test_the_acat_explain_command_offers_every_option():
     dests = {a.dest for a in explain._actions}
     assert {f.name for f in dataclasses.fields(ExplainOptions)} <= dests
     own = dests - {f.name for f in dataclasses.fields(ExplainOptions)}
-    assert own == {"help", "input", "out", "model", "series", "overwrite", "progress_format", "quiet", "verbose"}
+    # where the results go and in which forms: output options of the command line, not of the explanation
+    assert own == {"help", "input", "out", "model", "series", "overwrite", "progress_format", "quiet", "verbose",
+                   "json", "dicom", "deidentify", "dicom_top_percent", "batch", "workers"}
 
 
 @pytest.mark.parametrize("options", [

@@ -22,6 +22,7 @@ from training import export as export_cli
 from training import pipeline, train
 from training.checkpoint import CHECKPOINT_KIND, load_checkpoint, load_weights
 from training.config import load_config
+from training.portable import absolute_paths, portable
 from training.stages.baseline import ClassificationLoss
 
 STAGES = ("baseline", "autoencoder", "saliency", "acat")
@@ -166,7 +167,10 @@ def test_export_writes_a_bundle_with_the_metrics_and_commands(finished, tmp_path
     assert card["input"]["size"] == [32, 32] and card["input"]["slices"] == 4
     assert card["explanation"]["steps"] == 3 and card["explanation"]["alpha"] == 100
     assert "8/4/4 scans" in card["training_data"]
-    command = f"python -m training.pipeline --config {cfg_path}"
+    # the card holds no absolute path: they are written relative to the run ($RUN), the data and the bundle
+    command = portable(f"python -m training.pipeline --config {cfg_path}", run)
+    assert command.startswith("python -m training.pipeline --config $RUN/../")
+    assert absolute_paths(json.dumps(card)) == [] and absolute_paths((out / "README.md").read_text()) == []
     metrics = {(m["model"], m["split"], m["name"]): m for m in card["metrics"]}
     for role in ("baseline", "acat"):
         done = read_done(run, role)
@@ -178,7 +182,7 @@ def test_export_writes_a_bundle_with_the_metrics_and_commands(finished, tmp_path
     # the model card in words: research use, SIMULATED, every test metric and the commands
     readme = (out / "README.md").read_text()
     assert "Research use only" in readme and "SIMULATED" in readme and command in readme
-    assert f"python -m training.export {run} --out {out} --version 0.0.1" in readme
+    assert "python -m training.export $RUN --out $BUNDLE --version 0.0.1" in readme
     test_accuracy = metrics[("acat", "test", "accuracy")]["value"]
     assert f"| acat | test | accuracy | {test_accuracy:.4f} |" in readme
     # the bundle's models are the run's models

@@ -21,6 +21,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import re
 import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -34,7 +35,10 @@ from ACATLogic.preprocess import InputSpec
 from .checkpoint import atomic_write_text
 
 STAGES = ("baseline", "autoencoder", "saliency", "acat")
-TASKS = ("brain", "lung")
+#: the tasks whose classes are known without ``data.labels`` (the paper's two); any other task names its classes
+BUILTIN_LABELS = {"brain": ("none", "left", "right", "both"), "lung": ("normal", "covid19")}
+TASKS = tuple(BUILTIN_LABELS)
+TASK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 SOURCES = ("phantom", "csv", "mosmed")
 BEST_METRICS = {"val_loss": "min", "val_accuracy": "max", "val_balanced_accuracy": "max", "val_auc": "max"}
 
@@ -62,7 +66,11 @@ class DataConfig:
 
     source: str = "phantom"  # phantom (training/phantom manifest) | csv (any CSV manifest) | mosmed (CT-0..CT-4)
     path: str = ""  # manifest.csv, or the MosMed root folder
-    task: str = "brain"  # brain: none/left/right/both; lung: normal/covid19
+    # brain: none/left/right/both (the two-headed brain_mtl); lung: normal/covid19; any other name: your own
+    # task, whose classes data.labels names
+    task: str = "brain"
+    labels: list = field(default_factory=list)  # the classes in output order; [] = the brain / lung task's own
+    healthy_class: str = ""  # the healthy (negative) class, recorded in the model card; "" = the first label
     # MosMed folder -> label; CT-1 (mild, <25 % involvement) is left out as in the paper's binary task
     mosmed_classes: dict = field(default_factory=lambda: {"CT-0": 0, "CT-2": 1, "CT-3": 1, "CT-4": 1})
     split_fractions: list = field(default_factory=lambda: [0.7, 0.15, 0.15])  # when the data has no split
@@ -187,7 +195,23 @@ class TrainConfig:
 
     @property
     def class_names(self) -> tuple[str, ...]:
-        return ("none", "left", "right", "both") if self.data.task == "brain" else ("normal", "covid19")
+        """The classes in output order: ``data.labels``, else the brain / lung task's."""
+        return tuple(self.data.labels) if self.data.labels else BUILTIN_LABELS.get(self.data.task, ())
+
+    @property
+    def healthy_index(self) -> int:
+        """The healthy (negative) class's index: ``data.healthy_class``, else 0."""
+        return self.class_names.index(self.data.healthy_class) if self.data.healthy_class else 0
+
+    def baseline_model_config(self) -> dict:
+        """``model.baseline_config``, plus the task's classes (``data.labels``) for an architecture that takes
+        them (``class_names``: slice_resnet, the lung ResNets, an installed package's)."""
+        from ACATLogic.models import registry
+
+        config = dict(self.model.baseline_config)
+        if self.data.labels and "class_names" not in config and registry.accepts(self.model.baseline, "class_names"):
+            config["class_names"] = list(self.data.labels)
+        return config
 
     def validate(self) -> "TrainConfig":
         """Raise `ACATInputError` on values that cannot work (before any data is read)."""
@@ -196,8 +220,19 @@ class TrainConfig:
 
         if self.stage not in STAGES:
             bad(f"stage must be one of {list(STAGES)}, not {self.stage!r}")
-        if self.data.task not in TASKS:
-            bad(f"data.task must be one of {list(TASKS)}, not {self.data.task!r}")
+        if not TASK_NAME.fullmatch(str(self.data.task)):
+            bad(f"data.task must be a name of letters, digits, '_', '.' or '-', not {self.data.task!r}")
+        labels = [str(x) for x in self.data.labels]
+        if labels and (len(labels) < 2 or len(set(labels)) != len(labels) or not all(x.strip() for x in labels)):
+            bad(f"data.labels must name at least two distinct classes, not {self.data.labels}")
+        if not self.class_names:
+            bad(f"data.labels: name the classes of the task {self.data.task!r} in the model's output order, e.g. "
+                "data.labels=[normal,cyst,mass]")
+        if self.data.healthy_class and self.data.healthy_class not in self.class_names:
+            bad(f"data.healthy_class {self.data.healthy_class!r} is not one of the classes {list(self.class_names)}")
+        if labels and self.data.task in BUILTIN_LABELS and self.model.baseline == "brain_mtl" \
+                and tuple(labels) != BUILTIN_LABELS["brain"]:
+            bad(f"the brain model's classes are {list(BUILTIN_LABELS['brain'])}; data.labels {labels} differ")
         if self.data.source not in SOURCES:
             bad(f"data.source must be one of {list(SOURCES)}, not {self.data.source!r}")
         if self.data.on_error not in ("skip", "fail"):
@@ -214,7 +249,20 @@ class TrainConfig:
         brain_model = self.model.baseline == "brain_mtl"
         if brain_model != (self.data.task == "brain"):
             bad(f"model.baseline {self.model.baseline!r} does not fit data.task {self.data.task!r} "
-                "(brain_mtl for brain, a lung_resnet* for lung)")
+                "(brain_mtl, with its lesion and side heads, for brain only; lung_resnet* for lung; slice_resnet "
+                "or an installed package's architecture for a task of your own)")
+        if labels and not brain_model:
+            try:
+                from ACATLogic.models import create_model, registry
+
+                takes = registry.accepts(self.model.baseline, "class_names")
+                built = labels if takes else list(create_model(self.model.baseline, **self.model.baseline_config)
+                                                  .class_names)
+            except (TypeError, ValueError) as exc:
+                bad(f"model.baseline {self.model.baseline!r}: {exc}")
+            if built != labels:
+                bad(f"model.baseline {self.model.baseline!r} gives the classes {built}, not data.labels {labels}; "
+                    "use an architecture that takes class_names, such as slice_resnet")
         if brain_model and int(self.input.size[1]) % 2:
             bad(f"the brain model splits slices at the midline: input.size W must be even, got {self.input.size[1]}")
         for name in ("baseline", "autoencoder", "acat"):

@@ -2,13 +2,13 @@
 
 Sources (``data.source``):
 
-* ``phantom``: the phantom benchmark's manifest.csv (`ACATData.phantom.io.read_manifest` /
-  `load_case`); its split column is used as it is.
-* ``csv``: any CSV manifest. Columns: ``path`` (or ``image``: a DICOM folder, NRRD or NIfTI, relative to
-  the CSV's folder or absolute), ``label`` (an index or a class name: brain ``none/left/right/both`` as
-  in IST-3's side-of-lesion labels, lung ``normal/covid19``), optional ``case_id``, ``split``
-  (train/val/test; all empty -> a stratified split by ``data.split_seed``), ``lesion_mask``,
-  ``territory`` (or ``territory_map``), carried along for evaluation.
+* ``csv``: a manifest in the one format that training and evaluation read (`training.manifest`): ``path``
+  (or ``image``: a DICOM folder, NRRD or NIfTI, relative to the CSV's folder or absolute), ``label`` (an
+  index or a class name: the config's ``data.labels``, or brain ``none/left/right/both`` as in IST-3's
+  side-of-lesion labels, lung ``normal/covid19``), optional ``case_id``, ``split`` (train/val/test; all
+  empty -> a stratified split by ``data.split_seed``), ``lesion_mask`` (or ``mask``), ``territory_map``.
+* ``phantom``: the phantom benchmark's manifest.csv, the same format: its ``task`` column is checked, its
+  split used as it is, its .npz images read by `ACATData.phantom.io.load_case`.
 * ``mosmed``: MosMed as published: folders ``CT-0`` ... ``CT-4`` of ``study_XXXX.nii.gz``, read as they
   are. ``data.mosmed_classes`` maps folders to labels: CT-0 -> 0 (normal), CT-2/3/4 -> 1 (covid19);
   CT-1 is left out by default, like the paper's binary task. Split: 70/15/15 stratified by seed.
@@ -48,6 +48,7 @@ from ACATLogic.preprocess import InputSpec, prepare
 
 from .checkpoint import atomic_write_json
 from .config import TrainConfig
+from .manifest import read_manifest
 
 SPLITS = ("train", "val", "test")
 CACHE_FORMAT = 1
@@ -80,7 +81,10 @@ class DataProblem:
 
 
 def class_names(task: str) -> tuple[str, ...]:
-    return ("none", "left", "right", "both") if task == "brain" else ("normal", "covid19")
+    """The brain / lung task's classes (another task's are its config's ``data.labels``: `TrainConfig.class_names`)."""
+    from .config import BUILTIN_LABELS
+
+    return BUILTIN_LABELS.get(task, ())
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -99,22 +103,6 @@ def stratified_split(labels: Sequence[int], seed: int, fractions: Sequence[float
         for rank, i in enumerate(idx):
             splits[i] = "train" if rank < n_train else ("val" if rank < n_train + n_val else "test")
     return splits
-
-
-def _parse_label(text: str, task: str) -> int:
-    """An index or a class name -> the class index; ValueError with the reason otherwise."""
-    names = class_names(task)
-    text = str(text).strip()
-    if text.lower() in names:
-        return names.index(text.lower())
-    try:
-        value = int(text)
-    except ValueError:
-        raise ValueError(f"label {text!r} is neither an index nor one of {list(names)}") from None
-    if not 0 <= value < len(names):
-        raise ValueError(f"label {value} is out of range for the {task} task (0..{len(names) - 1}: "
-                         f"{', '.join(names)})")
-    return value
 
 
 def _resolve(root: Path, value: str) -> str:
@@ -143,67 +131,38 @@ def _finish_rows(rows: list[CaseRecord], problems: list[DataProblem], cfg: Train
             r.split = s
 
 
-def read_csv_manifest(cfg: TrainConfig) -> tuple[list[CaseRecord], list[DataProblem]]:
-    """The generic CSV manifest (module docstring)."""
+def _records(cfg: TrainConfig, check_task: bool) -> tuple[list[CaseRecord], list[DataProblem]]:
+    """The manifest's rows as records (`training.manifest`: the one format); ``check_task``: a row whose ``task``
+    column names another task is a problem (the phantom benchmark's manifests say their task)."""
     path = Path(cfg.data.path)
-    if not path.is_file():
-        raise ACATInputError("no such manifest file", path)
-    rows, problems, seen = [], [], set()
-    with open(path, newline="", encoding="utf-8-sig") as fh:
-        reader = csv.DictReader(fh)
-        columns = set(reader.fieldnames or [])
-        image_col = "path" if "path" in columns else ("image" if "image" in columns else None)
-        if image_col is None or "label" not in columns:
-            raise ACATInputError(f"the manifest needs the columns 'path' (or 'image') and 'label'; it has "
-                                 f"{sorted(columns)}", path)
-        for n, row in enumerate(reader, start=2):
-            where = f"{path.name} line {n}"
-            image = _resolve(path.parent, (row.get(image_col) or "").strip())
-            if not image:
-                problems.append(DataProblem(str(path), f"line {n}: empty {image_col}"))
-                continue
-            case_id = (row.get("case_id") or "").strip() or Path(image).name.split(".")[0]
-            if case_id in seen:
-                raise ACATInputError(f"line {n}: case_id {case_id!r} appears twice", path)
-            seen.add(case_id)
-            try:
-                label = _parse_label(row.get("label", ""), cfg.data.task)
-            except ValueError as exc:
-                problems.append(DataProblem(image, f"{exc} ({where})", case_id))
-                continue
-            territory = (row.get("territory") or row.get("territory_map") or "").strip()
-            rows.append(CaseRecord(case_id, image, label, (row.get("split") or "").strip().lower(),
-                                   _resolve(path.parent, (row.get("lesion_mask") or "").strip()),
-                                   _resolve(path.parent, territory), where))
-    _finish_rows(rows, problems, cfg, path)
-    return rows, problems
+    rows, found = read_manifest(path, cfg.class_names)
+    problems = [DataProblem(_resolve(path.parent, p["image"]) or str(path), p["message"], p["case_id"])
+                for p in found]
+    records = []
+    for row in rows:
+        image = _resolve(path.parent, row["image"])
+        raw_task = row.get("task", "")
+        task = _PHANTOM_TASKS.get(raw_task, raw_task)
+        if check_task and raw_task and task != cfg.data.task:
+            problems.append(DataProblem(image, f"a {raw_task} case in a {cfg.data.task} run ({row['where']})",
+                                        row["case_id"]))
+            continue
+        records.append(CaseRecord(row["case_id"], image, row["label"], row["split"],
+                                  _resolve(path.parent, row["lesion_mask"]), _resolve(path.parent, row["territory_map"]),
+                                  row["where"]))
+    _finish_rows(records, problems, cfg, path)
+    return records, problems
+
+
+def read_csv_manifest(cfg: TrainConfig) -> tuple[list[CaseRecord], list[DataProblem]]:
+    """A CSV manifest in the one format (`training.manifest`)."""
+    return _records(cfg, check_task=False)
 
 
 def read_phantom_manifest(cfg: TrainConfig) -> tuple[list[CaseRecord], list[DataProblem]]:
-    """The phantom benchmark's manifest (ACATData/phantom/io.py); its split column as it is."""
-    from ACATData.phantom.io import read_manifest
-
-    path = Path(cfg.data.path)
-    rows, problems = [], []
-    for n, row in enumerate(read_manifest(path), start=2):
-        where = f"{path.name} line {n}"
-        image = _resolve(path.parent, row["image"])
-        raw_task = str(row.get("task") or "").strip()
-        task = _PHANTOM_TASKS.get(raw_task, raw_task) if raw_task else cfg.data.task
-        if task != cfg.data.task:
-            problems.append(DataProblem(image, f"a {row.get('task')} case in a {cfg.data.task} run ({where})",
-                                        row["case_id"]))
-            continue
-        try:
-            label = _parse_label(str(row["label"]), cfg.data.task)
-        except ValueError as exc:
-            problems.append(DataProblem(image, f"{exc} ({where})", row["case_id"]))
-            continue
-        rows.append(CaseRecord(row["case_id"], image, label, (row.get("split") or "").strip().lower(),
-                               _resolve(path.parent, row.get("lesion_mask") or ""),
-                               _resolve(path.parent, row.get("territory_map") or ""), where))
-    _finish_rows(rows, problems, cfg, path)
-    return rows, problems
+    """The phantom benchmark's manifest (ACATData/phantom/io.py): the same format, its task column checked and
+    its split column used as it is; its .npz images are read by `load_volume`."""
+    return _records(cfg, check_task=True)
 
 
 def read_mosmed(cfg: TrainConfig) -> tuple[list[CaseRecord], list[DataProblem]]:
@@ -213,7 +172,7 @@ def read_mosmed(cfg: TrainConfig) -> tuple[list[CaseRecord], list[DataProblem]]:
         raise ACATInputError("no such MosMed folder (it should hold CT-0, CT-1, ... CT-4)", root)
     classes = {str(k): int(v) for k, v in cfg.data.mosmed_classes.items()}
     for folder, label in classes.items():
-        if not 0 <= label < len(class_names(cfg.data.task)):
+        if not 0 <= label < len(cfg.class_names):
             raise ACATInputError(f"data.mosmed_classes maps {folder} to {label}, outside the {cfg.data.task} labels")
     present = [f for f in classes if (root / f).is_dir()]
     if not present:

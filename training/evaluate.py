@@ -1,4 +1,4 @@
-"""Evaluate a model bundle's classification and explanations on a phantom dataset (SIMULATED benchmark).
+"""Evaluate a model bundle's classification and explanations on a dataset manifest (a phantom dataset: SIMULATED).
 
 ::
 
@@ -68,10 +68,14 @@ from ACATLogic.metrics import (SUCCESS_PROBABILITY, CounterfactualOutcome, chanc
 from ACATLogic.options import ExplainOptions
 
 from ACATData.phantom.common import TERRITORIES
-from ACATData.phantom.io import LoadedCase, load_case, read_manifest
+from ACATData.phantom.io import LoadedCase, load_case
+
+from .manifest import is_simulated, read_manifest
 
 PROG = "python -m training.evaluate"
 NOTICE = "SIMULATED phantom benchmark"
+#: what an evaluation on data that are not the phantom benchmark calls itself (`training.manifest.is_simulated`)
+DATASET = "evaluation on a dataset manifest"
 #: method name -> (table name, the ExplainOptions fields it sets); the first is the product's default
 METHOD_SPECS: dict[str, tuple[str, dict]] = {
     "counterfactual": ("ACAT counterfactual (default: residual, towards healthy)", {}),
@@ -177,6 +181,14 @@ def select_cases(rows: list[dict], split: str, limit: Optional[int], task: str, 
         if not (manifest_path.parent / row["image"]).exists():
             raise ACATInputError(f"{where}: the image {row['image']!r} does not exist", manifest_path)
     return chosen
+
+
+def manifest_rows(manifest_path: Path, labels) -> list[dict]:
+    """The manifest's rows (`training.manifest`: the one format that training reads too); a bad row is an error."""
+    rows, problems = read_manifest(manifest_path, labels)
+    if problems:
+        raise ACATInputError(f"{len(problems)} bad row(s) in the manifest: {problems[0]['message']}", manifest_path)
+    return rows
 
 
 def lesion_territory_ids(case: LoadedCase) -> list[int]:
@@ -359,10 +371,11 @@ def render_markdown(report: dict) -> str:
     """metrics.md: provenance at the head, then the tables."""
     b, d, s, v = report["bundle"], report["dataset"], report["settings"], report["versions"]
     hashes = "; ".join(f"{role} `{sha}`" for role, sha in b["sha256"].items())
-    lines = [f"# ACAT evaluation: {NOTICE}", "",
-             f"> **{NOTICE}.** Real CT anatomy with simulated lesions and known ground truth. These numbers "
-             "describe the method on simulated data: they are not clinical performance and are not comparable "
-             "with the paper's IST-3 / MosMed results.", "",
+    lines = [f"# ACAT evaluation: {report['benchmark']}", "",
+             (f"> **{NOTICE}.** Real CT anatomy with simulated lesions and known ground truth. These numbers "
+              "describe the method on simulated data: they are not clinical performance and are not comparable "
+              "with the paper's IST-3 / MosMed results." if report["benchmark"] == NOTICE else
+              "> Research use only: these numbers describe the model and its explanations on this dataset."), "",
              "| | |", "|---|---|",
              f"| Command | `{_md(report['command'])}` |",
              f"| Date | {report['date']} |",
@@ -496,7 +509,7 @@ def evaluate(bundle_path, manifest_path, methods: Union[str, Sequence[str]] = DE
     task = bundle.card["task"]
     if saliency_classifier == "acat" and "acat" not in bundle.models:
         raise ACATInputError("--saliency-classifier acat needs a bundle with an ACAT classifier", bundle_folder)
-    rows = select_cases(read_manifest(manifest_path), split, limit, task, bundle.labels, manifest_path)
+    rows = select_cases(manifest_rows(manifest_path, bundle.labels), split, limit, task, bundle.labels, manifest_path)
     if command is None:
         command = command_line(bundle_path, manifest_path, methods, out_dir, split, limit, device, coverage, steps,
                                saliency_classifier)
@@ -522,7 +535,7 @@ def evaluate(bundle_path, manifest_path, methods: Union[str, Sequence[str]] = DE
     summary = aggregate(cases, methods, bundle.labels, task)
     cf_steps = [c["methods"][m].get("steps") for c in cases[:1] for m in methods if "steps" in c["methods"][m]]
     report = {
-        "benchmark": NOTICE,
+        "benchmark": NOTICE if is_simulated(manifest_path) else DATASET,
         "command": command,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "versions": {"acat": acat_version, "torch": torch.__version__, "python": platform.python_version(),
@@ -552,7 +565,8 @@ def evaluate(bundle_path, manifest_path, methods: Union[str, Sequence[str]] = DE
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG, formatter_class=argparse.RawDescriptionHelpFormatter,
-        description=f"Evaluate a model bundle and its explanations on a phantom dataset ({NOTICE}).\n"
+        description="Evaluate a model bundle and its explanations on a dataset manifest (path,label[,mask]...;\n"
+                    f"a phantom dataset's: {NOTICE}).\n"
                     "Writes OUT/metrics.json (every case) and OUT/metrics.md (tables).",
         epilog=f"example:\n  {PROG} --bundle brain-stroke-phantom --data data/brain/manifest.csv \\\n"
                "      --methods counterfactual,gradient --out results/eval --limit 10\n"
@@ -600,7 +614,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return EXIT_INTERNAL
     if not args.quiet:
         c = report["classification"]
-        print(f"{NOTICE}: {c['n']} cases, accuracy {_fmt(c['accuracy'])}; "
+        print(f"{report['benchmark']}: {c['n']} cases, accuracy {_fmt(c['accuracy'])}; "
               f"wrote {Path(args.out) / 'metrics.json'} and {Path(args.out) / 'metrics.md'}")
     return EXIT_OK
 

@@ -2,12 +2,14 @@
 
 ::
 
-    python -m training.export runs/brain-cpu --out Resources/Models/brain-cpu-demo --version 0.1.0
+    python -m training.export runs/brain-cpu --out Resources/Models/brain-cpu --version 0.1.0
 
 The bundle (`ACATLogic.bundle.save_bundle`): baseline, autoencoder and ACAT weights as safetensors, and
 a card holding the input spec, the counterfactual parameters the saliency stage used, the data the models
 saw, and every validation and test metric of done.json - each with the exact command line that
-produced it (recorded by train / pipeline in done.json and commands.jsonl). The bundle is loaded back
+produced it (recorded by train / pipeline in done.json and commands.jsonl; absolute paths written relative
+to the run, the data and the bundle: `training.portable`), the task's name, classes and healthy class from the
+training config, and a README.md in the Hugging Face model-card layout. The bundle is loaded back
 (`load_bundle`: sha256, names and shapes checked) before the command reports success.
 
 Refused: an autoencoder that fails `training.autoencoder_fitness.GATE` on the validation split (the
@@ -30,6 +32,9 @@ from ACATLogic.options import RESOLVED_KEYS
 from . import autoencoder_fitness
 from .checkpoint import atomic_write_text, load_weights, sha256_file
 from .config import InputConfig
+from .manifest import is_simulated
+from .model_card import hub_front_matter, slug
+from .portable import dataset_folder, portable
 from .run_folder import RunFolder, command_line
 
 BUNDLE_TASK = {"brain": "brain_stroke", "lung": "lung_covid"}
@@ -67,13 +72,19 @@ def dataset_command(manifest_path) -> str:
         return ""
 
 
-def render_model_readme(card: dict, export_command: str = "", data_command: str = "") -> str:
-    """The bundle's model card in words (README.md): what it is, on what data, how well, made how."""
+def render_model_readme(card: dict, export_command: str = "", data_command: str = "", *, simulated: bool = True,
+                        datasets=()) -> str:
+    """The bundle's model card in words (README.md): what it is, on what data, how well, made how - in the
+    Hugging Face model-card layout (YAML front matter, then the text). "SIMULATED" only for simulated data."""
     spec = card["input"]
-    lines = [f"# {card['id']} (version {card['version']})", "",
-             f"**{card['intended_use']}** Trained on SIMULATED data (the phantom benchmark): real CT anatomy "
-             "with simulated lesions; its numbers say nothing about patients.", "",
-             f"- task: `{card['task']}`; classes: {', '.join(card['labels'])}",
+    data = ("Trained on SIMULATED data (the phantom benchmark): real CT anatomy with simulated lesions; its "
+            "numbers say nothing about patients." if simulated else
+            "Its numbers come from the data named below; check them on your own data before relying on them.")
+    healthy = card["labels"][card.get("healthy_index", 0)]
+    lines = [hub_front_matter(card, simulated=simulated, datasets=datasets).rstrip("\n"), "",
+             f"# {card['id']} (version {card['version']})", "",
+             f"**{card['intended_use']}** {data}", "",
+             f"- task: `{card['task']}`; classes: {', '.join(card['labels'])} (healthy / negative: {healthy})",
              f"- input: {spec['slices']} axial slices of {spec['size'][0]} x {spec['size'][1]} pixels, HU window "
              f"(level, width) {tuple(spec['hu_window'])}, alignment `{spec['alignment']}`",
              "- models: " + "; ".join(f"{role} `{m['architecture']}` ({m['weights']})"
@@ -87,7 +98,9 @@ def render_model_readme(card: dict, export_command: str = "", data_command: str 
         dict.fromkeys(m["command"] for m in card["metrics"] if m.get("command")))
     if export_command:
         commands.append(export_command)
-    lines += ["", "## Commands that produced it", "", "```sh", *commands, "```", "",
+    lines += ["", "## Commands that produced it", "",
+              "From the repository root, with `RUN` the training run's folder, `DATA` the dataset's and `BUNDLE` "
+              "this folder:", "", "```sh", *commands, "```", "",
               "Method: Fontanella et al., \"ACAT: Adversarial Counterfactual Attention for Classification and "
               "Detection in Medical Imaging\", ICML 2023.", ""]
     return "\n".join(lines)
@@ -119,6 +132,11 @@ def export(run_dir, out, *, bundle_id: Optional[str] = None, version: str = "0.1
     baseline_done = _done(run, "baseline")
     trained_from = baseline_done["fingerprint"]["config"]
     task = trained_from["data"]["task"]
+    labels = list(models["baseline"].class_names)
+    healthy = trained_from["data"].get("healthy_class") or labels[0]
+    data_dir = dataset_folder(trained_from["data"]["path"])
+    simulated = trained_from["data"]["source"] == "phantom" or is_simulated(trained_from["data"]["path"])
+    here = lambda text: portable(text, run.root, data_dir=data_dir, bundle_dir=out)  # noqa: E731 - no absolute path
     spec = InputConfig(**trained_from["input"]).spec()
     saliency_done = run.read_done("saliency") or {}
     explanation = {k: v for k, v in saliency_done.get("parameters", {}).items() if k in RESOLVED_KEYS}
@@ -126,7 +144,7 @@ def export(run_dir, out, *, bundle_id: Optional[str] = None, version: str = "0.1
         explanation["variant"] = "paper"
     data = baseline_done.get("data", {})
     source = trained_from["data"]
-    training_data = (f"{source['source']} data {source['path']}: {data.get('train', '?')}/{data.get('val', '?')}/"
+    training_data = (f"{source['source']} data {here(source['path'])}: {data.get('train', '?')}/{data.get('val', '?')}/"
                      f"{data.get('test', '?')} scans (train/val/test), {data.get('skipped', 0)} skipped; "
                      f"split seed {source['split_seed']}; training seed {trained_from['seed']}")
     commands = {stage: (run.read_done(stage) or {}).get("command", "") for stage in ("baseline", "autoencoder",
@@ -140,12 +158,17 @@ def export(run_dir, out, *, bundle_id: Optional[str] = None, version: str = "0.1
         {"name": f"fitness_{name}", "value": float(fitness_numbers[name]), "split": "val", "model": "autoencoder",
          "command": fitness_command}
         for name, _, _ in autoencoder_fitness.GATE if math.isfinite(fitness_numbers[name])]
-    save_bundle(out, models=models, bundle_id=bundle_id or Path(out).name, version=version, task=BUNDLE_TASK[task],
+    metrics = [{**m, "command": here(m["command"])} for m in metrics]
+    card_task = BUNDLE_TASK.get(task, task)
+    save_bundle(out, models=models, bundle_id=bundle_id or Path(out).name, version=version, task=card_task,
                 spec=spec, training_data=training_data, metrics=metrics, licence=licence,
-                explanation=explanation, description=description, overwrite=overwrite)
+                explanation=explanation, description=here(description), overwrite=overwrite,
+                healthy_index=labels.index(healthy))
     bundle = load_bundle(out)  # refuse to report success for a bundle the application could not open
+    datasets = [f"acat-phantom-{card_task}" if simulated else slug(data_dir.name if data_dir else task)]
     atomic_write_text(Path(out) / "README.md",
-                      render_model_readme(bundle.card, command or "", dataset_command(source["path"])))
+                      render_model_readme(bundle.card, here(command or ""), here(dataset_command(source["path"])),
+                                          simulated=simulated, datasets=datasets))
     if command:
         run.record_command(command, "export")
     return Path(out)
@@ -155,7 +178,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="python -m training.export", description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir", help="the run folder (out_dir of the training config)")
-    parser.add_argument("--out", required=True, help="bundle folder, e.g. Resources/Models/brain-demo")
+    parser.add_argument("--out", required=True, help="bundle folder, e.g. Resources/Models/brain-cpu")
     parser.add_argument("--id", help="bundle id (default: the --out folder's name)")
     parser.add_argument("--version", default="0.1.0")
     parser.add_argument("--licence", default="Apache-2.0")

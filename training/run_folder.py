@@ -165,7 +165,10 @@ def _common(cfg: TrainConfig) -> dict:
     d = cfg.data
     return {"seed": cfg.seed, "input": cfg.to_dict()["input"],
             "data": {"source": d.source, "path": d.path, "task": d.task, "mosmed_classes": d.mosmed_classes,
-                     "split_fractions": d.split_fractions, "split_seed": d.split_seed, "on_error": d.on_error}}
+                     "split_fractions": d.split_fractions, "split_seed": d.split_seed, "on_error": d.on_error,
+                     # only when set: the runs of the brain and lung tasks keep their fingerprints
+                     **({"labels": list(d.labels)} if d.labels else {}),
+                     **({"healthy_class": d.healthy_class} if d.healthy_class else {})}}
 
 
 def stage_config(cfg: TrainConfig, stage: str) -> dict:

@@ -2,7 +2,10 @@
 
 Voxels are stored as int16 with RescaleSlope 1 and RescaleIntercept 0, so integer HU round-trip
 exactly; fractional HU are rounded to the nearest integer (a warning is returned). No patient name,
-ID or birth date is written: those attributes are present but empty, as the standard allows.
+ID or birth date is written: those attributes are present but empty, as the standard allows; so are the
+other type 2 attributes of the CT Image IOD that a volume does not know (study date and time, accession
+number, referring physician, position reference, kVp, ...), so the series passes a DICOM validator
+(dciodvfy) and other tools (highdicom) accept it as a source.
 """
 
 from __future__ import annotations
@@ -82,14 +85,23 @@ def write_dicom_series(volume: CTVolume, out_dir: Path, *, series_description: s
                 ds.SeriesInstanceUID = series_uid
                 ds.FrameOfReferenceUID = frame_uid
                 ds.StudyID = ""
+                # type 2 (present, may be empty) in the General Study, General Series, Frame of Reference and
+                # CT Image modules: we know none of them, and dates or names would be identifying anyway
+                ds.StudyDate = ""
+                ds.StudyTime = ""
+                ds.ReferringPhysicianName = ""
+                ds.AccessionNumber = ""
+                ds.Laterality = ""
+                ds.PatientPosition = ""
+                ds.PositionReferenceIndicator = ""
+                ds.AcquisitionNumber = ""
                 ds.SeriesNumber = series_number
                 ds.InstanceNumber = k + 1
                 ds.ImagePositionPatient = _ds(volume.origin_mm + k * k_step)
                 ds.ImageOrientationPatient = iop
                 ds.PixelSpacing = pixel_spacing
                 ds.SliceThickness = format_number_as_ds(float(meta.get("slice_thickness_mm", volume.spacing_mm[2])))
-                if "kvp" in meta:
-                    ds.KVP = format_number_as_ds(float(meta["kvp"]))
+                ds.KVP = format_number_as_ds(float(meta["kvp"])) if "kvp" in meta else ""
                 ds.SamplesPerPixel = 1
                 ds.PhotometricInterpretation = "MONOCHROME2"
                 ds.Rows, ds.Columns = int(pixels.shape[1]), int(pixels.shape[2])

@@ -10,7 +10,7 @@ line naming the path:
   file systems, bind mounts);
 * an output of the wrong kind (an existing file where a folder is written, or a folder where a file is),
   an existing output without ``--overwrite``, and, even with it, a non-empty folder that does not hold
-  earlier results (a ``report.json`` and no subfolders): ``--out ~ --overwrite`` must not empty a home folder;
+  earlier results (a ``report.json``, no subfolder but ``dicom``): ``--out ~ --overwrite`` must not empty a home folder;
 * a place that cannot be written (permissions, a read-only file system): found by creating the lock;
 * an output that another ACAT run is writing now.
 
@@ -253,12 +253,18 @@ class OutputClaim:
     lock: Optional[OutputLock] = None
 
 
+#: the only subfolder `acat explain` writes into its results (``--dicom``: `ACATLogic.dicom_export`)
+RESULT_SUBFOLDERS = ("dicom",)
+
+
 def _earlier_results(folder: Path) -> bool:
-    """Whether ``folder`` looks like what `acat explain` writes (its report.json, files only): the only kind of
-    non-empty folder that --overwrite replaces (never a home folder or a study folder given by mistake)."""
+    """Whether ``folder`` looks like what `acat explain` writes (its report.json, files and at most its
+    ``dicom`` subfolder): the only kind of non-empty folder that --overwrite replaces (never a home folder
+    or a study folder given by mistake)."""
     with os.scandir(folder) as it:
         entries = list(it)
-    return any(e.name == "report.json" for e in entries) and not any(e.is_dir(follow_symlinks=False) for e in entries)
+    return any(e.name == "report.json" for e in entries) and not any(
+        e.is_dir(follow_symlinks=False) and e.name not in RESULT_SUBFOLDERS for e in entries)
 
 
 def _nonempty(folder: Path) -> bool:

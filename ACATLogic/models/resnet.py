@@ -12,6 +12,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Optional
 
 from torch import Tensor, nn
 
@@ -85,28 +86,59 @@ class LungResNet(ScanClassifier):
     class_names = ("normal", "covid19")
     task = "lung"
 
-    def __init__(self, depths: Sequence[int] = (3, 4, 6, 3), base_width: int = 64) -> None:
+    def __init__(self, depths: Sequence[int] = (3, 4, 6, 3), base_width: int = 64,
+                 class_names: Optional[Sequence[str]] = None) -> None:
         super().__init__()
         self.config = {"depths": [int(d) for d in depths], "base_width": int(base_width)}
+        if class_names is not None:  # another task's classes (recorded, so the card rebuilds the same head)
+            self.class_names = check_class_names(class_names)
+            self.config["class_names"] = list(self.class_names)
         self.layout = SliceLayout()
         self.backbone = ResNetBackbone(depths, base_width, in_channels=1)
         self.head = nn.Linear(self.feature_dim, len(self.class_names))
 
 
+def check_class_names(class_names: Sequence[str]) -> tuple[str, ...]:
+    """At least two distinct, non-empty class names (ValueError otherwise)."""
+    names = tuple(str(n) for n in class_names)
+    if len(names) < 2 or len(set(names)) != len(names) or not all(n.strip() for n in names):
+        raise ValueError(f"class_names must be at least two distinct names, not {list(class_names)}")
+    return names
+
+
 def _named(model: LungResNet, name: str) -> LungResNet:
-    # the name alone fixes the architecture, so the recorded config is empty
+    # the name alone fixes the architecture, so the recorded config is empty (but for another task's classes)
     model.registry_name = name
-    model.config = {}
+    model.config = {"class_names": model.config["class_names"]} if "class_names" in model.config else {}
     return model
 
 
 @register_model("lung_resnet50")
-def lung_resnet50() -> LungResNet:
+def lung_resnet50(class_names: Optional[Sequence[str]] = None) -> LungResNet:
     """The paper's layout: ResNet-50 trunk (depths (3, 4, 6, 3), base width 64), 1-channel input."""
-    return _named(LungResNet(depths=(3, 4, 6, 3), base_width=64), "lung_resnet50")
+    return _named(LungResNet(depths=(3, 4, 6, 3), base_width=64, class_names=class_names), "lung_resnet50")
 
 
 @register_model("lung_resnet_small")
-def lung_resnet_small() -> LungResNet:
+def lung_resnet_small(class_names: Optional[Sequence[str]] = None) -> LungResNet:
     """One bottleneck per layer, base width 8 (256 output channels): small enough for CPU."""
-    return _named(LungResNet(depths=(1, 1, 1, 1), base_width=8), "lung_resnet_small")
+    return _named(LungResNet(depths=(1, 1, 1, 1), base_width=8, class_names=class_names), "lung_resnet_small")
+
+
+@register_model("slice_resnet")
+class SliceResNet(LungResNet):
+    """Any task's classifier: the lung ResNet's design (a ResNet on every slice, averaged) with the task's own
+    classes, for a task that is neither brain stroke nor lung COVID-19 (README, "Your own task").
+
+    x: (B, S, 1, H, W) float32 in [0, 1] -> (B, len(class_names)) logits.
+
+    Args:
+        class_names: the classes in index order (the training config's ``data.labels``).
+        depths, base_width: as `LungResNet`; the defaults are ``lung_resnet_small``'s (CPU-sized).
+    """
+
+    task = ""
+
+    def __init__(self, class_names: Sequence[str] = ("negative", "positive"), depths: Sequence[int] = (1, 1, 1, 1),
+                 base_width: int = 8) -> None:
+        super().__init__(depths=depths, base_width=base_width, class_names=class_names)

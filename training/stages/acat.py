@@ -28,7 +28,7 @@ from .baseline import summarise
 def build_model(cfg: TrainConfig, run) -> nn.Module:
     """ACAT with the image branch and head copied from ``run``'s trained baseline."""
     baseline = load_weights(run.weights("baseline"))
-    model = create_model("acat", backbone=cfg.model.baseline, **cfg.model.acat_config, **cfg.model.baseline_config)
+    model = create_model("acat", backbone=cfg.model.baseline, **cfg.model.acat_config, **cfg.baseline_model_config())
     model.load_image_branch_from(baseline)
     return model
 

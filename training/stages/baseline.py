@@ -32,17 +32,17 @@ from .stage import TrainableStage
 
 
 def build_model(cfg: TrainConfig, run=None) -> nn.Module:  # noqa: ARG001 - same signature as acat's
-    return create_model(cfg.model.baseline, **cfg.model.baseline_config)
+    return create_model(cfg.model.baseline, **cfg.baseline_model_config())
 
 
-def class_weights(task: str, train_labels, enabled: bool) -> dict[str, Tensor]:
+def class_weights(task: str, train_labels, enabled: bool, num_classes: int = 2) -> dict[str, Tensor]:
     """Brain: {"lesion": (2,), "side": (3,)}; lung: {"classes": (2,)}. All ones when not ``enabled``."""
     labels = np.asarray(train_labels, dtype=np.int64)
     if task == "brain":
         weights = {"lesion": inverse_frequency((labels > 0).astype(np.int64), 2),
                    "side": inverse_frequency(labels[labels > 0] - 1, 3)}
     else:
-        weights = {"classes": inverse_frequency(labels, 2)}
+        weights = {"classes": inverse_frequency(labels, num_classes)}
     if not enabled:
         weights = {k: torch.ones_like(v) for k, v in weights.items()}
     return weights
@@ -82,7 +82,8 @@ class ClassificationLoss(nn.Module):
 
 def make_loss(model: nn.Module, cfg: TrainConfig, train_labels, uses_saliency: bool = False, run=None) -> nn.Module:  # noqa: ARG001
     optim = cfg.acat if uses_saliency else cfg.baseline
-    return ClassificationLoss(model, cfg.data.task, class_weights(cfg.data.task, train_labels, optim.class_weights),
+    return ClassificationLoss(model, cfg.data.task, class_weights(cfg.data.task, train_labels, optim.class_weights,
+                                                                  len(cfg.class_names)),
                               uses_saliency)
 
 
