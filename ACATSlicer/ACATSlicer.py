@@ -26,7 +26,7 @@ from ACATSlicerLib import compatibility, dependencies, display, paths, sample_da
 from ACATSlicerLib.controller import ExplainController
 from ACATSlicerLib.layout import ViewOptions
 from ACATSlicerLib.models import SettingsStore
-from ACATSlicerLib.panel import PanelBinding, parameterWidgets
+from ACATSlicerLib.panel import PanelBinding, fillResultSelectors, parameterWidgets
 from ACATSlicerLib.parameters import NodeParameter, Parameter, ParameterNode, explainOptionParameters
 from ACATSlicerLib.request import ExplainRequest
 from ACATSlicerLib.runner import CANCELLED, SUCCEEDED, ExplainProcess
@@ -54,7 +54,8 @@ class ACATSlicer(ScriptedLoadableModule):
         self.parent.categories = [translate("qSlicerAbstractCoreModule", "Quantification")]
         self.parent.dependencies = []
         self.parent.contributors = ["ACAT for 3D Slicer contributors"]
-        self.parent.helpText = _(
+        problem = versionProblem()
+        self.parent.helpText = ("<b>{problem}</b><br>".format(problem=_(problem)) if problem else "") + _(
             "<b>{researchUse}</b><br>Explains the prediction of a CT classifier (brain stroke, lung COVID-19): "
             "the predicted class and its probabilities, a saliency overlay showing where the model looked, and "
             "counterfactual volumes - the scan as the model thinks it would look as another class - beside the "
@@ -65,10 +66,8 @@ class ACATSlicer(ScriptedLoadableModule):
         self.parent.acknowledgementText = _(
             "The method is from: {paper} This module re-implements it for 3D Slicer; the models shipped with it "
             "are trained on SIMULATED data and are not the paper's models.").format(paper=PAPER)
-        if versionProblem():
-            self.parent.helpText = "<b>{problem}</b><br>".format(problem=_(versionProblem())) + self.parent.helpText
-            return
-        slicer.app.connect("startupCompleted()", registerSampleData)
+        if not problem:
+            slicer.app.connect("startupCompleted()", registerSampleData)
 
 
 def registerSampleData() -> None:
@@ -323,21 +322,7 @@ class ACATSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             "<b>Prediction: {label}</b><br>{probabilities}<br>Computed on: {device}<br><i>{researchUse}</i>").format(
             label=result.prediction, probabilities=probabilities, device=result.device or _("not recorded"),
             researchUse=_(RESEARCH_USE))
-        self.ui.overlaySelector.blockSignals(True)
-        self.ui.overlaySelector.clear()
-        self.ui.overlaySelector.addItem(_("saliency"), "")
-        for name in result.keys("attention"):
-            self.ui.overlaySelector.addItem(_("attention: {name}").format(name=name), name)
-        self.ui.overlaySelector.blockSignals(False)
-        self.ui.besideSelector.blockSignals(True)
-        self.ui.besideSelector.clear()
-        for kind, title in (("counterfactual", _("counterfactual towards {name}")),
-                            ("difference", _("difference towards {name} (HU)"))):
-            for name in result.keys(kind):
-                self.ui.besideSelector.addItem(title.format(name=name), f"{kind}:{name}")
-        self.ui.besideSelector.setCurrentIndex(self.ui.besideSelector.findData(
-            f"counterfactual:{result.shownCounterfactualKey()}"))
-        self.ui.besideSelector.blockSignals(False)
+        fillResultSelectors(self.ui.overlaySelector, self.ui.besideSelector, result, _)
         self.ui.resultsCollapsibleButton.collapsed = False
 
     def onOverlaySelected(self, index=None) -> None:

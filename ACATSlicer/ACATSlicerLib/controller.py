@@ -274,6 +274,9 @@ class ExplainController:
     def _removeRunDir(self) -> None:
         if self.runDir is not None and self._inResultsRoot(self.runDir):
             shutil.rmtree(self.runDir, ignore_errors=True)
+        if self._resultsRoot is not None and not any(self._resultsRoot.iterdir()):
+            self._resultsRoot.rmdir()  # nothing kept: leave no empty folder behind
+            self._resultsRoot = None
 
     def _inResultsRoot(self, path) -> bool:
         if self._resultsRoot is None:

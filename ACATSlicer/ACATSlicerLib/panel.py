@@ -127,3 +127,24 @@ class PanelBinding:
                     widget.blockSignals(wasBlocked)
         finally:
             self._updating = False
+
+
+def fillResultSelectors(overlaySelector, besideSelector, result, translate=lambda text: text) -> None:
+    """The overlay choices (the saliency, each attention mask) and the choices of the view beside the original
+    (each counterfactual, each difference map) of ``result`` (`results.ExplanationNodes`), without signals;
+    the counterfactual shown beside the original is selected. Item data: "" or the mask name, and
+    "counterfactual:<key>" / "difference:<key>"."""
+    wasBlocked = overlaySelector.blockSignals(True)
+    overlaySelector.clear()
+    overlaySelector.addItem(translate("saliency"), "")
+    for name in result.keys("attention"):
+        overlaySelector.addItem(translate("attention: {name}").format(name=name), name)
+    overlaySelector.blockSignals(wasBlocked)
+    wasBlocked = besideSelector.blockSignals(True)
+    besideSelector.clear()
+    for kind, title in (("counterfactual", translate("counterfactual towards {name}")),
+                        ("difference", translate("difference towards {name} (HU)"))):
+        for name in result.keys(kind):
+            besideSelector.addItem(title.format(name=name), f"{kind}:{name}")
+    besideSelector.setCurrentIndex(besideSelector.findData(f"counterfactual:{result.shownCounterfactualKey()}"))
+    besideSelector.blockSignals(wasBlocked)
