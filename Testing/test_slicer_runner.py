@@ -267,6 +267,14 @@ def test_cancel_right_after_start_leaves_nothing(slicer_scene, head, slow_bundle
     before = scene.GetNumberOfNodes()
     run = ExplainController(scene, workRoot=tmp_path)
     run.start(head, cpu(slow_bundle))
+    assert run.stage == "writing" and run.runner is None  # the input is written in a worker first
+    assert run.cancel().state == CANCELLED and run.runner is None  # cancelled there: no child ever started
+    assert list(tmp_path.iterdir()) == []
+    run.start(head, cpu(slow_bundle))
+    deadline = time.monotonic() + 60
+    while run.runner is None:
+        assert run.poll() is None and time.monotonic() < deadline
+        time.sleep(0.01)
     pid = run.runner.pid
     assert run.cancel().state == CANCELLED
     with pytest.raises(ProcessLookupError):
