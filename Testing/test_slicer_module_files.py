@@ -80,8 +80,13 @@ def test_top_level_cmake_has_real_metadata_and_adds_the_module():
     for key in ("HOMEPAGE", "CONTRIBUTORS", "DESCRIPTION", "ICONURL"):
         value = re.search(rf'set\(EXTENSION_{key} "([^"]*)"\)', text).group(1)
         assert value, key
-    assert (ROOT / re.search(r'set\(EXTENSION_ICONURL "([^"]*)"\)', text).group(1)).is_file()
-    assert (ROOT / re.search(r'set\(EXTENSION_HOMEPAGE "([^"]*)"\)', text).group(1)).is_file()
+    base = {"${ACAT_RAW_URL}": "", "${ACAT_PUBLIC_URL}": ""}  # relative until the repository is published
+    for key in ("ICONURL", "SCREENSHOTURLS", "HOMEPAGE"):
+        value = re.search(rf'set\(EXTENSION_{key} "([^"]*)"\)', text).group(1)
+        for variable, replacement in base.items():
+            value = value.replace(variable, replacement)
+        assert (ROOT / value).is_file(), key
+    assert "5.10 or newer" in text and (ROOT / "LICENSE.txt").read_text().lstrip().startswith("Apache License")
     assert "Fontanella" in text and "ICML 2023" in text
 
 
