@@ -268,7 +268,9 @@ class NodeComboBox(Widget):
             self.emit("currentNodeIDChanged(QString)", node.GetID() if node is not None else "")
 
     def choose(self, node) -> None:
-        """A user's choice in the list."""
+        """A user's choice in the list ("None" is in the list only with noneEnabled)."""
+        if node is None and not self.noneEnabled:
+            raise AssertionError(f"{self.name} offers no 'None' item")
         self.setCurrentNode(node)
 
 
