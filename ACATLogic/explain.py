@@ -78,6 +78,14 @@ def pick_device(device: str = "auto") -> torch.device:
     return torch.device("cuda" if device == "gpu" else device)
 
 
+def device_name(device: torch.device) -> str:
+    """"cuda:0", "mps", "cpu": the device with the index CUDA uses for it (torch.device("cuda") has none)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return f"cuda:{torch.cuda.current_device() if device.index is None else device.index}"
+    return str(device)
+
+
 def default_batch_chunks(device: torch.device, targets: int, slices: int) -> int:
     """Chunks optimised at once, so that about this many images go through decoder + classifier together:
     256 on a GPU (bounds memory; larger batches keep it busy), 64 on a CPU, where a larger batch's
@@ -136,6 +144,7 @@ class Explanation:
     stopped_step: dict = field(default_factory=dict)  # target label -> the step each chunk stopped at
     latent_l1: dict = field(default_factory=dict)  # target label -> mean |z' - E(x)| (mean over chunks)
     timings: dict = field(default_factory=dict)
+    device: str = ""  # where it was computed: "cuda:0", "mps", "cpu" (report.json's "device")
     preprocessing: dict = field(default_factory=dict)
     warnings: list = field(default_factory=list)
 
@@ -239,6 +248,7 @@ class Explainer:
         with run.timed("map_back_s"):
             explanation = self._explanation(run)
         explanation.timings = {k: round(v, 4) for k, v in run.timings.items()}
+        explanation.device = device_name(self.device)
         progress(1.0, "done")
         return explanation
 

@@ -50,6 +50,7 @@ def build_report(explanation: Explanation, bundle: ModelBundle, volume: CTVolume
         "latent_l1": explanation.latent_l1,
         "trajectory": explanation.trajectory,
         "slice_weights": explanation.slice_weights,
+        "device": explanation.device,
         "timings_s": {**explanation.timings, **(extra_timings or {})},
         "input": {**_geometry(volume), "modality": volume.metadata.get("modality"),
                   "warnings": list(volume.warnings)},

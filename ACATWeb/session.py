@@ -14,8 +14,6 @@ the results layout puts beside the axial one.
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Optional
 
@@ -150,13 +148,13 @@ class ViewerSession:
         if self.result is None:
             return None
         kind, _, key = self.overlay.partition(":")
-        return self.result.attention[key] if kind == "attention" else self.result.saliency
+        return self.controller.loadMap("attention", key) if kind == "attention" else self.result.saliency
 
     def right_node(self):
         if self.result is None or not self.right:
             return None
         kind, _, key = self.right.partition(":")
-        return (self.result.differences if kind == "difference" else self.result.counterfactuals).get(key)
+        return self.controller.loadMap("difference" if kind == "difference" else "counterfactual", key)
 
     def show_results(self, overlay: Optional[str] = None, right: Optional[str] = None,
                      opacity: Optional[float] = None, percentile: Optional[float] = None) -> None:
@@ -176,7 +174,7 @@ class ViewerSession:
         self.opacity = self.opacity if opacity is None else min(max(float(opacity), 0.0), 1.0)
         self.percentile = self.percentile if percentile is None else min(max(float(percentile), 0.0), 100.0)
         node = self.overlay_node()
-        display.applySaliencyThreshold(node, self.percentile)
+        display.applySaliencyThreshold(node, self.percentile, self.result.histogram(node))
         display.showOverlay(self.scene, self.result.inputNode, node, self.opacity)
         right_node = self.right_node()
         if right_node is not None and layout.sliceNodeByLayoutName(self.scene, self.counterfactual_view) is not None:
@@ -212,13 +210,11 @@ class ViewerSession:
 
     # -- download ----------------------------------------------------------------------------------
     def export_zip(self, folder: Path, name: str = "acat-results.zip") -> Path:
-        """The shown result as ``folder/name``: every result volume as NRRD plus report.json (ACATSlicerLib's
-        export), zipped; written under a temporary name and renamed. Raises ValueError with no result."""
+        """The shown result as ``folder/name``: the results folder that ``acat explain`` wrote, as it is
+        (the one the Slicer module exports), zipped; written under a temporary name and renamed. Raises
+        ValueError with no result."""
         if self.result is None:
             raise ValueError("explain a CT first")
-        work = Path(tempfile.mkdtemp(prefix="export-", dir=folder))
-        try:
-            files = self.controller.exportResults(work / "acat-results")
-            return download.zip_files(files, Path(folder) / name, arcdir="acat-results")
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
+        if self.result.outDir is None or not Path(self.result.outDir).is_dir():
+            raise ValueError("the results of this explanation are no longer available; explain the CT again")
+        return download.zip_folder(self.result.outDir, Path(folder) / name, arcdir="acat-results")

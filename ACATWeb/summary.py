@@ -17,11 +17,12 @@ def view_choices(result) -> dict:
     counterfactual the Slicer module puts beside the original ("" when the method makes none).
     Each choice is {"title": shown text, "value": key}."""
     overlays = [{"title": "saliency", "value": SALIENCY}]
-    overlays += [{"title": f"attention: {k}", "value": f"attention:{k}"} for k in result.attention]
-    rights = [{"title": f"counterfactual towards {k}", "value": f"counterfactual:{k}"} for k in result.counterfactuals]
-    rights += [{"title": f"difference towards {k} (HU)", "value": f"difference:{k}"} for k in result.differences]
-    shown = result.shownCounterfactual()
-    default = next((f"counterfactual:{k}" for k, v in result.counterfactuals.items() if v is shown), "")
+    overlays += [{"title": f"attention: {k}", "value": f"attention:{k}"} for k in result.keys("attention")]
+    rights = [{"title": f"counterfactual towards {k}", "value": f"counterfactual:{k}"}
+              for k in result.keys("counterfactual")]
+    rights += [{"title": f"difference towards {k} (HU)", "value": f"difference:{k}"} for k in result.keys("difference")]
+    shown = result.shownCounterfactualKey()
+    default = f"counterfactual:{shown}" if shown else ""
     return {"overlays": overlays, "rights": rights, "right_default": default}
 
 

@@ -17,7 +17,7 @@ import slicer  # noqa: E402
 from slicer_scene import slicer_scene_fixture  # noqa: E402
 
 from ACATLogic.options import ExplainOptions  # noqa: E402
-from ACATSlicerLib import dependencies, sample_data  # noqa: E402
+from ACATSlicerLib import dependencies, nrrd_exchange, sample_data  # noqa: E402
 from ACATSlicerLib.controller import ExplainController  # noqa: E402
 from ACATSlicerLib.cpu_fallback import CpuFallback, isOutOfGpuMemory  # noqa: E402
 from ACATSlicerLib.dependencies import PIP, PYTORCH_UTILS, InstallError, Requirement  # noqa: E402
@@ -202,8 +202,8 @@ def test_sample_data_case_loads_through_slicer_with_the_generated_geometry(slice
 
 
 def test_nrrd_writer_refuses_what_it_cannot_write(tmp_path):
-    with pytest.raises(ValueError, match="3-D float32 or uint8"):
-        sample_data.writeNrrd(np.zeros((2, 2), np.float32), np.eye(4), tmp_path / "x.nrrd")
+    with pytest.raises(ValueError, match="3-D array of"):
+        nrrd_exchange.writeNrrd(np.zeros((2, 2), np.float32), np.eye(4), tmp_path / "x.nrrd")
     assert list(tmp_path.iterdir()) == []
 
 

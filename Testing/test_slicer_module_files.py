@@ -18,7 +18,8 @@ MODULE_PY = MODULE / "ACATSlicer.py"
 UI = MODULE / "Resources" / "UI" / "ACATSlicer.ui"
 # what a stock Slicer provides to a scripted module (SampleData is one of its modules), plus this project's
 # packages and the PyTorch extension
-PROVIDED = {"slicer", "vtk", "qt", "ctk", "numpy", "SampleData", "ACATLogic", "ACATSlicerLib", "PyTorchUtils"}
+PROVIDED = {"slicer", "vtk", "qt", "ctk", "numpy", "pydicom", "SampleData", "DICOMLib", "ACATLogic", "ACATSlicerLib",
+            "PyTorchUtils"}
 
 
 def _tree(path: Path) -> ast.Module:
@@ -79,8 +80,13 @@ def test_top_level_cmake_has_real_metadata_and_adds_the_module():
     for key in ("HOMEPAGE", "CONTRIBUTORS", "DESCRIPTION", "ICONURL"):
         value = re.search(rf'set\(EXTENSION_{key} "([^"]*)"\)', text).group(1)
         assert value, key
-    assert (ROOT / re.search(r'set\(EXTENSION_ICONURL "([^"]*)"\)', text).group(1)).is_file()
-    assert (ROOT / re.search(r'set\(EXTENSION_HOMEPAGE "([^"]*)"\)', text).group(1)).is_file()
+    base = {"${ACAT_RAW_URL}": "", "${ACAT_PUBLIC_URL}": ""}  # relative until the repository is published
+    for key in ("ICONURL", "SCREENSHOTURLS", "HOMEPAGE"):
+        value = re.search(rf'set\(EXTENSION_{key} "([^"]*)"\)', text).group(1)
+        for variable, replacement in base.items():
+            value = value.replace(variable, replacement)
+        assert (ROOT / value).is_file(), key
+    assert "5.10 or newer" in text and (ROOT / "LICENSE.txt").read_text().lstrip().startswith("Apache License")
     assert "Fontanella" in text and "ICML 2023" in text
 
 
@@ -90,11 +96,28 @@ def _ui_widgets() -> dict[str, ET.Element]:
     return {w.get("name"): w for w in root.iter("widget")}
 
 
-def _parameter_fields() -> dict[str, ast.expr]:
+def _parameter_fields() -> dict:
+    """name -> ("node", [MRML classes]) or (kind, choices) of every field of ACATSlicerParameterNode: the ones
+    its class body declares and the ones generated from ExplainOptions (the widget tests run the class)."""
+    sys.path.insert(0, str(MODULE))
+    from ACATSlicerLib.parameters import explainOptionParameters
+
     tree = _tree(MODULE_PY)
     cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "ACATSlicerParameterNode")
-    assert any(isinstance(d, ast.Name) and d.id == "parameterNodeWrapper" for d in cls.decorator_list)
-    return {s.target.id: s.annotation for s in cls.body if isinstance(s, ast.AnnAssign)}
+    assert [ast.unparse(b) for b in cls.bases] == ["ParameterNode"]
+    fields = {}
+    for statement in cls.body:
+        if isinstance(statement, ast.Assign) and isinstance(statement.value, ast.Call):
+            name, call = statement.targets[0].id, statement.value
+            if ast.unparse(call.func) == "NodeParameter":
+                fields[name] = ("node", [a.value for a in call.args])
+            elif ast.unparse(call.func) == "Parameter":
+                fields[name] = (ast.unparse(call.args[0]), None)
+    assert "extraFields = staticmethod(explainOptionParameters)" in ast.unparse(cls)
+    for name, field in explainOptionParameters().items():
+        assert name not in fields
+        fields[name] = (field.kind.__name__, field.choices)
+    return fields
 
 
 def _parameter_name(widget: ET.Element):
@@ -113,6 +136,11 @@ def test_every_widget_the_code_uses_exists_in_the_ui():
 
 
 def test_every_parameter_name_binds_to_a_field_of_a_matching_type():
+    """The .ui's SlicerParameterName properties name parameter-node fields, each shown by a widget that can
+    show its type (ACATSlicerLib/panel.py binds them; Testing/test_slicer_widget.py runs the binding)."""
+    sys.path.insert(0, str(MODULE))
+    from ACATSlicerLib.panel import SIGNALS
+
     fields = _parameter_fields()
     bound = {}
     for name, widget in _ui_widgets().items():
@@ -121,26 +149,20 @@ def test_every_parameter_name_binds_to_a_field_of_a_matching_type():
             continue
         assert param in fields, f"{name}: SlicerParameterName {param!r} is not a parameter-node field"
         assert param not in bound, f"{param!r} is bound twice"
-        bound[param] = widget.get("class")
-        annotation = ast.unparse(fields[param])
-        cls = widget.get("class")
-        if "Choice(" in annotation:
-            assert cls == "QComboBox", (param, cls)
-        elif annotation.startswith("Annotated[float"):
-            assert cls in ("ctkSliderWidget", "QDoubleSpinBox"), (param, cls)
-            assert "WithinRange" in annotation or cls == "QDoubleSpinBox"
-        elif annotation.startswith("Annotated[int"):
-            assert cls in ("QSpinBox", "QSlider"), (param, cls)
-        elif annotation == "str":
-            assert cls == "QLineEdit", (param, cls)
-        else:  # MRML node types
-            assert cls == "qMRMLNodeComboBox", (param, cls)
+        cls = bound[param] = widget.get("class")
+        assert cls in SIGNALS, (param, cls)
+        kind, detail = fields[param]
+        expected = {"node": {"qMRMLNodeComboBox"}, "float": {"ctkSliderWidget", "QDoubleSpinBox"},
+                    "int": {"QSpinBox"}, "bool": {"QCheckBox"},
+                    "str": {"QComboBox"} if detail else {"QLineEdit"}}[kind]
+        assert cls in expected, (param, cls, kind)
+        if kind == "node":
             types = [s.text for s in widget.find("property[@name='nodeTypes']").iter("string")]
-            assert sorted(types) == sorted(re.findall(r"vtkMRML\w+", annotation)), param
-    expected = {"inputVolume", "method", "device", "steps", "alpha", "stepSize", "targets", "reference",
+            assert sorted(types) == sorted(detail), param
+    expected = {"inputVolume", "method", "device", "variant", "steps", "alpha", "stepSize", "targets", "reference",
                 "opacity", "thresholdPercentile", "lesionMask"}
     assert set(bound) == expected
-    assert set(fields) - set(bound) == {"model"}  # the model selector is filled from the bundles found
+    assert "model" in set(fields) - set(bound)  # the model selector is filled from the bundles found
 
 
 def test_node_selectors_get_the_scene():
@@ -165,7 +187,8 @@ def test_panel_has_advanced_section_and_research_use_line():
 # -- the module file ------------------------------------------------------------------------------
 def test_module_file_is_thin_and_registers_the_sample_data_at_startup():
     text = MODULE_PY.read_text()
-    assert len(text.splitlines()) < 400, "move what is not Qt glue into ACATSlicerLib/"
+    # Qt glue only: the panel, the version gate, the install dialog, the DICOM self-test
+    assert len(text.splitlines()) < 480, "move what is not Qt glue into ACATSlicerLib/"
     assert 'slicer.app.connect("startupCompleted()", registerSampleData)' in text
     tree = _tree(MODULE_PY)
     register = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "registerSampleData")
@@ -210,9 +233,10 @@ def test_the_widget_talks_to_its_logic_only():
 
 
 def test_the_panels_explain_options_are_explainoptions_fields():
-    """Options are defined once (ACATLogic/options.py): every parameter-node field that is not the panel's
-    own (input, model, display, lesion) is an ExplainOptions field under its camelCase name, and its choices
-    are that field's."""
+    """Options are defined once (ACATLogic/options.py): the parameter node's fields besides the panel's own
+    (input, model, display, lesion) are exactly the ExplainOptions fields under their camelCase names, with
+    that field's choices (and "model default" first where the field leaves the choice to the model card);
+    none is listed by hand in the module."""
     import dataclasses
 
     from ACATLogic.options import ExplainOptions
@@ -223,16 +247,16 @@ def test_the_panels_explain_options_are_explainoptions_fields():
     options = {panelName(f.name): f for f in dataclasses.fields(ExplainOptions)}
     panel_own = {"inputVolume", "model", "opacity", "thresholdPercentile", "lesionMask"}
     fields = _parameter_fields()
-    assert set(fields) - panel_own <= set(options), set(fields) - panel_own - set(options)
-    assert {"method", "device", "steps", "alpha", "stepSize", "targets", "reference"} <= set(fields)
-    import ACATLogic.options as defined
-
-    for name, annotation in fields.items():
-        choice = re.search(r"Choice\((?:list\(|\[MODEL_DEFAULT, \*)([A-Z_]+)", ast.unparse(annotation))
-        if "Choice(" in ast.unparse(annotation):
-            assert choice, f"{name}: the panel's choices must be ACATLogic.options' constant"
-            assert tuple(getattr(defined, choice.group(1))) == tuple(options[name].metadata["choices"]), name
+    assert set(fields) - panel_own == set(options)
+    for name, f in options.items():
+        kind, choices = fields[name]
+        if f.metadata["choices"]:
+            expected = tuple(f.metadata["choices"]) if f.default is not None else (MODEL_DEFAULT,
+                                                                                   *f.metadata["choices"])
+            assert choices == expected, name
     assert MODEL_DEFAULT not in ExplainOptions.__dataclass_fields__["reference"].metadata["choices"]
+    text = MODULE_PY.read_text()
+    assert not re.search(r'(stepSize|stepsSpinBox|"step_size")\s*=', text)  # no option listed by hand
 
 
 def test_help_and_acknowledgement_cite_the_paper_and_say_research_use():
@@ -300,8 +324,11 @@ def test_icon_is_the_generated_drawing():
 
 
 def test_dependency_list_mirrors_pyproject():
+    """Every dependency of pyproject.toml is accounted for inside Slicer: installed when missing (torch,
+    safetensors, at pyproject's minimum), Slicer's own (never installed or replaced), or not needed there."""
     sys.path.insert(0, str(MODULE))
-    from ACATSlicerLib.dependencies import NOT_NEEDED_IN_SLICER, REQUIREMENTS, installPlan, missingRequirements
+    from ACATSlicerLib.dependencies import (NOT_NEEDED_IN_SLICER, REQUIREMENTS, SLICER_PROVIDES, installPlan,
+                                            missingRequirements, missingSlicerPackages)
 
     deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
     declared = {}
@@ -309,9 +336,26 @@ def test_dependency_list_mirrors_pyproject():
         name, _, minimum = re.match(r"([A-Za-z0-9_.-]+)\s*(>=\s*([0-9.]+))?", spec).groups()
         declared[name.lower()] = minimum
     listed = {r.distribution.lower(): r.minimum for r in REQUIREMENTS}
-    assert set(listed) | set(NOT_NEEDED_IN_SLICER) == set(declared)
+    provided = {name.lower() for name in SLICER_PROVIDES}
+    assert listed.keys() == {"torch", "safetensors"}
+    assert not (listed.keys() & provided) and not (listed.keys() & NOT_NEEDED_IN_SLICER.keys())
+    assert set(listed) | provided | set(NOT_NEEDED_IN_SLICER) == set(declared)
     assert listed == {k: v for k, v in declared.items() if k in listed}
-    assert missingRequirements() == []  # this environment has them all
-    torch_missing = [r for r in REQUIREMENTS if r.module in ("torch", "safetensors")]
-    assert installPlan(torch_missing, pyTorchUtilsAvailable=True) == (True, ["safetensors>=0.4"])
-    assert installPlan(torch_missing, pyTorchUtilsAvailable=False) == (False, ["torch>=2.4", "safetensors>=0.4"])
+    assert missingRequirements() == [] and missingSlicerPackages() == []  # this environment has them all
+    assert missingSlicerPackages({"acat-no-such": "acat_no_such_module"}) == ["acat-no-such"]
+    assert installPlan(list(REQUIREMENTS), pyTorchUtilsAvailable=True) == (True, ["safetensors>=0.4"])
+    assert installPlan(list(REQUIREMENTS), pyTorchUtilsAvailable=False) == (False, ["torch>=2.4", "safetensors>=0.4"])
+
+
+def test_what_loads_with_the_module_is_python_3_9_so_older_slicer_can_say_what_it_needs():
+    """Slicer 5.6 and 5.8 run Python 3.9: the module file and everything it imports when Slicer loads it must
+    parse there, so that the panel can say that Slicer 5.10 is needed instead of failing to load."""
+    files = [MODULE_PY, *sorted((MODULE / "ACATSlicerLib").glob("*.py")),
+             *(ROOT / "ACATLogic" / n for n in ("__init__.py", "options.py", "catalogue.py", "errors.py"))]
+    for path in files:
+        ast.parse(path.read_text(), filename=str(path), feature_version=(3, 9))
+    sys.path.insert(0, str(MODULE))
+    from ACATSlicerLib.compatibility import MINIMUM_SLICER, slicerVersionProblem
+
+    assert MINIMUM_SLICER == (5, 10) and slicerVersionProblem(5, 10) == "" and slicerVersionProblem(6, 0) == ""
+    assert "needs 3D Slicer 5.10 or newer; this is Slicer 5.8" in slicerVersionProblem(5, 8)

@@ -80,7 +80,12 @@ def write_output(folder, case, method="counterfactual", prediction="left", model
 
 def test_result_nodes_have_the_input_geometry_and_values(slicer_scene, case, tmp_path):
     scene = slicer_scene.scene
-    result = results.loadExplanationResults(scene, case["node"], write_output(tmp_path / "out", case))
+    out = write_output(tmp_path / "out", case)
+    first = results.loadExplanationResults(scene, case["node"], out)
+    # first the saliency and the counterfactual shown beside the original (towards healthy); the rest on demand
+    assert set(first.volumeNodes()) == {"saliency", "counterfactual_none"} and first.outDir == out
+    assert first.keys("attention") == ["early", "fused"] and sorted(first.keys("difference")) == sorted(LABELS)
+    result = results.loadExplanationResults(scene, case["node"], out, everything=True)
     expected = ijkToRasArray(case["node"])
     nodes = result.volumeNodes()
     assert set(nodes) == {"saliency", *(f"counterfactual_{k}" for k in LABELS), *(f"difference_{k}" for k in LABELS),
@@ -93,7 +98,11 @@ def test_result_nodes_have_the_input_geometry_and_values(slicer_scene, case, tmp
     diff = slicer.util.arrayFromVolume(result.differences["none"])
     assert diff[case["hot"]].tolist() == [-35.0] * int(case["hot"].sum())
     assert np.count_nonzero(diff[~case["hot"]]) == 0
-    assert slicer.util.arrayFromVolume(result.saliency)[case["hot"]].min() == 1.0
+    # [0, 1] maps are uint8 display copies, 0..255; the counterfactual keeps the input's float HU
+    assert slicer.util.arrayFromVolume(result.saliency).dtype == np.uint8
+    assert slicer.util.arrayFromVolume(result.saliency)[case["hot"]].min() == 255
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(result.counterfactuals["left"]),
+                                  read_itk_file(out / "counterfactual_left.nrrd").voxels_hu)
     # towards "none" (healthy) is what is shown beside a "left" prediction
     assert result.shownCounterfactual() is result.counterfactuals["none"]
     rows = tables.tableRows(result.probabilityTable)
@@ -123,11 +132,13 @@ def test_results_are_grouped_under_the_study_and_replaced_on_rerun(slicer_scene,
     assert hierarchy.findResultFolders(scene) == [second.folderItem]
     rebuilt = results.explanationFromFolder(scene, second.folderItem)
     assert rebuilt.saliency.GetID() == second.saliency.GetID()
-    assert set(rebuilt.counterfactuals) == set(LABELS) and rebuilt.prediction == "left"
+    assert set(rebuilt.keys("counterfactual")) == set(LABELS) and rebuilt.prediction == "left"
+    assert rebuilt.outDir == tmp_path / "b" and rebuilt.load("attention", "fused").GetScene() is scene
 
     third = results.loadExplanationResults(scene, case["node"], write_output(tmp_path / "c", case, method="gradient"))
     assert sorted(hierarchy.findResultFolders(scene)) == sorted([second.folderItem, third.folderItem])
-    assert not third.counterfactuals and third.saliency.GetName() == "Head CT test-model gradient saliency"
+    assert not third.keys("counterfactual") and third.saliency.GetName() == "Head CT test-model gradient saliency"
+    assert third.shownCounterfactual() is None
 
 
 def _nodeCounts(scene) -> dict:
@@ -153,7 +164,8 @@ def test_rerun_with_results_shown_replaces_every_node_of_the_previous_results(sl
     inputOwned = [n.GetID() for n in hierarchy.ownedNodes(inputNode)]
 
     def explainAndShow(n):
-        result = results.loadExplanationResults(scene, inputNode, write_output(tmp_path / f"run{n}", case))
+        result = results.loadExplanationResults(scene, inputNode, write_output(tmp_path / f"run{n}", case),
+                                                everything=True)
         for node in result.allNodes():  # as after a scene save: every storable result node has a storage node
             if node.IsA("vtkMRMLStorableNode") and node.GetStorageNode() is None:
                 assert node.AddDefaultStorageNode()
@@ -253,15 +265,23 @@ def test_bad_output_folder_leaves_the_scene_unchanged(slicer_scene, case, tmp_pa
     spacing, origin, direction = geometryFromIjkToRas(case["ijk_to_ras"])
     wrong = CTVolume(np.zeros((3, 4, 5), np.float32), spacing, origin, direction)
     write_itk_file(wrong, out / "attention_late.nrrd")
+    write_itk_file(wrong, out / "counterfactual_none.nrrd", overwrite=True)
     before = slicer_scene.nodeCount()
-    with pytest.raises(ValueError, match="attention_late.nrrd is not on the grid of 'Head CT'"):
+    with pytest.raises(ValueError, match="counterfactual_none.nrrd is not on the grid of the explained volume"):
         results.loadExplanationResults(slicer_scene.scene, case["node"], out)
     assert slicer_scene.nodeCount() == before
+    # a bad map read on demand leaves the scene as it was too
+    (out / "counterfactual_none.nrrd").unlink()
+    result = results.loadExplanationResults(slicer_scene.scene, case["node"], out)
+    count = slicer_scene.nodeCount()
+    with pytest.raises(ValueError, match="attention_late.nrrd is not on the grid"):
+        result.load("attention", "late")
+    assert slicer_scene.nodeCount() == count and "late" not in result.attention
 
 
 def test_overlay_in_every_slice_view_with_heat_colours_and_threshold(slicer_scene, case, tmp_path):
     scene = slicer_scene.scene
-    result = results.loadExplanationResults(scene, case["node"], write_output(tmp_path / "out", case))
+    result = results.loadExplanationResults(scene, case["node"], write_output(tmp_path / "out", case), everything=True)
     layout.showResults(scene, result, layout.ViewOptions(opacity=0.7, sideBySide=False))
     composites = display.sliceCompositeNodes(scene)
     assert len(composites) == 3
@@ -271,15 +291,21 @@ def test_overlay_in_every_slice_view_with_heat_colours_and_threshold(slicer_scen
         assert composite.GetForegroundOpacity() == pytest.approx(0.7)
     shown = result.saliency.GetDisplayNode()
     assert shown.GetColorNode().GetName() == "PET-Heat"
-    saliency = slicer.util.arrayFromVolume(result.saliency)
-    p95 = float(np.percentile(saliency, 95))
+    saliency = slicer.util.arrayFromVolume(result.saliency)  # uint8 levels 0..255
+    p95 = float(np.percentile(saliency, 95, method="lower"))  # from the histogram counted once, on reading
     assert shown.GetApplyThreshold() and shown.GetLowerThreshold() == pytest.approx(p95)
-    margin = 0.5 * (1.0 - p95)  # the window keeps the shown range off the black and white ends of PET-Heat
+    margin = 0.5 * (255 - p95)  # the window keeps the shown range off the black and white ends of PET-Heat
     assert shown.GetWindowLevelMin() == pytest.approx(p95 - margin)
-    assert shown.GetWindowLevelMax() == pytest.approx(1.0 + margin)
-    # the default shows the top 5%: about 5% of the voxels pass the lower threshold
-    assert np.mean(saliency >= shown.GetLowerThreshold()) == pytest.approx(0.05, abs=0.005)
-    assert display.applySaliencyThreshold(result.saliency, 50.0) == pytest.approx(float(np.percentile(saliency, 50)))
+    assert shown.GetWindowLevelMax() == pytest.approx(255 + margin)
+    # the default shows the top 5%: about 5% of the voxels pass the lower threshold (levels tie a little)
+    assert np.mean(saliency >= shown.GetLowerThreshold()) == pytest.approx(0.05, abs=0.01)
+    histogram = result.histogram(result.saliency)
+    assert display.applySaliencyThreshold(result.saliency, 50.0, histogram) == float(
+        np.percentile(saliency, 50, method="lower"))
+    assert display.applySaliencyThreshold(result.saliency, 50.0) == display.applySaliencyThreshold(
+        result.saliency, 50.0, histogram)  # counted now: the same level
+    # a voxel of 0 is never coloured, whatever the percentile
+    assert display.applySaliencyThreshold(result.saliency, 0.0, histogram) == 1.0
     display.setOverlayOpacity(scene, 0.25, result.saliency)
     assert [c.GetForegroundOpacity() for c in composites] == pytest.approx([0.25] * 3)
     # the attention masks and counterfactuals are coloured too
@@ -353,7 +379,8 @@ def test_side_by_side_layout_links_original_and_counterfactual(slicer_scene, cas
 
 def test_localisation_score_from_labelmap_and_segmentation(slicer_scene, case, tmp_path):
     scene = slicer_scene.scene
-    result = results.loadExplanationResults(scene, case["node"], write_output(tmp_path / "out", case))
+    result = results.loadExplanationResults(scene, case["node"], write_output(tmp_path / "out", case),
+                                            everything=True)
     lesion = addVolumeNode(scene, case["hot"].astype(np.uint8), "lesion", referenceNode=case["node"],
                            nodeClass="vtkMRMLLabelMapVolumeNode")
     score = localisation.localisationScore(result.saliency, lesion, case["node"])
@@ -372,19 +399,31 @@ def test_localisation_score_from_labelmap_and_segmentation(slicer_scene, case, t
         localisation.localisationScore(result.saliency, result.probabilityTable, case["node"])
 
 
-def test_export_writes_every_volume_and_the_report(slicer_scene, case, tmp_path):
+def test_export_copies_the_childs_folder_and_adds_the_localisation(slicer_scene, case, tmp_path):
+    """One writer: the export is the child's folder byte for byte (subfolders too, e.g. DICOM objects),
+    and what the user added goes into files of its own; report.json is never rewritten."""
+    import filecmp
+
     scene = slicer_scene.scene
-    result = results.loadExplanationResults(scene, case["node"], write_output(tmp_path / "out", case))
-    files = export.exportResults(result, tmp_path / "export", localisation={"hit": True, "iou": float("nan")})
-    names = sorted(f.name for f in files)
-    assert names == sorted([f"{stem}.nrrd" for stem in result.volumeNodes()] + ["report.json"])
-    saliency = read_itk_file(tmp_path / "export" / "saliency.nrrd")
-    np.testing.assert_array_equal(saliency.voxels_hu, slicer.util.arrayFromVolume(result.saliency))
+    out = write_output(tmp_path / "out", case)
+    (out / "dicom").mkdir()
+    (out / "dicom" / "saliency-map.dcm").write_bytes(b"DICM stand-in")
+    result = results.loadExplanationResults(scene, case["node"], out)
+    lesion = addVolumeNode(scene, case["hot"].astype(np.uint8), "lesion", referenceNode=case["node"],
+                           nodeClass="vtkMRMLLabelMapVolumeNode")
+    files = export.exportResults(result, tmp_path / "export", localisation={"hit": True, "iou": float("nan")},
+                                 lesionNode=lesion)
+    copied = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    assert sorted(f.relative_to(tmp_path / "export").as_posix() for f in files) == sorted(
+        copied + ["localisation.json", "lesion_mask.nrrd"])
+    assert all(filecmp.cmp(out / name, tmp_path / "export" / name, shallow=False) for name in copied)
+    score = json.loads((tmp_path / "export" / "localisation.json").read_text())
+    assert score == {"hit": True, "iou": None, "lesion_file": "lesion_mask.nrrd"}
+    mask = read_itk_file(tmp_path / "export" / "lesion_mask.nrrd")
+    np.testing.assert_array_equal(mask.voxels_hu, case["hot"].astype(np.float32))
     spacing, origin, direction = geometryFromIjkToRas(case["ijk_to_ras"])
-    np.testing.assert_allclose(saliency.origin_mm, origin, atol=1e-9)
-    report = json.loads((tmp_path / "export" / "report.json").read_text())
-    assert report["prediction"] == "left" and report["localisation"] == {"hit": True, "iou": None}
-    assert "Subject 1" not in (tmp_path / "export" / "report.json").read_text()
+    np.testing.assert_allclose(mask.origin_mm, origin, atol=1e-9)
+    assert "Subject 1" not in (tmp_path / "export" / "localisation.json").read_text()
     assert not [p for p in tmp_path.iterdir() if "partial" in p.name]
     with pytest.raises(ValueError, match="not an empty folder"):
         export.exportResults(result, tmp_path / "export")

@@ -133,14 +133,21 @@ def test_a_run_goes_in_the_background_and_loads_its_results(slicer_scene, head, 
     assert any(e.etaS is not None and e.etaS > 0 for e in events)
     result = outcome.result
     assert loaded == [result] and run.result is result and run.progress is events[-1]
-    assert set(result.counterfactuals) == {"none", "abnormal"}  # the healthy-vs-abnormal decision (default)
-    assert set(result.attention) == {"early", "middle", "late", "fused"}
+    # the counterfactuals the child wrote (the healthy-vs-abnormal decision by default), the shown one loaded first
+    assert set(result.keys("counterfactual")) == {"none", "abnormal"}
+    assert set(result.counterfactuals) == {result.shownCounterfactualKey()}
+    assert set(result.keys("attention")) == {"early", "middle", "late", "fused"}
+    assert result.device == "cpu" and json.loads((result.outDir / "report.json").read_text())["device"] == "cpu"
     np.testing.assert_array_equal(ijkToRasArray(result.saliency), ijkToRasArray(head))
     assert result.saliency.GetName() == "Head CT random-brain_stroke counterfactual saliency"
     assert hierarchy.findResultFolders(scene) == [result.folderItem]
     composite = scene.GetFirstNodeByClass("vtkMRMLSliceCompositeNode")
     assert composite.GetForegroundVolumeID() == result.saliency.GetID()
-    assert list(tmp_path.iterdir()) == []  # the work folder (input.nrrd, results) is removed
+    # the work folder (input.nrrd) is removed; the child's results folder is kept for the session, until close
+    assert [p.parent.name.startswith("acat-results-") for p in tmp_path.glob("*/*")] == [True]
+    assert result.outDir.parent.parent == tmp_path and (result.outDir / "saliency.nrrd").is_file()
+    run.close()
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_cancel_stops_the_process_promptly_and_leaves_the_scene_unchanged(slicer_scene, head, slow_bundle, tmp_path):
@@ -261,67 +268,17 @@ def test_cancel_right_after_start_leaves_nothing(slicer_scene, head, slow_bundle
     before = scene.GetNumberOfNodes()
     run = ExplainController(scene, workRoot=tmp_path)
     run.start(head, cpu(slow_bundle))
+    assert run.stage == "writing" and run.runner is None  # the input is written in a worker first
+    assert run.cancel().state == CANCELLED and run.runner is None  # cancelled there: no child ever started
+    assert list(tmp_path.iterdir()) == []
+    run.start(head, cpu(slow_bundle))
+    deadline = time.monotonic() + 60
+    while run.runner is None:
+        assert run.poll() is None and time.monotonic() < deadline
+        time.sleep(0.01)
     pid = run.runner.pid
     assert run.cancel().state == CANCELLED
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
     assert scene.GetNumberOfNodes() == before and list(tmp_path.iterdir()) == []
     assert run.poll().state == CANCELLED  # and it stays cancelled: nothing is loaded later
-
-
-class _ScriptedLoadableModuleLogic:
-    """Slicer's ScriptedLoadableModuleLogic as Slicer 5.x writes it (it imports qt, absent here): a plain
-    class whose __init__ calls super().__init__() and sets moduleName; getParameterNode gives the node."""
-
-    def __init__(self, parent=None):
-        super().__init__()
-        self.moduleName = type(self).__name__.removesuffix("Logic")
-        self.isSingletonParameterNode = True
-
-    def getParameterNode(self):
-        return types.SimpleNamespace(node="the module's vtkMRMLScriptedModuleNode")
-
-
-def test_the_module_logic_is_the_controller(slicer_scene, head, tmp_path):
-    """ACATSlicer.py's own ACATSlicerLogic class (its source, run here with Slicer's base class stood in):
-    it is the one controller - the panel becomes the request, the run starts, polls and is refused twice."""
-    import ast
-    from pathlib import Path
-
-    from ACATSlicerLib.layout import ViewOptions
-
-    source = (Path(__file__).resolve().parents[1] / "ACATSlicer" / "ACATSlicer.py").read_text()
-    tree = ast.parse(source)
-    logic_class = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "ACATSlicerLogic")
-    started = []
-
-    class Runner:
-        state = "idle"
-
-        def start(self, request, inputPath, outDir, onProgress=None):
-            started.append(request)
-            self.state = "running"
-
-        def poll(self):
-            return None
-
-        def cancel(self, timeoutS=10.0):
-            self.state = "cancelled"
-
-    namespace = {"ScriptedLoadableModuleLogic": _ScriptedLoadableModuleLogic, "ExplainController": ExplainController,
-                 "ExplainProcess": Runner, "ExplainRequest": ExplainRequest, "ViewOptions": ViewOptions,
-                 "ACATSlicerParameterNode": lambda node: node,
-                 "slicer": types.SimpleNamespace(mrmlScene=slicer_scene.scene)}
-    exec(compile(ast.Module(body=[logic_class], type_ignores=[]), "ACATSlicer.py", "exec"), namespace)
-    logic = namespace["ACATSlicerLogic"]()
-    assert isinstance(logic, ExplainController) and logic.moduleName == "ACATSlicer"
-    assert logic.scene is slicer_scene.scene and logic.getParameterNode().node.startswith("the module's")
-    panel = types.SimpleNamespace(inputVolume=head, model="/m", method="gradient", device="cpu", steps=0, alpha=0.0,
-                                  stepSize=0.0, targets="", reference=MODEL_DEFAULT, opacity=0.3,
-                                  thresholdPercentile=90.0)
-    logic.startExplain(panel)
-    assert started == [ExplainRequest("/m", ExplainOptions(method="gradient", device="cpu"))]
-    assert logic.running and logic.poll() is None and (logic.view.opacity, logic.view.percentile) == (0.3, 90.0)
-    with pytest.raises(AlreadyRunning):
-        logic.startExplain(panel)
-    assert logic.cancel().state == CANCELLED and not logic.running and len(started) == 1

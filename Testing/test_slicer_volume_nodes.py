@@ -7,6 +7,7 @@ import pytest
 
 pytest.importorskip("slicer", reason="the slicer-core wheel is not installed (pip install -e '.[slicer]')")
 
+import slicer  # noqa: E402
 from slicer_scene import slicer_scene_fixture  # noqa: E402
 
 from ACATSlicerLib import nrrd_exchange, volume_nodes  # noqa: E402
@@ -69,21 +70,33 @@ def test_patient_left_stays_left_for_a_flipped_node(slicer_scene):
     assert volume.index_to_lps([5, 0, 0])[0] < volume.index_to_lps([0, 0, 0])[0]
 
 
-def test_nrrd_exchange_is_exact_and_checks_the_grid(slicer_scene, tmp_path):
+@pytest.mark.parametrize("dtype", ["int16", "float32", "uint8", "float64"])
+def test_nrrd_exchange_is_exact_raw_and_checks_the_grid(slicer_scene, tmp_path, dtype):
+    """The child's input is the node's own voxels, raw (no compression, no conversion), in LPS geometry to
+    17 digits; what comes back is checked to lie on the input's grid."""
+    from ACATSlicerLib.loading import Grid, readResultVoxels
+
     volume = _asymmetric_volume()
-    node = volume_nodes.addVolumeNodeFromCTVolume(slicer_scene.scene, volume, "oblique")
-    path = nrrd_exchange.writeInputNrrd(node, tmp_path / "input.nrrd")
+    volume = volume.with_voxels(np.clip(volume.voxels_hu, 0, 200))
+    node = volume_nodes.addVolumeNode(slicer_scene.scene, volume.voxels_hu.astype(dtype), "oblique",
+                                      ijkToRas=volume_nodes.ijkToRasFromGeometry(volume.spacing_mm, volume.origin_mm,
+                                                                                 volume.direction))
+    view = volume_nodes.arrayView(node)
+    assert view.dtype == np.dtype(dtype) and np.shares_memory(view, slicer.util.arrayFromVolume(node))
+    path = nrrd_exchange.writeInputNrrd(view, volume_nodes.ijkToRasArray(node), tmp_path / "input.nrrd")
+    header = path.read_bytes().split(b"\n\n", 1)[0].decode()
+    assert "encoding: raw" in header and path.stat().st_size == len(header) + 2 + view.nbytes
     on_disk = read_itk_file(path)
-    np.testing.assert_array_equal(on_disk.voxels_hu, volume.voxels_hu)
+    np.testing.assert_array_equal(on_disk.voxels_hu, volume.voxels_hu.astype(np.float32))
     np.testing.assert_allclose(on_disk.origin_mm, ORIGIN_LPS, atol=1e-9)
     np.testing.assert_allclose(on_disk.direction, ROTATION, atol=1e-12)
-    assert not list(tmp_path.glob("*.partial*"))  # written atomically, nothing left over
-    np.testing.assert_array_equal(nrrd_exchange.readResultArray(path, node), volume.voxels_hu)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["input.nrrd"]  # written atomically, nothing left over
+    np.testing.assert_array_equal(readResultVoxels(path, Grid.fromNode(node)), volume.voxels_hu.astype(np.float32))
     shifted = volume_nodes.ijkToRasArray(node)
     shifted[0, 3] += 5.0  # the same voxels 5 mm away
     other = volume_nodes.addVolumeNode(slicer_scene.scene, volume.voxels_hu, "shifted", ijkToRas=shifted)
     with pytest.raises(ValueError, match="not on the grid"):
-        nrrd_exchange.readResultArray(path, other)
+        readResultVoxels(path, Grid.fromNode(other))
 
 
 @pytest.mark.parametrize("kind, message", [("labelmap", "labelmap"), ("2d", "2D image"), ("none", "select an input")])

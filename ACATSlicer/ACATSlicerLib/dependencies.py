@@ -1,9 +1,12 @@
 """The Python packages that ``acat explain`` needs inside Slicer, and which of them are missing.
 
-Slicer ships numpy, SimpleITK, pydicom and Pillow; torch, safetensors and the JPEG decoders are
-installed on the first Explain, after one confirmation (torch through the PyTorch extension's
-PyTorchUtils when it is installed, so that the right CUDA build is chosen). The requirements mirror
-``[project] dependencies`` of pyproject.toml (a test keeps them in step).
+Inside Slicer only what Slicer lacks is installed: torch (through the PyTorch extension's PyTorchUtils when
+it is installed, so that the build that matches the GPU is chosen) and safetensors, after one confirmation on
+the first Explain. numpy, SimpleITK, pydicom and Pillow are Slicer's own (Slicer 5.10 ships numpy 2.0.2,
+SimpleITK 2.5.2, pydicom 2.4.4, Pillow 11.2.1): they are used as they are and never installed or replaced,
+whatever version pyproject.toml asks of a plain Python environment. What the explanation does not need
+inside Slicer is listed with the reason. Together the three lists cover ``[project] dependencies`` of
+pyproject.toml (a test keeps them in step).
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import importlib.metadata
 import importlib.util
 import re
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Dict, Optional
 
 
 @dataclass(frozen=True)
@@ -26,23 +29,24 @@ class Requirement:
         return f"{self.distribution}>={self.minimum}" if self.minimum else self.distribution
 
 
+#: installed on the first Explain when missing or too old (minimum versions as in pyproject.toml)
 REQUIREMENTS = (
     Requirement("torch", "torch", "2.4"),
-    Requirement("numpy", "numpy", "1.24"),
-    Requirement("SimpleITK", "SimpleITK", "2.3"),
-    Requirement("pydicom", "pydicom", "3.0"),
-    Requirement("pylibjpeg", "pylibjpeg", "2.0"),
-    Requirement("openjpeg", "pylibjpeg-openjpeg", "2.3"),
-    Requirement("libjpeg", "pylibjpeg-libjpeg", "2.1"),
-    Requirement("rle", "pylibjpeg-rle", "2.0"),
     Requirement("safetensors", "safetensors", "0.4"),
-    Requirement("tqdm", "tqdm", "4.60"),
-    Requirement("PIL", "pillow", "10"),
 )
 
-#: pyproject.toml dependencies that the explanation does not need inside Slicer, and why (none today: the
-#: data sources' slicerio and training's pyyaml are extras, not core dependencies).
-NOT_NEEDED_IN_SLICER: dict[str, str] = {}
+#: Slicer's own packages: they must import, and are never installed or replaced (distribution -> import name)
+SLICER_PROVIDES: Dict[str, str] = {"numpy": "numpy", "SimpleITK": "SimpleITK", "pydicom": "pydicom",
+                                   "pillow": "PIL"}
+
+#: pyproject.toml dependencies that the explanation does not need inside Slicer, and why
+NOT_NEEDED_IN_SLICER: Dict[str, str] = {
+    "pylibjpeg": "the module gives the background process an NRRD file: compressed DICOM is decoded by Slicer",
+    "pylibjpeg-openjpeg": "as pylibjpeg",
+    "pylibjpeg-libjpeg": "as pylibjpeg",
+    "pylibjpeg-rle": "as pylibjpeg",
+    "tqdm": "the background process reports progress as JSON lines; tqdm only draws the terminal's bar",
+}
 
 
 def _versionTuple(text: str) -> tuple:
@@ -72,6 +76,12 @@ def isSatisfied(requirement: Requirement,
 def missingRequirements(requirements=REQUIREMENTS) -> list[Requirement]:
     """The requirements that are not importable here or are too old, in `REQUIREMENTS` order."""
     return [r for r in requirements if not isSatisfied(r)]
+
+
+def missingSlicerPackages(provided: Optional[Dict[str, str]] = None) -> list:
+    """Slicer's own packages (`SLICER_PROVIDES`) that do not import here: a damaged Slicer, never installed by us."""
+    provided = SLICER_PROVIDES if provided is None else provided
+    return [distribution for distribution, module in provided.items() if importlib.util.find_spec(module) is None]
 
 
 PIP, PYTORCH_UTILS = "pip", "PyTorchUtils"

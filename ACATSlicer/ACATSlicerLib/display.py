@@ -1,9 +1,12 @@
-"""Showing the saliency map as a heat overlay on the CT in every slice view.
+"""Showing the saliency map as a heat overlay on the CT in the slice views that show the CT.
 
-The saliency volume is the foreground layer over the input (background) in each slice view, with a
-heat colour table and an opacity. A percentile threshold hides the weak part of the map: with the
-default 95, only the top 5% of voxels are coloured; the rest is transparent (the display node's
-lower threshold), so the CT shows through unchanged.
+The saliency volume is the foreground layer over the input (background) in each slice view that shows the
+input, with a heat colour table and an opacity. A percentile threshold hides the weak part of the map: with
+the default 95, only the top 5% of voxels are coloured; the rest is transparent (the display node's lower
+threshold), so the CT shows through unchanged. A voxel of value 0 is never coloured.
+
+A result map is a uint8 display copy (`loading`) whose 256-level histogram was counted once when it was
+read, so moving the threshold slider is a table look-up, not a percentile over the whole volume.
 """
 
 from __future__ import annotations
@@ -32,20 +35,53 @@ def percentileThreshold(voxels: np.ndarray, percentile: float) -> float:
     return float(np.percentile(np.asarray(voxels), min(max(float(percentile), 0.0), 100.0)))
 
 
-def applySaliencyThreshold(saliencyNode, percentile: float = DEFAULT_PERCENTILE) -> float:
+def histogramOf(voxels: np.ndarray) -> np.ndarray:
+    """Counts of the 256 levels of a uint8 map (what `loading.readMap` counts once per map)."""
+    return np.bincount(np.asarray(voxels, dtype=np.uint8).reshape(-1), minlength=256)
+
+
+def levelThreshold(histogram: np.ndarray, percentile: float) -> tuple[float, float]:
+    """(lowest level coloured, highest level present) of a uint8 map for ``percentile``; the lowest is at
+    least 1: a voxel of value 0 never gets a colour (on a map that is 0 outside the organ, the 95th
+    percentile itself can be 0)."""
+    from .loading import percentileLevel
+
+    threshold = max(percentileLevel(histogram, percentile), 1)
+    present = np.nonzero(np.asarray(histogram))[0]
+    top = float(present[-1]) if len(present) else 0.0
+    return float(threshold), top
+
+
+def setLevelThreshold(display, histogram: np.ndarray, percentile: float) -> float:
+    """Apply the percentile threshold of a uint8 map to its display node; returns the threshold level."""
+    threshold, top = levelThreshold(histogram, percentile)
+    return _setThreshold(display, threshold, top)
+
+
+def applySaliencyThreshold(saliencyNode, percentile: float = DEFAULT_PERCENTILE, histogram=None) -> float:
     """Colour only the voxels at or above the ``percentile``-th percentile; returns that value.
 
-    The window reaches half the shown range below the threshold and above the maximum: with a heat
+    ``histogram``: the map's level counts (`histogramOf`), counted once per map; without it a uint8 map
+    is counted now, and a float map gets the exact percentile (both over the whole volume: slow on a
+    large CT, for maps made outside `loading` only)."""
+    if histogram is None:
+        voxels = slicer.util.arrayFromVolume(saliencyNode)
+        if voxels.dtype == np.uint8:
+            histogram = histogramOf(voxels)
+        else:
+            threshold = percentileThreshold(voxels, percentile)
+            return _setThreshold(saliencyNode.GetDisplayNode(), threshold, float(voxels.max()))
+    return setLevelThreshold(saliencyNode.GetDisplayNode(), histogram, percentile)
+
+
+def _setThreshold(display, threshold: float, top: float) -> float:
+    """The window reaches half the shown range below the threshold and above the maximum: with a heat
     table (black -> orange -> yellow -> white) the weakest shown voxels are orange, never black (which
     would hide the CT under an opaque dark patch), and the strongest pale yellow, whatever the
     threshold."""
-    voxels = slicer.util.arrayFromVolume(saliencyNode)
-    threshold = percentileThreshold(voxels, percentile)
-    top = float(voxels.max())
     if top <= threshold:  # a flat map (or the 100th percentile): keep a visible, non-empty range
         top = threshold + 1e-6
     margin = 0.5 * (top - threshold)
-    display = saliencyNode.GetDisplayNode()
     with slicer.util.NodeModify(display):
         display.SetAutoWindowLevel(False)
         display.SetWindowLevelMinMax(threshold - margin, top + margin)
@@ -56,28 +92,24 @@ def applySaliencyThreshold(saliencyNode, percentile: float = DEFAULT_PERCENTILE)
     return threshold
 
 
-def styleSaliencyNode(scene, saliencyNode, percentile: float = DEFAULT_PERCENTILE) -> float:
-    """Heat colours + percentile threshold on the saliency node's display node; returns the threshold."""
-    if saliencyNode.GetDisplayNode() is None:
-        saliencyNode.CreateDefaultDisplayNodes()
-    saliencyNode.GetDisplayNode().SetAndObserveColorNodeID(colorNodeId(scene, HEAT_COLORS))
-    return applySaliencyThreshold(saliencyNode, percentile)
-
-
-def styleDifferenceNode(scene, differenceNode) -> None:
-    """Symmetric window around 0 HU with a diverging colour table (blue: HU removed, red: added)."""
-    voxels = slicer.util.arrayFromVolume(differenceNode)
-    extent = max(float(np.abs(voxels).max()), 1e-3)
-    display = differenceNode.GetDisplayNode()
+def styleDifference(scene, display, extent: float) -> None:
+    """Symmetric window around 0 HU (``extent``: the largest |difference|) with a diverging colour table
+    (blue: HU removed, red: added), on a difference map's display node."""
+    extent = max(float(extent), 1e-3)
     with slicer.util.NodeModify(display):
         display.SetAndObserveColorNodeID(colorNodeId(scene, DIVERGING_COLORS))
         display.SetAutoWindowLevel(False)
         display.SetWindowLevelMinMax(-extent, extent)
 
 
-def copyWindowLevel(sourceNode, targetNode) -> None:
-    """Show ``targetNode`` (a counterfactual, in HU) with the input's window/level and colours."""
-    source, target = sourceNode.GetDisplayNode(), targetNode.GetDisplayNode()
+def _displayNode(node):
+    return node.GetDisplayNode() if node is not None and node.IsA("vtkMRMLDisplayableNode") else node
+
+
+def copyWindowLevel(sourceNode, target) -> None:
+    """Show ``target`` (a counterfactual, in HU: its volume or display node) with the input's window/level
+    and colours."""
+    source, target = _displayNode(sourceNode), _displayNode(target)
     if source is None or target is None:
         return
     with slicer.util.NodeModify(target):
@@ -91,9 +123,15 @@ def sliceCompositeNodes(scene) -> list:
             for n in range(scene.GetNumberOfNodesByClass("vtkMRMLSliceCompositeNode"))]
 
 
-def showOverlay(scene, backgroundNode, foregroundNode, opacity: float = DEFAULT_OPACITY) -> int:
-    """Background + foreground + opacity in every slice view; returns how many views were set."""
+def showOverlay(scene, backgroundNode, foregroundNode, opacity: float = DEFAULT_OPACITY, onlyOverBackground=False
+                ) -> int:
+    """Background + foreground + opacity in every slice view, or with ``onlyOverBackground`` only in the views
+    whose background is ``backgroundNode`` already (so that a view beside them showing a counterfactual
+    keeps it); returns how many views were set."""
     composites = sliceCompositeNodes(scene)
+    if onlyOverBackground:
+        composites = [c for c in composites if backgroundNode is not None
+                      and c.GetBackgroundVolumeID() == backgroundNode.GetID()]
     for composite in composites:
         with slicer.util.NodeModify(composite):
             composite.SetBackgroundVolumeID(backgroundNode.GetID() if backgroundNode else None)

@@ -98,6 +98,17 @@ def setSideBySideViews(scene, inputNode, counterfactualNode, saliencyNode=None, 
     linkSliceViews(scene, True)
 
 
+def showBeside(scene, node, rightView: str = RIGHT_VIEW) -> None:
+    """``node`` (a counterfactual or difference map) alone in the view beside the original; the original's
+    views are left as they are."""
+    composite = compositeNodeByLayoutName(scene, rightView)
+    if composite is None:
+        raise RuntimeError(f"the {rightView} slice view is missing")
+    with slicer.util.NodeModify(composite):
+        composite.SetBackgroundVolumeID(node.GetID() if node is not None else None)
+        composite.SetForegroundVolumeID(None)
+
+
 def linkSliceViews(scene, linked: bool = True) -> None:
     """Link (or unlink) the slice views, as the link button in a slice view's controller does."""
     for n in range(scene.GetNumberOfNodesByClass("vtkMRMLSliceCompositeNode")):

@@ -70,11 +70,17 @@ def _colorTables(scene) -> list:
             for n in range(scene.GetNumberOfNodesByClass("vtkMRMLColorTableNode"))]
 
 
-def localisationScore(saliencyNode, maskNode, referenceNode=None, segmentId: Optional[str] = None) -> dict:
-    """{"hit": bool or None, "iou": float, "dice": float, "lesionVoxels": int}; nan / None without a lesion."""
+def localisationScore(saliencyNode, maskNode, referenceNode=None, segmentId: Optional[str] = None,
+                      saliencyVoxels: Optional[np.ndarray] = None) -> dict:
+    """{"hit": bool or None, "iou": float, "dice": float, "lesionVoxels": int}; nan / None without a lesion.
+
+    ``saliencyVoxels``: the exact map (K, J, I), e.g. read from the results folder; default: the node's
+    voxels (a display copy is quantised to 256 levels, which can tie the most salient voxels)."""
     from ACATLogic.metrics import iou_dice, saliency_hit  # see the package docstring
 
-    saliency = np.asarray(slicer.util.arrayFromVolume(saliencyNode), dtype=np.float32)
+    if saliencyVoxels is None:
+        saliencyVoxels = slicer.util.arrayFromVolume(saliencyNode)
+    saliency = np.asarray(saliencyVoxels, dtype=np.float32)
     mask = lesionMaskArray(maskNode, referenceNode or saliencyNode, segmentId)
     voxels = int(mask.sum())
     if voxels == 0:

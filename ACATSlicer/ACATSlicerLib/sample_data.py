@@ -12,53 +12,18 @@ ACATSlicer.py, the scripted-module template's pattern); this file has no Qt and 
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
+from .nrrd_exchange import writeNrrd
 from .selftest_case import LESION_HU, syntheticHeadCT
 
 CATEGORY = "ACAT"
 CT_SAMPLE, LESION_SAMPLE = "ACATSelfTestHeadCT", "ACATSelfTestLesion"
 CT_FILE, LESION_FILE = "ACAT-selftest-head-CT.nrrd", "ACAT-selftest-lesion.nrrd"
 CT_NODE, LESION_NODE = "ACAT self-test head CT", "ACAT self-test lesion"
-
-_NRRD_TYPES = {np.dtype("float32"): "float", np.dtype("uint8"): "uint8"}
-_RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
-
-
-def writeNrrd(voxels: np.ndarray, ijkToRas: np.ndarray, path) -> Path:
-    """Write (K, J, I) ``voxels`` (float32 or uint8) as a raw little-endian NRRD in LPS space, atomically.
-
-    The bytes depend only on the voxels and the geometry (no dates, no compression), so the checksum
-    of a regenerated case is stable."""
-    voxels = np.ascontiguousarray(voxels)
-    kind = _NRRD_TYPES.get(voxels.dtype)
-    if kind is None or voxels.ndim != 3:
-        raise ValueError(f"writeNrrd takes a 3-D float32 or uint8 array, not {voxels.ndim}-D {voxels.dtype}")
-    lps = _RAS_TO_LPS @ np.asarray(ijkToRas, dtype=float)
-    vector = lambda v: "(" + ",".join(repr(float(x)) for x in v) + ")"  # noqa: E731
-    k, j, i = voxels.shape
-    header = ("NRRD0004\n"
-              f"type: {kind}\ndimension: 3\nspace: left-posterior-superior\nsizes: {i} {j} {k}\n"
-              f"space directions: {' '.join(vector(lps[:3, axis]) for axis in range(3))}\n"
-              "kinds: domain domain domain\nendian: little\nencoding: raw\n"
-              f"space origin: {vector(lps[:3, 3])}\n\n")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(header.encode("ascii"))
-            fh.write(voxels.astype(voxels.dtype.newbyteorder("<"), copy=False).tobytes(order="C"))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def sha256(path) -> str:

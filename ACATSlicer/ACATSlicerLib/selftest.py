@@ -7,10 +7,31 @@ Each returns a list of problems, one sentence each; empty means passed.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Callable
 
 from . import layout
 from .runner import CANCELLED, SUCCEEDED
+
+
+def writeSelfTestDicom(folder) -> str:
+    """Write the generated head CT (`selftest_case.syntheticHeadCT`) as a CT DICOM series into the new folder
+    ``folder`` (ACATLogic's writer: int16 HU, no patient identity); returns its SeriesInstanceUID, for
+    ``DICOMUtils.loadSeriesByUID`` after ``DICOMUtils.importDicom``."""
+    import pydicom
+
+    from ACATLogic.io import write_dicom_series
+    from ACATLogic.volume import CTVolume
+
+    from .selftest_case import syntheticHeadCT
+    from .volume_nodes import geometryFromIjkToRas
+
+    voxels, ijkToRas = syntheticHeadCT()
+    spacing, origin, direction = geometryFromIjkToRas(ijkToRas)
+    write_dicom_series(CTVolume(voxels, spacing, origin, direction, {"modality": "CT"}), Path(folder),
+                       series_description="ACAT self-test head CT")
+    first = next(p for p in sorted(Path(folder).iterdir()) if p.is_file())
+    return str(pydicom.dcmread(first, stop_before_pixels=True).SeriesInstanceUID)
 
 
 def explainTwiceProblems(controller, inputNode, request, timeoutS: float = 600.0) -> list[str]:
@@ -27,6 +48,8 @@ def explainTwiceProblems(controller, inputNode, request, timeoutS: float = 600.0
     result, dims = outcome.result, inputNode.GetImageData().GetDimensions()
     problems += [f"{stem} is not on the input's grid" for stem, node in result.volumeNodes().items()
                  if node.GetImageData().GetDimensions() != dims]
+    if result.outDir is None or not (result.outDir / "report.json").is_file():
+        problems.append("the results folder of the child was not kept")
     composite = layout.compositeNodeByLayoutName(controller.scene, "Red")
     if composite is None or composite.GetForegroundVolumeID() != result.saliency.GetID():
         problems.append("the saliency is not the foreground of the Red slice view")

@@ -122,3 +122,8 @@ def sameGrid(nodeA, nodeB, tolerance_mm: float = 1e-3) -> bool:
     if a is None or b is None or a.GetDimensions() != b.GetDimensions():
         return False
     return bool(np.allclose(ijkToRasArray(nodeA), ijkToRasArray(nodeB), atol=tolerance_mm))
+
+
+def arrayView(volumeNode) -> np.ndarray:
+    """The node's voxels as a (K, J, I) numpy view (no copy; it keeps the VTK array alive)."""
+    return slicer.util.arrayFromVolume(volumeNode)
