@@ -220,6 +220,11 @@ class Explainer:
         params["targets"] = [self.target_name(t) for t in self._target_ids(options.targets, params["output"])]
         return params
 
+    @property
+    def healthy(self) -> int:
+        """The healthy class's index (the model card's ``healthy_index``; 0 in the bundled models)."""
+        return self.bundle.healthy_index
+
     def target_name(self, target: int) -> str:
         """A class index's label; ~healthy is the other class on a two-class task, else `ABNORMAL`."""
         if target >= 0:
@@ -345,8 +350,8 @@ class Explainer:
         if output == "decision":
             if targets:
                 raise ACATInputError("--targets needs --output class (the decision's targets are fixed: "
-                                     f"{self.labels[0]} and {self.target_name(~0)})")
-            return decision_targets(0)
+                                     f"{self.labels[self.healthy]} and {self.target_name(~self.healthy)})")
+            return decision_targets(self.healthy)
         if not targets:
             return list(range(len(self.labels)))
         ids = []
@@ -417,14 +422,14 @@ class Explainer:
 
         baseline = self.baseline if method == "gradcam" else self.fast_baseline  # Grad-CAM reads a layer
         if output == "decision":
-            classifier = DecisionClassifier(baseline, healthy=0)
+            classifier = DecisionClassifier(baseline, healthy=self.healthy)
             target = 1  # the abnormal score; latent shift moves towards healthy unless read as healthy
             if method == "latent_shift":
-                target = 0 if label_id != 0 else 1
+                target = 0 if label_id != self.healthy else 1
         else:
             classifier, target = baseline, label_id
             if method == "latent_shift":  # towards "no finding" unless that is the prediction
-                target = 0 if label_id != 0 else 1
+                target = self.healthy if label_id != self.healthy else (1 if self.healthy == 0 else 0)
         autoencoder = self.autoencoder if method == "gradcam" else self.fast_autoencoder
         saliency = comparison_method(method, classifier, autoencoder)
         maps = (saliency.raw(x, target) if hasattr(saliency, "raw") else saliency(x, target)).detach().float()

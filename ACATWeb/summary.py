@@ -31,9 +31,9 @@ def result_summary(result, elapsed_s: float = 0.0, warnings=()) -> dict:
     model and method, the probability-per-step plot as SVG ("" without a trajectory)."""
     report = result.report
     model = report.get("model", {})
-    # the decision's "abnormal" target is plotted as 1 - p(healthy), the healthy class being class 0
-    decision = (report.get("parameters") or {}).get("output") == "decision"
-    healthy = next(iter(result.probabilities), None) if decision else None
+    # the decision's "abnormal" target is plotted as 1 - p(healthy), healthy being the decision's first target
+    parameters = report.get("parameters") or {}
+    healthy = (parameters.get("targets") or [None])[0] if parameters.get("output") == "decision" else None
     rows = [{"label": label, "probability": float(p), "text": f"{float(p):.3f}", "predicted": label == result.prediction}
             for label, p in result.probabilities.items()]
     return {
