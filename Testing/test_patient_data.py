@@ -153,7 +153,7 @@ def test_the_web_viewer_never_shows_or_packages_patient_identity(phi_series, exp
 
         state = "idle"
 
-        def start(self, settings, inputPath, outDir, onProgress=None):
+        def start(self, request, inputPath, outDir, onProgress=None):
             self.outDir, self.state = outDir, RUNNING
 
         def poll(self):
@@ -168,8 +168,8 @@ def test_the_web_viewer_never_shows_or_packages_patient_identity(phi_series, exp
     viewer = session.ViewerSession(scene, ExplainController(scene, runnerFactory=Replay, workRoot=tmp_path))
     volume = session.read_ct(phi_series)  # as the page's Open does: the path typed, then its name
     viewer.show_input(volume, name=Path(str(phi_series)).name)
-    viewer.start("model", "counterfactual")
-    outcome = viewer.poll()
+    viewer.explain("model")
+    outcome = viewer.controller.wait(60)
     assert outcome.state == SUCCEEDED, outcome.errorMessage
     panel = {"input_info": session.describe_volume(volume),
              "result": summary.result_summary(viewer.result, outcome.elapsedS, outcome.warnings),

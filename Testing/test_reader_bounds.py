@@ -22,6 +22,7 @@ import shutil
 import struct
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -45,15 +46,32 @@ from toy_training import head_volume
 SMALL_PEAK_MB = 600
 
 
+# Linux counts the memory of the process that forked a child in that child's peak (exec keeps the old
+# address space's high-water mark), so a child forked from a big pytest process would report pytest's size:
+# a small Python process forks the command, waits for it and writes its peak (kB) to the file argv[1].
+_MEASURE = """
+import os, sys
+pid = os.fork()
+if pid == 0:
+    os.execvp(sys.argv[2], sys.argv[2:])
+_, status, usage = os.wait4(pid, 0)
+with open(sys.argv[1], "w") as f:
+    f.write(str(usage.ru_maxrss))
+code = os.waitstatus_to_exitcode(status)
+sys.exit(code if code >= 0 else 128 - code)
+"""
+
+
 def run(*args, env=None, prefix=()) -> tuple[subprocess.CompletedProcess, float]:
-    """``acat ARGS`` and the child's peak resident memory in MB (its own, from wait4)."""
-    proc = subprocess.Popen([*prefix, os.fsencode(ACAT), *map(os.fsencode, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env={**os.environ, **(env or {})})
-    stdout, stderr = proc.stdout.read(), proc.stderr.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    result = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
-    return result, usage.ru_maxrss / 1024  # kB on Linux
+    """``acat ARGS`` and the command's peak resident memory in MB (its own, from wait4 in a small parent)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        report = os.path.join(tmp, "peak_kb")
+        command = [*prefix, os.fsencode(ACAT), *map(os.fsencode, args)]
+        proc = subprocess.run([sys.executable, "-c", _MEASURE, report, *command], capture_output=True,
+                              stdin=subprocess.DEVNULL, env={**os.environ, **(env or {})})
+        peak_kb = int(open(report).read())
+    result = subprocess.CompletedProcess(command, proc.returncode, proc.stdout, proc.stderr)
+    return result, peak_kb / 1024  # kB on Linux
 
 
 @pytest.fixture(scope="module")

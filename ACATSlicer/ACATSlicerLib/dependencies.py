@@ -46,6 +46,7 @@ NOT_NEEDED_IN_SLICER: Dict[str, str] = {
     "pylibjpeg-libjpeg": "as pylibjpeg",
     "pylibjpeg-rle": "as pylibjpeg",
     "tqdm": "the background process reports progress as JSON lines; tqdm only draws the terminal's bar",
+    "highdicom": "only `acat explain --dicom` writes DICOM results; the module's background job does not ask for them",
 }
 
 
