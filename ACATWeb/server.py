@@ -72,6 +72,8 @@ def run(args: argparse.Namespace) -> int:
         raise ACATInputError(f"--port must be between 1 and 65535, not {args.port}")
     if args.input and not Path(args.input).expanduser().exists():
         raise ACATInputError("no such file or folder", Path(args.input))
+    input_path = str(Path(args.input).expanduser()) if args.input else None
+    folders = allowed_dirs(input_path, getattr(args, "allow_dir", None))
     if not os.environ.get("DISPLAY"):
         # no X server: VTK's default X window only warns and falls back; ask for EGL (Mesa llvmpipe) directly
         os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")
@@ -88,8 +90,6 @@ def run(args: argparse.Namespace) -> int:
         vtkObject.GlobalWarningDisplayOff()  # trame-slicer's views warn about VTK 9.7 deprecations
     from ACATLogic.io.limits import memory_budget_bytes
 
-    input_path = str(Path(args.input).expanduser()) if args.input else None
-    folders = allowed_dirs(input_path, getattr(args, "allow_dir", None))
     # the viewer's memory budget; the explanation's child process gets its own limits back
     popen = limits.unlimited_popen(limits.set_memory_budget(limits.process_budget_bytes(memory_budget_bytes())))
     app = ViewerApp(model=args.model, input_path=input_path, allowed_dirs=folders, popen=popen)
