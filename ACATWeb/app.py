@@ -205,12 +205,13 @@ class ViewerApp(TrameApp):
 
     # -- explain -----------------------------------------------------------------------------------
     def explain(self) -> None:
-        if self.state.model not in self._offered_models:  # a page may send any value: only the list's
+        model = self.state.model
+        if not isinstance(model, str) or model not in self._offered_models:  # a page may send any value
             self.state.error = "choose a model from the list"
             return
         self._drop_zip()
         try:
-            self.session.explain(self.state.model, ExplainOptions(method=self.state.method))
+            self.session.explain(model, ExplainOptions(method=self.state.method))
         except AlreadyRunning:
             return  # one explanation at a time: a second click (or a client's call) is ignored
         except (ValueError, TypeError, OSError, RuntimeError) as exc:

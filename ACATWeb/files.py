@@ -4,8 +4,8 @@ The page opens a CT by a path typed into it. Whoever drives the page could type 
 owner can read, so paths are limited to the folders named when the viewer started: the folder given as
 ``acat view INPUT`` (a file's folder, for a file), each ``--allow-dir DIR``, and the viewer's private
 folder (the demo case). A path is inside when it is, after resolving every symbolic link; and so must be
-what the file or folder leads the reader to: every link under a DICOM folder, and an NRRD header's
-detached ``data file`` (a header inside a folder can name any file on the computer).
+what the file or folder leads the reader to: every link under a DICOM folder (or the folder a DICOMDIR
+indexes), and an NRRD header's detached ``data file`` (a header inside a folder can name any file on the computer).
 
 Outside is refused with one message (`OUTSIDE`), the same whether the path exists or not, is a file or a
 folder, is readable or not: nothing is looked at outside the folders but the links' targets' names.
@@ -54,6 +54,8 @@ class AllowedFolders:
             raise OutsideAllowedFolders()
         if path.is_dir():
             self._check_links_under(path)
+        elif path.name.upper() == "DICOMDIR":  # the reader reads the folder it indexes
+            self._check_links_under(path.parent)
         else:
             self._check_data_file(path)
         return path

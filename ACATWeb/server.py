@@ -53,7 +53,7 @@ def allowed_dirs(input_path: Optional[str], extra) -> list[Path]:
 
     folders = []
     if input_path:
-        path = Path(input_path).expanduser()
+        path = Path(input_path).expanduser().resolve()  # a link's target's folder, not the link's
         folders.append(path if path.is_dir() else path.parent)
     for text in extra or ():
         folder = Path(text).expanduser()

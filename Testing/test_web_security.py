@@ -95,11 +95,13 @@ def folders(tmp_path_factory):
         "nhdr absolute": detached_header(head, allowed / "abs.nhdr", str(private)),
         "nhdr relative": detached_header(head, allowed / "rel.nhdr", "../outside/private.raw"),
         "link in series": allowed / "series",
+        "dicomdir": allowed / "series" / "DICOMDIR",  # the reader reads the folder it indexes
         "root": Path("/root"),
         "etc passwd": Path("/etc/passwd"),
     }
     (allowed / "link.nrrd").symlink_to(outside / "head.nrrd")
     (allowed / "series" / "slice.dcm").symlink_to(private)
+    (allowed / "series" / "DICOMDIR").write_bytes(b"\0" * 132)
     yield {"allowed": allowed, "outside": outside, "good": good, "private": private, "paths": paths}
     locked.chmod(0o700)
 
@@ -301,23 +303,42 @@ def test_bytes_in_flight_per_connection_are_bounded(viewer):
     assert after - before < limits.MAX_IN_FLIGHT_BYTES + (64 << 20), (before, after)
     assert_serving(viewer)
 
+    # the same frames into the server's un-chunker class itself: what it holds when it refuses
+    unchunker = limits.bounded_unchunker_class()()
+    unchunker.set_max_message_size(4 << 30)  # what wslink asks after hello
+    assert unchunker.max_message_size == limits.MAX_CLIENT_MESSAGE_BYTES
+    accepted = 0
+    with pytest.raises(ValueError, match="incomplete messages would hold"):
+        for n in range(100):
+            unchunker.process_chunk((n + 1).to_bytes(4, "little") + (0).to_bytes(4, "little")
+                                    + (16 << 20).to_bytes(4, "little") + b"x")
+            accepted += 1
+    assert accepted == limits.MAX_IN_FLIGHT_BYTES // (16 << 20)
+    assert sum(len(m["content"]) for m in unchunker.pending_messages.values()) <= limits.MAX_IN_FLIGHT_BYTES
+
 
 def test_view_images_are_clamped(viewer):
+    def red_frames(messages) -> list:
+        return [sorted((m["result"]["meta"]["w"], m["result"]["meta"]["h"])) for m in messages
+                if str(m.get("id", "")).startswith("publish:trame.rca.topic.stream") and m["result"]["name"] == "Red"]
+
     async def script(client):
         await client.hello()
-        sizes = {}
+        sizes, seen = {}, []
         for request in ({"w": 5000, "h": 300, "p": 1}, {"w": 3000, "h": 200, "p": 3}):
+            seen += red_frames(client.published)  # frames of earlier sizes may still arrive: not this one's
             client.published.clear()
             await client.call("trame.rca.size", "Red", "test", request)
             deadline = time.monotonic() + 30
-            while time.monotonic() < deadline:
-                frames = [m["result"]["meta"] for m in client.published
-                          if str(m.get("id", "")).startswith("publish:trame.rca.topic.stream")
-                          and m["result"]["name"] == "Red"]
-                if frames:
-                    sizes[request["p"]] = sorted((frames[-1]["w"], frames[-1]["h"]))
+            while time.monotonic() < deadline and request["p"] not in sizes:
+                new = [size for size in red_frames(client.published) if size not in seen]
+                if new:
+                    sizes[request["p"]] = new[0]
                     break
-                message = await client.receive(5)
+                try:
+                    message = await client.receive(5)
+                except asyncio.TimeoutError:
+                    continue
                 if isinstance(message, dict):
                     client.published.append(message)
         bad = await client.call("trame.rca.size", "Red", "test", {"w": "huge", "h": 300, "p": 1})
