@@ -135,15 +135,19 @@ def build_parser() -> argparse.ArgumentParser:
         description="Start a local web app showing a CT in 3D Slicer's views (axial, coronal, sagittal, 3D)\n"
                     "with the Explain panel: prediction, saliency overlay, counterfactual beside the original,\n"
                     "difference map, attention masks, probability per step, results as a zip. Prints the URL.\n"
-                    "Listens on 127.0.0.1 only, unless --host says otherwise (there is no login).\n"
+                    "Listens on 127.0.0.1 only, unless --host says otherwise. The URL it prints holds a\n"
+                    "secret made for this launch: only a page opened from it can use the viewer, and that page\n"
+                    "opens files only in INPUT's folder and the --allow-dir folders.\n"
                     "Needs the viewer's packages: pip install -e '.[slicer]'. Research use only.",
-        epilog="example:\n  acat view ~/scans/head_ct/            # then open http://127.0.0.1:8080/\n"
+        epilog="example:\n  acat view ~/scans/head_ct/            # then open the URL it prints\n"
                "  acat view --port 8090 --model Resources/Models/brain-stroke-phantom")
     view.add_argument("input", nargs="?", help="a DICOM folder or file, NRRD or NIfTI to open at start")
     view.add_argument("--port", type=int, default=8080, help="the port to listen on (default 8080)")
     view.add_argument("--host", help="the address to listen on (default 127.0.0.1: this computer only; "
                                      "0.0.0.0 lets other computers in)")
     view.add_argument("--model", help="a model bundle folder or the id of a bundled model, selected first")
+    view.add_argument("--allow-dir", action="append", metavar="DIR",
+                      help="a folder whose scans the page may open, besides INPUT's folder (repeatable)")
     _common(view)
     view.set_defaults(handler=commands.view)
 

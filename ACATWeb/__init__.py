@@ -13,6 +13,9 @@ and ``acat`` (ACATCli) loads it by name only when ``acat view`` runs. One idea p
 * `download`  - the results as a zip (NRRD + report.json), written atomically in a private folder
 * `demo_case` - the bundled demo case (the phantom head CT with a left MCA lesion), made on request
 * `app`       - the trame application: Slicer views, layouts, the panel, the polling task
-* `guard`     - only the viewer's own page may use it: foreign Origin and Host headers are refused
-* `server`    - ``acat view`` itself: options, loopback by default, the URL printed
+* `guard`     - only the page opened from the printed URL may use it: this launch's token, this
+                computer's Host, the page's own Origin; one page at a time
+* `files`     - which files the page may open: those inside INPUT's folder and the --allow-dir folders
+* `limits`    - what a page may make the viewer do: message bytes, view image sizes, RPCs, memory
+* `server`    - ``acat view`` itself: options, loopback by default, the URL (with its token) printed
 """

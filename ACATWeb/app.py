@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import os
 import secrets
 import shutil
+import signal
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -33,9 +36,10 @@ from ACATLogic.errors import ACATInputError
 from ACATLogic.options import METHODS, ExplainOptions
 from ACATSlicerLib import display
 from ACATSlicerLib.controller import AlreadyRunning, ExplainController
-from ACATSlicerLib.runner import CANCELLED, SUCCEEDED
+from ACATSlicerLib.runner import CANCELLED, SUCCEEDED, ExplainProcess
 
 from . import demo_case, download, session, summary
+from .files import AllowedFolders
 
 EXPLORE, RESULTS = "explore", "results"
 # zip on the server, then let the browser fetch it through a download link (navigating to it would close the
@@ -59,16 +63,22 @@ def layouts() -> dict:
 
 
 class ViewerApp(TrameApp):
-    """``model``: the bundle folder or id selected first; ``input_path``: a CT to open at start."""
+    """``model``: the bundle folder or id selected first; ``input_path``: a CT to open at start;
+    ``allowed_dirs``: the folders whose files the page may open (`files`; the demo case's is added);
+    ``popen``: how the explanation's child process is started (`limits.unlimited_popen`)."""
 
-    def __init__(self, server=None, *, model: Optional[str] = None, input_path: Optional[str] = None):
+    def __init__(self, server=None, *, model: Optional[str] = None, input_path: Optional[str] = None,
+                 allowed_dirs=(), popen=None):
         super().__init__(server, client_type="vue3")
         self.server.enable_module(trame_slicer_module)
         self.private_dir = download.private_folder()
         atexit.register(self.close)
         (self.private_dir / "work").mkdir()
+        (self.private_dir / "demo").mkdir()
         self.downloads_dir = self.private_dir / "downloads"
         self.downloads_dir.mkdir()
+        self.allowed = AllowedFolders([*allowed_dirs, self.private_dir / "demo"])
+        self._zip: Optional[Path] = None  # the last results zip: deleted when a new one supersedes it
         # served only under an unguessable path, so another page cannot fetch a patient's results
         self.download_route = f"acat-download-{secrets.token_urlsafe(16)}"
         self.server.serve[self.download_route] = str(self.downloads_dir)
@@ -79,7 +89,9 @@ class ViewerApp(TrameApp):
         self.layout_manager.register_layout_dict(layouts())
         self.layout_manager.set_layout(EXPLORE)
 
-        self.controller = ExplainController(self.slicer_app.scene, workRoot=self.private_dir / "work")
+        runner = (lambda: ExplainProcess(popen=popen)) if popen is not None else ExplainProcess
+        self.controller = ExplainController(self.slicer_app.scene, runnerFactory=runner,
+                                            workRoot=self.private_dir / "work")
         self.session = session.ViewerSession(self.slicer_app.scene, self.controller)
         self._task = None
         self._needs_fit: set = set()  # slice views to fit to the CT when the page next resizes them
@@ -102,10 +114,13 @@ class ViewerApp(TrameApp):
         except ACATInputError:
             if model:
                 raise
+            self._offered_models = frozenset()
             return [], ""  # nothing installed: the page says so
         offered = {Path(c.path).resolve(): str(c.path) for c in self.controller.modelChoices()}
         selected = offered.get(folder.resolve()) or str(self.controller.addModel(folder).path)  # verified first
-        return [{"title": c.title, "value": str(c.path)} for c in self.controller.modelChoices()], selected
+        items = [{"title": c.title, "value": str(c.path)} for c in self.controller.modelChoices()]
+        self._offered_models = frozenset(item["value"] for item in items)  # what the page may choose
+        return items, selected
 
     def _init_state(self, model, input_path) -> None:
         items, selected = self._model_items(model)
@@ -128,8 +143,9 @@ class ViewerApp(TrameApp):
         with self.state:
             self.state.update({"busy": True, "error": "", "status": f"Reading {path} ...", "has_result": False,
                                "download_url": ""})
+        self._drop_zip()
         try:
-            volume = await asyncio.to_thread(session.read_ct, path)
+            volume = await asyncio.to_thread(self._read_allowed, path)
         except Exception as exc:  # noqa: BLE001 - shown in the panel as one line
             with self.state:
                 self.state.update({"busy": False, "status": "", "error": _one_line(exc)})
@@ -164,6 +180,12 @@ class ViewerApp(TrameApp):
         if self._focus_ras is not None:
             view.get_view_node().JumpSliceByOffsetting(*self._focus_ras)
 
+    def _read_allowed(self, path):
+        """The CT at ``path`` if the page may open it (`files`); one line otherwise, the same whatever lies
+        outside the allowed folders."""
+        text = str(path).strip()
+        return session.read_ct(self.allowed.check(text) if text else text)
+
     def open_input(self) -> None:
         create_task(self._open(self.state.input_path))
 
@@ -183,8 +205,13 @@ class ViewerApp(TrameApp):
 
     # -- explain -----------------------------------------------------------------------------------
     def explain(self) -> None:
+        model = self.state.model
+        if not isinstance(model, str) or model not in self._offered_models:  # a page may send any value
+            self.state.error = "choose a model from the list"
+            return
+        self._drop_zip()
         try:
-            self.session.explain(self.state.model, ExplainOptions(method=self.state.method))
+            self.session.explain(model, ExplainOptions(method=self.state.method))
         except AlreadyRunning:
             return  # one explanation at a time: a second click (or a client's call) is ignored
         except (ValueError, TypeError, OSError, RuntimeError) as exc:
@@ -255,7 +282,8 @@ class ViewerApp(TrameApp):
             self.state.update({"busy": True, "status": "Preparing the download ..."})
         try:
             name = f"acat-results-{secrets.token_hex(4)}.zip"
-            await asyncio.to_thread(self.session.export_zip, self.downloads_dir, name)
+            self._drop_zip()
+            self._zip = await asyncio.to_thread(self.session.export_zip, self.downloads_dir, name)
             url = f"{self.download_route}/{name}"
             status, error = "Results zipped: NRRD volumes and report.json.", ""
         except (ValueError, OSError) as exc:
@@ -264,12 +292,31 @@ class ViewerApp(TrameApp):
             self.state.update({"busy": False, "status": status, "error": error, "download_url": url})
         return url
 
+    def _drop_zip(self) -> None:
+        """Delete the last results zip: a new one, a new run or a new CT supersedes it."""
+        if self._zip is not None:
+            self._zip.unlink(missing_ok=True)
+            self._zip = None
+
     def close(self) -> None:
         """Stop a running explanation and delete the private folder (inputs written, results, downloads)."""
         try:
             self.controller.cancel()
         finally:
             shutil.rmtree(self.private_dir, ignore_errors=True)
+
+    def stop_on_sigterm(self) -> None:
+        """SIGTERM (``kill``, a service manager) cleans up as Ctrl+C does and exits at once with 143, even
+        while a page is connected or a run goes on (installed once the server runs: it replaces aiohttp's)."""
+
+        def on_sigterm(signum, _frame):
+            try:
+                self.close()
+            finally:
+                sys.stdout.flush()
+                os._exit(128 + signum)
+
+        signal.signal(signal.SIGTERM, on_sigterm)
 
     # -- page --------------------------------------------------------------------------------------
     def _build_ui(self) -> None:

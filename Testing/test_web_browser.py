@@ -18,6 +18,7 @@ import json
 import re
 import time
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -62,7 +63,10 @@ def wait_for_overlay(page, timeout_s: float = 60.0) -> np.ndarray:
 
 
 def test_explain_in_the_browser(demo_image, model, tmp_path):
-    with web_browser.viewer_server(model, tmp_path) as (url, process, log):
+    # the page may open files only in the folders given when the viewer starts (the demo case's here)
+    allow = ("--allow-dir", str(Path(demo_image).parent))
+    with web_browser.viewer_server(model, tmp_path, extra_args=allow) as (url, process, log):
+        assert "?secret=" in url  # the page opens with this launch's token, as a user's browser does
         with web_browser.chromium_page(tmp_path / "chromium-profile") as page:
             page.goto(url, timeout=120_000)
             page.wait_for_selector("#explain-button", timeout=120_000)

@@ -2,7 +2,9 @@
 
 One real server on a free loopback port (Testing/web_browser.py starts it, with its temporary folder in
 the test's TMPDIR), driven with raw HTTP over sockets and with a websocket client speaking wslink, the
-page's protocol:
+page's protocol (Testing/wslink_client.py). Requests here carry the launch's token (as the page's cookie)
+unless a test says otherwise, so that what is checked is what lies behind it; the token itself, the
+allowed folders and the other bounds of issue 17 are Testing/test_web_security.py's:
 
 * it listens on 127.0.0.1 only: the listening socket's address, and no answer on another interface;
 * path traversal (``../`` plain, percent-encoded, doubled) never serves a file outside the served
@@ -19,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import time
 from pathlib import Path
 
 import pytest
@@ -27,10 +28,9 @@ import pytest
 pytest.importorskip("trame_slicer", reason="trame-slicer is not installed (pip install -e '.[slicer]')")
 
 import aiohttp  # noqa: E402
-import msgpack  # noqa: E402
-from wslink.chunking import UnChunker, generate_chunks  # noqa: E402
 
-from web_browser import SHIPPED_BUNDLE, viewer_server  # noqa: E402
+from web_browser import SHIPPED_BUNDLE, split_url, viewer_server  # noqa: E402
+from wslink_client import closed, session_for  # noqa: E402
 
 SECRET = "planted-secret-7f3a"  # a file outside every served folder; no answer may contain it
 
@@ -42,8 +42,12 @@ def viewer(tmp_path_factory):
     (tmp / "tmp").mkdir()
     (tmp / "tmp" / "secret.txt").write_text(SECRET)  # beside the viewer's private folder (in its TMPDIR)
     with viewer_server(SHIPPED_BUNDLE, tmp) as (url, process, log):
-        port = int(url.rsplit(":", 1)[1].strip("/"))
-        yield {"url": url.rstrip("/"), "port": port, "process": process, "log": log, "tmp": tmp}
+        base, port, token = split_url(url)
+        COOKIE[0] = f"acat-view-{port}={token}"
+        yield {"url": base, "port": port, "token": token, "process": process, "log": log, "tmp": tmp}
+
+
+COOKIE = [""]  # the running viewer's token cookie, sent with every request below as the page sends it
 
 
 def http(port: int, request: bytes, timeout_s: float = 10.0) -> tuple[int, bytes]:
@@ -61,7 +65,7 @@ def http(port: int, request: bytes, timeout_s: float = 10.0) -> tuple[int, bytes
 
 
 def get(port: int, path: str, **headers) -> tuple[int, bytes]:
-    fields = {"Host": f"127.0.0.1:{port}", "Connection": "close", **headers}
+    fields = {"Host": f"127.0.0.1:{port}", "Connection": "close", "Cookie": COOKIE[0], **headers}
     lines = "".join(f"{k.replace('_', '-')}: {v}\r\n" for k, v in fields.items())
     return http(port, f"GET {path} HTTP/1.1\r\n{lines}\r\n".encode("latin-1"))
 
@@ -115,7 +119,8 @@ def test_path_traversal_never_serves_a_file_outside_the_served_folders(viewer, p
     b"POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\nZZZ\r\nnot a chunk\r\n",
 ])
 def test_malformed_http_requests_get_an_error_and_the_server_carries_on(viewer, request_bytes):
-    request_bytes = request_bytes.replace(b"Host: 127.0.0.1", f"Host: 127.0.0.1:{viewer['port']}".encode())
+    request_bytes = request_bytes.replace(b"Host: 127.0.0.1", f"Host: 127.0.0.1:{viewer['port']}\r\nCookie: "
+                                          f"{COOKIE[0]}".encode())
     status, answer = http(viewer["port"], request_bytes)
     assert status == 0 or 400 <= status < 500, answer[:200]
     assert_still_serving(viewer)
@@ -125,7 +130,8 @@ def test_an_oversized_upload_is_refused(viewer):
     port = viewer["port"]
     body = b"x" * (8 << 20)
     for path in ("/", "/index.html", "/ws"):
-        head = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/octet-stream\r\n"
+        head = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nCookie: {COOKIE[0]}\r\n"
+                f"Content-Type: application/octet-stream\r\n"
                 f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()
         status, answer = http(port, head + body)
         assert status in (0, 403, 404, 405, 413), answer[:200]
@@ -134,7 +140,7 @@ def test_an_oversized_upload_is_refused(viewer):
 
 def test_another_sites_page_is_refused(viewer):
     port, url = viewer["port"], viewer["url"]
-    assert get(port, "/index.html")[0] == 200  # a program sending no Origin (curl): allowed
+    assert get(port, "/index.html")[0] == 200  # a program sending no Origin (curl), with the token: allowed
     assert get(port, "/index.html", Origin=url)[0] == 200  # the viewer's own page
     for origin in ("http://evil.example", f"http://evil.example:{port}", "null", f"http://127.0.0.1:{port + 1}"):
         status, answer = get(port, "/index.html", Origin=origin)
@@ -144,7 +150,7 @@ def test_another_sites_page_is_refused(viewer):
     assert get(port, "/index.html", Host=f"localhost:{port}")[0] == 200
 
     async def handshake(origin: str) -> int:
-        async with aiohttp.ClientSession() as session:
+        async with aiohttp.ClientSession(cookies={f"acat-view-{port}": viewer["token"]}) as session:
             try:
                 async with session.ws_connect(f"{url}/ws", headers={"Origin": origin}):
                     return 101
@@ -155,49 +161,8 @@ def test_another_sites_page_is_refused(viewer):
     assert asyncio.run(handshake(url)) == 101
 
 
-class WslinkClient:
-    """Just enough of the page's websocket protocol: chunked msgpack RPC (wslink 1.0)."""
-
-    def __init__(self, ws):
-        self.ws, self.unchunker, self.client_id, self.n = ws, UnChunker(), "", 0
-        self.unchunker.set_max_message_size(1 << 30)
-
-    async def send(self, message: dict) -> None:
-        for chunk in generate_chunks(msgpack.packb(message), 1 << 20):
-            await self.ws.send_bytes(chunk)
-
-    async def call(self, method: str, *args, timeout_s: float = 30.0):
-        self.n += 1
-        rpc_id = "system:c0:0" if method == "wslink.hello" else f"rpc:{self.client_id}:{self.n}"
-        await self.send({"wslink": "1.0", "id": rpc_id, "method": method, "args": list(args), "kwargs": {}})
-        deadline = time.monotonic() + timeout_s
-        while True:
-            message = await self.ws.receive(timeout=max(0.1, deadline - time.monotonic()))
-            if message.type != aiohttp.WSMsgType.BINARY:
-                return message  # the server closed the connection
-            full = self.unchunker.process_chunk(message.data)
-            if full is not None and full.get("id") == rpc_id:
-                return full
-
-    async def hello(self) -> None:
-        reply = await self.call("wslink.hello", {"secret": "wslink-secret"})
-        self.client_id = reply["result"]["clientID"]
-
-
 def run_ws(viewer, script):
-    async def main():
-        async with aiohttp.ClientSession() as session:
-            async with session.ws_connect(f"{viewer['url']}/ws", headers={"Origin": viewer["url"]},
-                                          max_msg_size=0) as ws:
-                client = WslinkClient(ws)
-                return await script(client)
-
-    return asyncio.run(main())
-
-
-def closed(reply) -> bool:
-    return isinstance(reply, aiohttp.WSMessage) and reply.type in (
-        aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR)
+    return session_for(viewer["url"], viewer["token"], script=script)
 
 
 def test_a_bad_state_value_from_the_page_is_an_error_line_not_a_crash(viewer):

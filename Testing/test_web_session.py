@@ -11,6 +11,7 @@ by Testing/test_web_browser.py.
 from __future__ import annotations
 
 import json
+import socket
 import time
 import zipfile
 
@@ -298,5 +299,12 @@ def test_listening_beyond_loopback_needs_an_explicit_host():
     assert server.LOOPBACK == "127.0.0.1"
     assert server.is_loopback("127.0.0.1") and server.is_loopback("localhost") and server.is_loopback("::1")
     assert not server.is_loopback("0.0.0.0") and not server.is_loopback("192.168.1.2")
-    assert server.view_url("127.0.0.1", 8080) == "http://127.0.0.1:8080/"
-    assert server.view_url("::1", 8080) == "http://[::1]:8080/"
+    assert server.view_url("127.0.0.1", 8080, "T0k") == "http://127.0.0.1:8080/index.html?secret=T0k"
+    assert server.view_url("::1", 8080, "T0k") == "http://[::1]:8080/index.html?secret=T0k"
+    assert server.view_url("0.0.0.0", 8080, "T0k") == f"http://{socket.gethostname()}:8080/index.html?secret=T0k"
+
+
+def test_view_command_checks_allowed_folders_before_starting(capsys, tmp_path):
+    assert acat_main(["view", "--allow-dir", str(tmp_path / "missing")]) == 2
+    err = capsys.readouterr().err
+    assert "--allow-dir needs an existing folder" in err and len(err.strip().splitlines()) == 1

@@ -35,17 +35,25 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def split_url(url: str) -> tuple[str, int, str]:
+    """(``http://host:port``, port, token) from the URL ``acat view`` prints."""
+    match = re.fullmatch(r"(http://\S+?:(\d+))/index\.html\?secret=([A-Za-z0-9_-]+)", url)
+    assert match, url
+    return match.group(1), int(match.group(2)), match.group(3)
+
+
 @contextmanager
-def viewer_server(model: Path, tmp: Path, start_timeout_s: float = 180.0, extra_args=()):
-    """``acat view`` on a free loopback port; yields (url, process, log path). Its temporary files go
-    under ``tmp/tmp`` (TMPDIR), so a test can check that the viewer deleted them when it stopped."""
+def viewer_server(model: Path, tmp: Path, start_timeout_s: float = 180.0, extra_args=(), host=None):
+    """``acat view`` on a free loopback port (``--host HOST`` if given); yields (url with its token,
+    process, log path). Its temporary files go under ``tmp/tmp`` (TMPDIR), so a test can check that the
+    viewer deleted them when it stopped."""
     port = free_port()
     (tmp / "tmp").mkdir(parents=True, exist_ok=True)
     log = tmp / "acat-view.log"
     env = dict(os.environ, TMPDIR=str(tmp / "tmp"), PYTHONUNBUFFERED="1")
     env.pop("DISPLAY", None)  # headless, as in CI: VTK renders through EGL
     command = [sys.executable, "-m", "ACATCli", "view", "--port", str(port), "--model", str(model),
-               *extra_args]
+               *(["--host", host] if host else []), *extra_args]
     with open(log, "w") as stderr:
         process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=stderr, text=True)
     lines: "queue.Queue[str]" = queue.Queue()
@@ -62,7 +70,10 @@ def viewer_server(model: Path, tmp: Path, start_timeout_s: float = 180.0, extra_
             except queue.Empty:
                 continue
             url = match.group(1) if match else None
-        assert url == f"http://127.0.0.1:{port}/", url  # loopback unless --host says otherwise
+        base, printed_port, _ = split_url(url)
+        assert printed_port == port, url
+        if host is None:
+            assert base == f"http://127.0.0.1:{port}", url  # loopback unless --host says otherwise
         yield url, process, log
     finally:
         stop(process)

@@ -43,7 +43,7 @@ def main(argv=None) -> int:
             model = make_random_bundle(tmp / "random-bundle", size=64, slices=5, steps=3)
         elif not (model / "model.json").is_file():
             parser.error(f"{model} is not a model bundle (use --model FOLDER, or --random for the layout only)")
-        with web_browser.viewer_server(model, tmp) as (url, _process, _log):
+        with web_browser.viewer_server(model, tmp, extra_args=("--allow-dir", str(image.parent))) as (url, _p, _l):
             with web_browser.chromium_page(tmp / "profile", width=1600, height=1000) as page:
                 web_browser.open_and_explain(page, url, image)
                 deadline = time.monotonic() + 60
