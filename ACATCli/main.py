@@ -110,6 +110,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="with --dicom: leave out the patient's name, ID, birth date and the other identifying "
                             "attributes (PS3.15 Basic Profile; the UIDs are kept so that the results stay with "
                             "their scan)")
+    dicom.add_argument("--dicom-source", metavar="SERIES",
+                       help="with --dicom and an NRRD or NIfTI input that is a copy of a DICOM series (what the "
+                            "Slicer module and the web viewer hand over): that series - a folder, a file, or a .txt "
+                            "list of its files, one a line; --series picks one series of a folder")
     dicom.add_argument("--dicom-top-percent", type=float, default=5.0, metavar="P",
                        help="with --dicom: the SEG marks the most salient P%% of the map's non-zero voxels "
                             "(default 5)")

@@ -113,6 +113,22 @@ def _source_files(source: Union[str, os.PathLike, Sequence]) -> tuple[list[Path]
     return [path], path
 
 
+def source_list(path: Union[str, os.PathLike]) -> Union[Path, list]:
+    """``--dicom-source``: a DICOM folder or file as it is, or - a ``.txt`` file - the list of the series' files
+    it holds, one path per line (what the Slicer module writes for a series in its DICOM database, whose
+    files may lie anywhere)."""
+    path = Path(path)
+    if path.suffix.lower() != ".txt" or not path.is_file():
+        return path
+    try:
+        files = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ACATInputError(f"cannot read the list of DICOM files ({exc})", path) from None
+    if not files:
+        raise ACATInputError("the list of DICOM files is empty", path)
+    return files
+
+
 def check_dicom_input(source) -> None:
     """Raise `ACATInputError` (one line) when ``source`` is not DICOM - before a long explanation starts."""
     if isinstance(source, (list, tuple)):
@@ -125,10 +141,15 @@ def check_dicom_input(source) -> None:
 def dicom_source(source, volume: CTVolume, *, series_uid: Optional[str] = None) -> DicomSource:
     """The headers of the series ``volume`` was read from (``source`` as given to `read_volume`).
 
+    ``volume`` may also be a copy of that series in another format (the NRRD a viewer writes of the volume
+    it shows, ``acat explain input.nrrd --dicom --dicom-source SERIES``): then ``series_uid`` or the largest
+    CT series of ``source`` is the source, and at least one slice must lie at a source image's position.
+
     Raises `ACATInputError` when ``source`` is not DICOM or no longer holds that series."""
     files, root = _source_files(source)
+    from_dicom = volume.metadata.get("source_format") == "DICOM"
     uid = series_uid or volume.metadata.get("series_instance_uid")
-    if volume.metadata.get("source_format") != "DICOM" or not uid:
+    if from_dicom and not uid:
         raise ACATInputError("the volume was not read from DICOM: the DICOM results (--dicom) need a DICOM source "
                              "series", root)
     with dicom_scan.lenient_pydicom():
@@ -155,7 +176,13 @@ def dicom_source(source, volume: CTVolume, *, series_uid: Optional[str] = None) 
                       and np.allclose(r.col_dir, col_dir, atol=1e-4)
                       and (r.rows, r.columns) == volume.voxels_hu.shape[1:])
         slices.append((r.header, r.frame) if distance[best] <= _POSITION_TOLERANCE_MM and same_plane else None)
-    return DicomSource(images, slices)
+    found = DicomSource(images, slices)
+    if not from_dicom and found.matched == 0:
+        # a volume handed over by a viewer (an NRRD of what it shows) is only said to come from this series:
+        # without one slice at a source image's position the results would refer to a scan they do not lie on
+        raise ACATInputError("the volume does not lie on the slices of the DICOM source series (another scan, or "
+                             "resampled); explain the DICOM series itself", root)
+    return found
 
 
 # -------------------------------------------------------------------------------------------------------------
