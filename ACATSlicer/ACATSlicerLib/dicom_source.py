@@ -14,7 +14,7 @@ test passes any object with ``fileForInstance``. No Qt or Slicer import here.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import Callable, List, Optional, Tuple
 
 INSTANCE_UIDS_ATTRIBUTE = "DICOM.instanceUIDs"
 
@@ -64,3 +64,22 @@ def dicomResults(volumeNode, database, deidentify: bool = False, packagesProblem
     if reason:
         raise ValueError(f"no DICOM results: {reason}")
     return DicomResults(tuple(files), deidentify=deidentify)
+
+
+class DicomOption:
+    """The panel's "DICOM results" choice for the selected volume: `problem` (looked up once per node and
+    series: the panel asks on every change of its state) and `results` (looked up again, when Explain is
+    pressed). ``database``: a callable returning the DICOM database (``slicer.dicomDatabase``) or None."""
+
+    def __init__(self, database: Callable[[], object], packagesProblem: Optional[str] = None) -> None:
+        self.database, self.packagesProblem = database, packagesProblem
+        self._checked: tuple = (None, "")
+
+    def problem(self, volumeNode) -> str:
+        key = None if volumeNode is None else (volumeNode.GetID(), volumeNode.GetAttribute(INSTANCE_UIDS_ATTRIBUTE))
+        if key is None or key != self._checked[0]:
+            self._checked = (key, dicomResultsProblem(volumeNode, self.database(), self.packagesProblem))
+        return self._checked[1]
+
+    def results(self, volumeNode, deidentify: bool = False):
+        return dicomResults(volumeNode, self.database(), deidentify, self.packagesProblem)

@@ -81,9 +81,10 @@ class ExplainRequest:
             raise ValueError("choose a model (a bundled model or a model folder via 'Add model...')")
 
     @classmethod
-    def fromPanel(cls, panel) -> "ExplainRequest":
+    def fromPanel(cls, panel, dicom: Optional[DicomResults] = None) -> "ExplainRequest":
         """From the module's parameter node (any object with its attribute names): ``panel.model`` and every
-        `ExplainOptions` field the panel has; `MODEL_DEFAULT`, 0 and "" mean "the model card's default"."""
+        `ExplainOptions` field the panel has; `MODEL_DEFAULT`, 0 and "" mean "the model card's default".
+        ``dicom``: the DICOM results too (`dicom_source.DicomOption.results`)."""
         from ACATLogic.options import ExplainOptions  # standard library only: fine before torch is installed
 
         values = {}
@@ -94,7 +95,7 @@ class ExplainRequest:
             if f.metadata["kind"] == "list":
                 value = tuple(t.strip() for t in str(value).split(",") if t.strip()) or None
             values[f.name] = value
-        return cls(str(panel.model or ""), ExplainOptions(**{k: v for k, v in values.items() if v is not None}))
+        return cls(str(panel.model or ""), ExplainOptions(**{k: v for k, v in values.items() if v is not None}), dicom)
 
     def onDevice(self, device: str) -> "ExplainRequest":
         """The same explanation on another device (the CPU retry after the GPU ran out of memory)."""
