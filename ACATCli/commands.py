@@ -202,8 +202,9 @@ def check_dicom_output_args(args: argparse.Namespace, source=None) -> None:
         check_dicom_input(source)
 
 
-def dicom_writer(args: argparse.Namespace, source, volume: CTVolume, explanation, bundle):
-    """The DICOM results' writer for `write_explanation` when ``--dicom`` is given, else None."""
+def dicom_writer(args: argparse.Namespace, source, volume: CTVolume, explanation, bundle, found=None):
+    """The DICOM results' writer for `write_explanation` when ``--dicom`` is given, else None. ``found``: the
+    source's headers read earlier (`dicom_found`)."""
     if not getattr(args, "dicom", False):
         return None
     from ACATLogic.dicom_export import results_writer
@@ -211,7 +212,17 @@ def dicom_writer(args: argparse.Namespace, source, volume: CTVolume, explanation
     if getattr(args, "dicom_source", None):
         source = _dicom_source(args)
     return results_writer(source, volume, explanation, bundle, series_uid=args.series,
-                          top_percent=args.dicom_top_percent, deidentify_output=args.deidentify)
+                          top_percent=args.dicom_top_percent, deidentify_output=args.deidentify, found=found)
+
+
+def dicom_found(args: argparse.Namespace, volume: CTVolume):
+    """With ``--dicom``: the DICOM source's headers, matched to ``volume`` before the long explanation (a
+    ``--dicom-source`` the volume does not lie on fails now, in one line); else None."""
+    if not getattr(args, "dicom", False):
+        return None
+    from ACATLogic.dicom_export import dicom_source
+
+    return dicom_source(_dicom_source(args), volume, series_uid=args.series)
 
 
 def explain(args: argparse.Namespace) -> int:
@@ -239,6 +250,7 @@ def _explain(args: argparse.Namespace, claim: OutputClaim) -> int:
     bundle = load_bundle(resolve_model(args.model))
     t0 = time.perf_counter()
     volume = _read(args)
+    found = dicom_found(args, volume)
     read_s = time.perf_counter() - t0
     warn_if_short_of_space(out, volume.voxels_hu.nbytes * (2 + len(bundle.labels) + 4))
 
@@ -272,7 +284,7 @@ def _explain(args: argparse.Namespace, claim: OutputClaim) -> int:
         progress(0.0, "writing the results")
         files = write_explanation(explanation, out, bundle=bundle, volume=volume, overwrite=args.overwrite,
                                   extra_timings={"read_s": round(read_s, 4)}, protect=claim.inputs,
-                                  extra_writer=dicom_writer(args, _source(args), volume, explanation, bundle))
+                                  extra_writer=dicom_writer(args, _source(args), volume, explanation, bundle, found))
         progress(1.0, "done")
     write_s = time.perf_counter() - t1
     if jsonl:

@@ -401,15 +401,17 @@ def write_dicom_results(folder: Path, source: DicomSource, volume: CTVolume, sal
 
 
 def results_writer(source, volume: CTVolume, explanation, bundle, *, series_uid: Optional[str] = None,
-                   top_percent: float = DEFAULT_TOP_PERCENT, deidentify_output: bool = False):
+                   top_percent: float = DEFAULT_TOP_PERCENT, deidentify_output: bool = False,
+                   found: Optional[DicomSource] = None):
     """An ``extra_writer`` for `ACATLogic.outputs.write_explanation` that adds the DICOM results of
     ``explanation`` (its saliency) for ``volume`` read from ``source``; report.json gets a "dicom" section.
 
-    The source's headers are read here, before anything is written: a source that changed since it was
-    read fails now, in one line."""
+    The source's headers are read here (unless ``found``: `dicom_source`'s, read earlier), before anything
+    is written: a source that changed since it was read fails now, in one line."""
     import time
 
-    found = dicom_source(source, volume, series_uid=series_uid)
+    if found is None:
+        found = dicom_source(source, volume, series_uid=series_uid)
     hu_window = tuple(bundle.spec.hu_window)
 
     def write(folder: Path) -> tuple[list[str], dict]:

@@ -322,3 +322,33 @@ def test_the_slicer_panels_dicom_results_are_exported_and_refer_to_the_loaded_se
     # another volume without DICOM provenance: the box is unticked and greyed again, with the reason
     ui.inputVolumeSelector.choose(plain)
     assert not p.dicomResults and not ui.dicomResultsCheckBox.checked and not ui.dicomResultsCheckBox.enabled
+
+
+def test_dicom_source_is_for_an_nrrd_copy_of_the_series_said_in_one_line(cranium_series, tiny_bundle, tmp_path,
+                                                                         capsys):
+    """``acat explain COPY.nrrd --dicom --dicom-source SERIES`` (what both viewers run): its misuses end in one
+    line and exit 2 - a volume that is not on the series' slices before the explanation starts."""
+    from ACATCli.main import main as acat_main
+    from ACATLogic.io import read_volume
+    from ACATLogic.io.itk_files import write_itk_file
+    from ACATLogic.volume import CTVolume
+    from ACATSlicerLib.volume_nodes import geometryFromIjkToRas
+
+    copy = write_itk_file(read_volume(cranium_series), tmp_path / "ct.nrrd")
+    voxels, ijk_to_ras = syntheticHeadCT()
+    other = write_itk_file(CTVolume(voxels, *geometryFromIjkToRas(ijk_to_ras)), tmp_path / "other.nrrd")
+    (tmp_path / "empty.txt").write_text("\n")
+    cases = [
+        ([str(copy), "--dicom-source", str(cranium_series)], "--dicom-source names the series the DICOM results "
+                                                             "refer to: add --dicom"),
+        ([str(cranium_series), "--dicom", "--dicom-source", str(cranium_series)], "a DICOM input is its own source"),
+        ([str(copy), "--dicom", "--dicom-source", str(tmp_path / "empty.txt")], "the list of DICOM files is empty"),
+        ([str(other), "--dicom", "--dicom-source", str(cranium_series)],
+         "the volume does not lie on the slices of the DICOM source series"),
+    ]
+    for extra, message in cases:
+        out = tmp_path / "out"
+        code = acat_main(["explain", *extra, "--out", str(out), "--model", str(tiny_bundle), "--device", "cpu"])
+        err = capsys.readouterr().err
+        assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+        assert not out.exists()  # nothing written
