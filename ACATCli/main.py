@@ -98,7 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--out", required=True, help="the results folder (new or empty; see --overwrite)")
     explain.add_argument("--model", help="a model bundle folder or the id of a bundled model")
     add_explain_arguments(explain)  # every ExplainOptions field, defined once (ACATLogic/options.py)
-    explain.add_argument("--series", metavar="UID", help="the SeriesInstanceUID to read from a DICOM folder")
+    explain.add_argument("--series", metavar="UID", help="the SeriesInstanceUID to read from a DICOM folder (with "
+                                                         "--dicom-source: the series of that folder to refer to)")
     explain.add_argument("--overwrite", action="store_true", help="replace the contents of --out")
     dicom = explain.add_argument_group("DICOM results (for PACS; need a DICOM input)")
     dicom.add_argument("--dicom", action="store_true",

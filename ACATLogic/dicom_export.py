@@ -15,6 +15,10 @@ series and, frame by frame, to the source image at the same position; the series
 (positions and orientation equal); a series whose slices were resampled or realigned on reading (gantry
 tilt, a missing slice) gets frames on the corrected grid, referring to the series as a whole.
 
+The volume explained may also be an NRRD or NIfTI copy of the source series (``acat explain copy.nrrd --dicom
+--dicom-source SERIES``: what the Slicer module and the web viewer run, explaining the volume they show): the
+frames then match the source's images by position just the same, and at least one must.
+
 The patient and study attributes are copied from the source - that is how a PACS files the results with
 the scan - and nothing identifying is added. ``deidentify=True`` empties or removes them instead (PS3.15
 Basic Application Level Confidentiality Profile with the Retain UIDs option: the UIDs stay, so the results

@@ -5,7 +5,8 @@ the web viewer's `ACATWeb.session.ViewerSession` drives one. A run goes one way,
 caller's (GUI) thread for longer than it takes to make a few nodes:
 
 1. `start` checks the input node and hands a view of its voxels to a worker thread, which writes them as a
-   raw NRRD into a private work folder (`nrrd_exchange`). One run at a time: starting while one runs raises
+   raw NRRD into a private work folder (`nrrd_exchange`), with the list of the DICOM source files when the
+   request asks for DICOM results (`request.DicomResults`). One run at a time: starting while one runs raises
    `AlreadyRunning` and leaves the running one exactly as it was.
 2. The caller's timer (the widget's QTimer, the page's polling task) or `wait` (batch mode) calls `poll`.
    Once the file is written, `poll` starts the runner (`runner.ExplainProcess`: ``acat explain ...
