@@ -87,7 +87,7 @@ def run_acat(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess
 #: 2-core machine. Kept in one place so that the lead's science tests need no edit to be marked. The bad-input
 #: corpus marks its own end-to-end cases (Testing/bad_input_corpus.py, END_TO_END).
 SLOW = {
-    "test_web_browser.py": "a real chromium drives the web viewer through a whole Explain (~120 s)",
+    "test_web_browser.py": "a real chromium drives the web viewer through a whole Explain with DICOM results (~200 s)",
     "test_bundled_models.py": "the shipped bundles explain the demo case, every slice (~85 s)",
     "test_benchmarks.py": "the benchmark suite runs once on small cases (~60 s)",
     "test_evaluate.py": "the evaluation harness explains a phantom dataset with every method (~65 s)",

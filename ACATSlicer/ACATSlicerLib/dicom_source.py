@@ -29,8 +29,8 @@ def dicomSourceFiles(volumeNode, database) -> Tuple[List[str], str]:
         return [], "the volume was not loaded from Slicer's DICOM database, so there is no source series to refer to"
     if database is None:
         return [], "Slicer's DICOM database is not open: open it in the DICOM module to find the source series"
-    files, missing = [], 0
-    for uid in dict.fromkeys(uids):
+    files, missing, uids = [], 0, list(dict.fromkeys(uids))
+    for uid in uids:
         path = database.fileForInstance(uid) or ""
         if path and Path(path).is_file():
             files.append(path)
