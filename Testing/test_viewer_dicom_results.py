@@ -10,8 +10,8 @@ SEG lines up with ``saliency.nrrd`` voxel for voxel.
 * The Slicer module: the series loaded into the scene as Slicer's DICOM scalar volume plugin loads it (the
   volumes logic's archetype reader over the series' files; ``DICOM.instanceUIDs`` set from the files, in the
   node's slice order), the module's logic and panel (ACATSlicer.py, with Testing/slicer_gui.py standing in for
-  Qt) with the "DICOM results" box ticked, the real child, Export: the exported ``dicom/`` refers to the
-  series' UIDs. Slicer's DICOM database is not part of slicer-core: `DicomDatabase` stands in for its
+  Qt) with the "DICOM results" and "De-identify" boxes ticked, the real child, Export: the exported
+  ``dicom/`` refers to the series' UIDs and is de-identified. Slicer's DICOM database is not part of slicer-core: `DicomDatabase` stands in for its
   ``fileForInstance`` (instance UID -> file), built from the real files.
 """
 
@@ -112,6 +112,7 @@ def check_dicom_results(results: Path, series: Path, *, deidentified: bool = Fal
         assert ds.StudyInstanceUID == first.StudyInstanceUID and ds.FrameOfReferenceUID == first.FrameOfReferenceUID
         assert ds.ReferencedSeriesSequence[0].SeriesInstanceUID == first.SeriesInstanceUID
         assert ds.PatientID == ("" if deidentified else first.PatientID)
+        assert ds.get("PatientIdentityRemoved") == ("YES" if deidentified else None)
         new_series.add(ds.SeriesInstanceUID)
         seen = set()
         for position, orientation, refs in _frames(ds):
@@ -302,6 +303,7 @@ def test_the_slicer_panels_dicom_results_are_exported_and_refer_to_the_loaded_se
     ui.inputVolumeSelector.choose(node)
     assert ui.dicomResultsCheckBox.enabled and ui.dicomReasonLabel.text == "" and not ui.deidentifyCheckBox.enabled
     assert ui.dicomResultsCheckBox.click() and p.dicomResults and ui.deidentifyCheckBox.enabled
+    assert ui.deidentifyCheckBox.click() and p.deidentify
     p.model, p.device = str(tiny_bundle), "cpu"
     assert ui.explainButton.click()
     deadline = time.monotonic() + 600
@@ -310,14 +312,14 @@ def test_the_slicer_panels_dicom_results_are_exported_and_refer_to_the_loaded_se
         time.sleep(0.05)
     gui.fireTimers()
     assert gui.errors == [] and ui.statusLabel.text.startswith("Done in"), ui.statusLabel.text
-    assert widget.logic.request.dicom is not None and len(widget.logic.request.dicom.sources) == 108
+    assert widget.logic.request.dicom.deidentify and len(widget.logic.request.dicom.sources) == 108
 
     gui.folder = str(tmp_path / "exports")
     (tmp_path / "exports").mkdir()
     assert ui.exportButton.click()
     exported = tmp_path / "exports" / "ACAT results"
     assert gui.errors == [] and (exported / PARAMETRIC_MAP).is_file()
-    check_dicom_results(exported, cranium_series)
+    check_dicom_results(exported, cranium_series, deidentified=True)
 
     # another volume without DICOM provenance: the box is unticked and greyed again, with the reason
     ui.inputVolumeSelector.choose(plain)
