@@ -33,7 +33,7 @@ def explain_batch(args: argparse.Namespace) -> int:
     from ACATLogic.explain import Explainer
     from ACATLogic.options import ExplainOptions
 
-    from ACATLogic.io.path_relations import is_within
+    from ACATLogic.io.path_relations import is_within, same_path
 
     from .commands import check_dicom_output_args
 
@@ -45,7 +45,7 @@ def explain_batch(args: argparse.Namespace) -> int:
     if args.workers < 1:
         raise ACATInputError(f"--workers must be at least 1, not {args.workers}")
     source, out = Path(args.input[0]), Path(args.out)
-    if source.is_dir() and is_within(out, source):
+    if source.is_dir() and (same_path(out, source) or is_within(out, source)):
         raise ACATInputError("the output folder is inside the folder of studies; ACAT never writes into an input "
                              "folder - choose another location", out)
     if out.exists() and not out.is_dir():

@@ -165,30 +165,64 @@ def release_gpu_memory() -> None:
         mps.empty_cache()
 
 
+def _dicom_source(args: argparse.Namespace):
+    """What the DICOM results refer to: ``--dicom-source`` (a folder, a file, or the files a .txt lists),
+    else the input itself."""
+    given = getattr(args, "dicom_source", None)
+    if not given:
+        return _source(args)
+    from ACATLogic.dicom_export import source_list
+
+    return source_list(given)
+
+
 def check_dicom_output_args(args: argparse.Namespace, source=None) -> None:
-    """``--dicom`` needs a DICOM input; ``--deidentify`` and ``--dicom-top-percent`` need ``--dicom``. One line
-    (exit 2) before the model is even loaded."""
+    """``--dicom`` needs a DICOM input, or an NRRD/NIfTI copy of one and ``--dicom-source``; ``--deidentify``
+    and ``--dicom-source`` need ``--dicom``. One line (exit 2) before the model is even loaded."""
+    given = getattr(args, "dicom_source", None)
     if not getattr(args, "dicom", False):
         if getattr(args, "deidentify", False):
             raise ACATInputError("--deidentify applies to the DICOM results: add --dicom")
+        if given:
+            raise ACATInputError("--dicom-source names the series the DICOM results refer to: add --dicom")
         return
     from ACATLogic.dicom_export import check_dicom_input, top_region
+    from ACATLogic.io.itk_files import file_kind
 
     top_region(np.zeros(1), args.dicom_top_percent)  # checks the percentage
+    if given:
+        if getattr(args, "batch", False) or source is not None:
+            raise ACATInputError("--dicom-source is for one scan: a batch's studies are their own DICOM sources")
+        if len(args.input) != 1 or file_kind(Path(args.input[0])) is None:
+            raise ACATInputError("--dicom-source is for an NRRD or NIfTI input: a DICOM input is its own source; "
+                                 "leave out --dicom-source")
     if source is None and not getattr(args, "batch", False):
-        source = _source(args)
+        source = _dicom_source(args)
     if source is not None:
         check_dicom_input(source)
 
 
-def dicom_writer(args: argparse.Namespace, source, volume: CTVolume, explanation, bundle):
-    """The DICOM results' writer for `write_explanation` when ``--dicom`` is given, else None."""
+def dicom_writer(args: argparse.Namespace, source, volume: CTVolume, explanation, bundle, found=None):
+    """The DICOM results' writer for `write_explanation` when ``--dicom`` is given, else None. ``found``: the
+    source's headers read earlier (`dicom_found`)."""
     if not getattr(args, "dicom", False):
         return None
     from ACATLogic.dicom_export import results_writer
 
+    if getattr(args, "dicom_source", None):
+        source = _dicom_source(args)
     return results_writer(source, volume, explanation, bundle, series_uid=args.series,
-                          top_percent=args.dicom_top_percent, deidentify_output=args.deidentify)
+                          top_percent=args.dicom_top_percent, deidentify_output=args.deidentify, found=found)
+
+
+def dicom_found(args: argparse.Namespace, volume: CTVolume):
+    """With ``--dicom``: the DICOM source's headers, matched to ``volume`` before the long explanation (a
+    ``--dicom-source`` the volume does not lie on fails now, in one line); else None."""
+    if not getattr(args, "dicom", False):
+        return None
+    from ACATLogic.dicom_export import dicom_source
+
+    return dicom_source(_dicom_source(args), volume, series_uid=args.series)
 
 
 def explain(args: argparse.Namespace) -> int:
@@ -216,6 +250,7 @@ def _explain(args: argparse.Namespace, claim: OutputClaim) -> int:
     bundle = load_bundle(resolve_model(args.model))
     t0 = time.perf_counter()
     volume = _read(args)
+    found = dicom_found(args, volume)
     read_s = time.perf_counter() - t0
     warn_if_short_of_space(out, volume.voxels_hu.nbytes * (2 + len(bundle.labels) + 4))
 
@@ -249,7 +284,7 @@ def _explain(args: argparse.Namespace, claim: OutputClaim) -> int:
         progress(0.0, "writing the results")
         files = write_explanation(explanation, out, bundle=bundle, volume=volume, overwrite=args.overwrite,
                                   extra_timings={"read_s": round(read_s, 4)}, protect=claim.inputs,
-                                  extra_writer=dicom_writer(args, _source(args), volume, explanation, bundle))
+                                  extra_writer=dicom_writer(args, _source(args), volume, explanation, bundle, found))
         progress(1.0, "done")
     write_s = time.perf_counter() - t1
     if jsonl:

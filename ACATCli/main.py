@@ -98,7 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--out", required=True, help="the results folder (new or empty; see --overwrite)")
     explain.add_argument("--model", help="a model bundle folder or the id of a bundled model")
     add_explain_arguments(explain)  # every ExplainOptions field, defined once (ACATLogic/options.py)
-    explain.add_argument("--series", metavar="UID", help="the SeriesInstanceUID to read from a DICOM folder")
+    explain.add_argument("--series", metavar="UID", help="the SeriesInstanceUID to read from a DICOM folder (with "
+                                                         "--dicom-source: the series of that folder to refer to)")
     explain.add_argument("--overwrite", action="store_true", help="replace the contents of --out")
     dicom = explain.add_argument_group("DICOM results (for PACS; need a DICOM input)")
     dicom.add_argument("--dicom", action="store_true",
@@ -110,6 +111,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="with --dicom: leave out the patient's name, ID, birth date and the other identifying "
                             "attributes (PS3.15 Basic Profile; the UIDs are kept so that the results stay with "
                             "their scan)")
+    dicom.add_argument("--dicom-source", metavar="SERIES",
+                       help="with --dicom and an NRRD or NIfTI input that is a copy of a DICOM series (what the "
+                            "Slicer module and the web viewer hand over): that series - a folder, a file, or a .txt "
+                            "list of its files, one a line; --series picks one series of a folder")
     dicom.add_argument("--dicom-top-percent", type=float, default=5.0, metavar="P",
                        help="with --dicom: the SEG marks the most salient P%% of the map's non-zero voxels "
                             "(default 5)")

@@ -15,6 +15,10 @@ series and, frame by frame, to the source image at the same position; the series
 (positions and orientation equal); a series whose slices were resampled or realigned on reading (gantry
 tilt, a missing slice) gets frames on the corrected grid, referring to the series as a whole.
 
+The volume explained may also be an NRRD or NIfTI copy of the source series (``acat explain copy.nrrd --dicom
+--dicom-source SERIES``: what the Slicer module and the web viewer run, explaining the volume they show): the
+frames then match the source's images by position just the same, and at least one must.
+
 The patient and study attributes are copied from the source - that is how a PACS files the results with
 the scan - and nothing identifying is added. ``deidentify=True`` empties or removes them instead (PS3.15
 Basic Application Level Confidentiality Profile with the Retain UIDs option: the UIDs stay, so the results
@@ -113,6 +117,22 @@ def _source_files(source: Union[str, os.PathLike, Sequence]) -> tuple[list[Path]
     return [path], path
 
 
+def source_list(path: Union[str, os.PathLike]) -> Union[Path, list]:
+    """``--dicom-source``: a DICOM folder or file as it is, or - a ``.txt`` file - the list of the series' files
+    it holds, one path per line (what the Slicer module writes for a series in its DICOM database, whose
+    files may lie anywhere)."""
+    path = Path(path)
+    if path.suffix.lower() != ".txt" or not path.is_file():
+        return path
+    try:
+        files = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ACATInputError(f"cannot read the list of DICOM files ({exc})", path) from None
+    if not files:
+        raise ACATInputError("the list of DICOM files is empty", path)
+    return files
+
+
 def check_dicom_input(source) -> None:
     """Raise `ACATInputError` (one line) when ``source`` is not DICOM - before a long explanation starts."""
     if isinstance(source, (list, tuple)):
@@ -125,10 +145,15 @@ def check_dicom_input(source) -> None:
 def dicom_source(source, volume: CTVolume, *, series_uid: Optional[str] = None) -> DicomSource:
     """The headers of the series ``volume`` was read from (``source`` as given to `read_volume`).
 
+    ``volume`` may also be a copy of that series in another format (the NRRD a viewer writes of the volume
+    it shows, ``acat explain input.nrrd --dicom --dicom-source SERIES``): then ``series_uid`` or the largest
+    CT series of ``source`` is the source, and at least one slice must lie at a source image's position.
+
     Raises `ACATInputError` when ``source`` is not DICOM or no longer holds that series."""
     files, root = _source_files(source)
+    from_dicom = volume.metadata.get("source_format") == "DICOM"
     uid = series_uid or volume.metadata.get("series_instance_uid")
-    if volume.metadata.get("source_format") != "DICOM" or not uid:
+    if from_dicom and not uid:
         raise ACATInputError("the volume was not read from DICOM: the DICOM results (--dicom) need a DICOM source "
                              "series", root)
     with dicom_scan.lenient_pydicom():
@@ -155,7 +180,13 @@ def dicom_source(source, volume: CTVolume, *, series_uid: Optional[str] = None) 
                       and np.allclose(r.col_dir, col_dir, atol=1e-4)
                       and (r.rows, r.columns) == volume.voxels_hu.shape[1:])
         slices.append((r.header, r.frame) if distance[best] <= _POSITION_TOLERANCE_MM and same_plane else None)
-    return DicomSource(images, slices)
+    found = DicomSource(images, slices)
+    if not from_dicom and found.matched == 0:
+        # a volume handed over by a viewer (an NRRD of what it shows) is only said to come from this series:
+        # without one slice at a source image's position the results would refer to a scan they do not lie on
+        raise ACATInputError("the volume does not lie on the slices of the DICOM source series (another scan, or "
+                             "resampled); explain the DICOM series itself", root)
+    return found
 
 
 # -------------------------------------------------------------------------------------------------------------
@@ -374,15 +405,17 @@ def write_dicom_results(folder: Path, source: DicomSource, volume: CTVolume, sal
 
 
 def results_writer(source, volume: CTVolume, explanation, bundle, *, series_uid: Optional[str] = None,
-                   top_percent: float = DEFAULT_TOP_PERCENT, deidentify_output: bool = False):
+                   top_percent: float = DEFAULT_TOP_PERCENT, deidentify_output: bool = False,
+                   found: Optional[DicomSource] = None):
     """An ``extra_writer`` for `ACATLogic.outputs.write_explanation` that adds the DICOM results of
     ``explanation`` (its saliency) for ``volume`` read from ``source``; report.json gets a "dicom" section.
 
-    The source's headers are read here, before anything is written: a source that changed since it was
-    read fails now, in one line."""
+    The source's headers are read here (unless ``found``: `dicom_source`'s, read earlier), before anything
+    is written: a source that changed since it was read fails now, in one line."""
     import time
 
-    found = dicom_source(source, volume, series_uid=series_uid)
+    if found is None:
+        found = dicom_source(source, volume, series_uid=series_uid)
     hu_window = tuple(bundle.spec.hu_window)
 
     def write(folder: Path) -> tuple[list[str], dict]:

@@ -24,6 +24,7 @@ from slicer.util import VTKObservationMixin
 
 from ACATSlicerLib import compatibility, dependencies, display, paths, sample_data, selftest
 from ACATSlicerLib.controller import ExplainController
+from ACATSlicerLib.dicom_source import DicomOption
 from ACATSlicerLib.layout import ViewOptions
 from ACATSlicerLib.models import SettingsStore
 from ACATSlicerLib.panel import PanelBinding, fillResultSelectors, parameterWidgets
@@ -94,6 +95,8 @@ class ACATSlicerParameterNode(ParameterNode):
     model = Parameter(str, "")  # a bundle folder; the model selector is filled from the bundles found
     opacity = Parameter(float, display.DEFAULT_OPACITY, within=(0.0, 1.0))
     thresholdPercentile = Parameter(float, display.DEFAULT_PERCENTILE, within=(0.0, 100.0))
+    dicomResults = Parameter(bool, False)  # also the DICOM results (acat explain --dicom) of a DICOM-loaded volume
+    deidentify = Parameter(bool, False)  # ... de-identified (--deidentify)
     extraFields = staticmethod(explainOptionParameters)
 
 
@@ -191,6 +194,13 @@ class ACATSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         ready = bool(p.inputVolume and p.model)
         self.ui.explainButton.enabled = ready and not self.logic.running
         self.ui.explainButton.toolTip = _("Explain the prediction") if ready else _("Select a CT volume and a model")
+        # the DICOM results only for a volume loaded from the DICOM database; else unticked, greyed, and why
+        reason = self.logic.dicomResultsProblem(p.inputVolume)
+        if reason and p.dicomResults:
+            p.dicomResults = False  # (this handler runs again, once)
+        self.ui.dicomResultsCheckBox.enabled = not reason and not self.logic.running
+        self.ui.deidentifyCheckBox.enabled = not reason and p.dicomResults and not self.logic.running
+        self.ui.dicomReasonLabel.text = _("No DICOM results: {reason}").format(reason=reason) if reason else ""
         self.logic.updateDisplay(p.opacity, p.thresholdPercentile)
 
     def refreshModels(self, select: str = "") -> None:
@@ -377,6 +387,7 @@ class ACATSlicerLogic(ExplainController, ScriptedLoadableModuleLogic):
     def __init__(self, runnerFactory=ExplainProcess, modelStore=None) -> None:
         ExplainController.__init__(self, slicer.mrmlScene, runnerFactory, modelStore=modelStore)
         ScriptedLoadableModuleLogic.__init__(self)  # its super().__init__() is object's: the controller is first
+        self.dicomOption = DicomOption(lambda: getattr(slicer, "dicomDatabase", None))  # set by the DICOM module
 
     def getParameterNode(self):
         """The module's parameter node with every field set (defaults written once, before anything reads)."""
@@ -387,7 +398,11 @@ class ACATSlicerLogic(ExplainController, ScriptedLoadableModuleLogic):
     def startExplain(self, p: ACATSlicerParameterNode, onProgress=None) -> None:
         """Start in the background; poll `poll` (a timer) until it returns the outcome."""
         view = ViewOptions(opacity=p.opacity, percentile=p.thresholdPercentile)
-        self.start(p.inputVolume, ExplainRequest.fromPanel(p), view, onProgress)
+        dicom = self.dicomOption.results(p.inputVolume, p.deidentify) if p.dicomResults else None  # files: now
+        self.start(p.inputVolume, ExplainRequest.fromPanel(p, dicom), view, onProgress)
+
+    def dicomResultsProblem(self, volumeNode) -> str:
+        return self.dicomOption.problem(volumeNode)  # why this volume gets no DICOM results, or ""
 
     def explain(self, p: ACATSlicerParameterNode, timeoutS: float = 3600.0, onProgress=None):
         """Batch mode: run to the end and return the outcome (results loaded and shown on success)."""

@@ -134,6 +134,8 @@ class ViewerApp(TrameApp):
             "has_result": False, "result": {}, "overlays": [], "overlay": summary.SALIENCY,
             "rights": [], "right_view": "", "opacity": display.DEFAULT_OPACITY,
             "percentile": display.DEFAULT_PERCENTILE, "download_url": "",
+            # DICOM results for PACS (acat explain --dicom): only for a CT read from a DICOM series
+            "dicom_results": False, "deidentify": False, "dicom_reason": "open a CT first",
         })
         if not items:
             s.error = "No model found: start with --model FOLDER (a model bundle)."
@@ -151,11 +153,14 @@ class ViewerApp(TrameApp):
                 self.state.update({"busy": False, "status": "", "error": _one_line(exc)})
             return
         self.session.set_window(self.state.window)
-        self.session.show_input(volume, name=Path(str(path)).name or "CT")
+        self.session.show_input(volume, name=Path(str(path)).name or "CT", source=path)
         await self._show_layout(EXPLORE)
+        dicom_reason = self.session.dicom_results_problem()
         with self.state:
             self.state.update({"busy": False, "input_loaded": True, "input_info": session.describe_volume(volume),
-                               "status": "", "input_path": str(path)})
+                               "status": "", "input_path": str(path), "dicom_reason": dicom_reason})
+            if dicom_reason:
+                self.state.update({"dicom_results": False, "deidentify": False})
 
     async def _show_layout(self, layout_id: str) -> None:
         """Switch layout and fit every view to the CT, now and again when the page has resized it (a view
@@ -211,7 +216,9 @@ class ViewerApp(TrameApp):
             return
         self._drop_zip()
         try:
-            self.session.explain(model, ExplainOptions(method=self.state.method))
+            self.session.explain(model, ExplainOptions(method=self.state.method),
+                                 dicom=bool(self.state.dicom_results),
+                                 deidentify=bool(self.state.dicom_results and self.state.deidentify))
         except AlreadyRunning:
             return  # one explanation at a time: a second click (or a client's call) is ignored
         except (ValueError, TypeError, OSError, RuntimeError) as exc:
@@ -285,7 +292,9 @@ class ViewerApp(TrameApp):
             self._drop_zip()
             self._zip = await asyncio.to_thread(self.session.export_zip, self.downloads_dir, name)
             url = f"{self.download_route}/{name}"
-            status, error = "Results zipped: NRRD volumes and report.json.", ""
+            dicom = self.session.result is not None and (Path(self.session.result.outDir) / "dicom").is_dir()
+            status, error = ("Results zipped: NRRD volumes, report.json" + (" and DICOM results (dicom/)."
+                                                                             if dicom else "."), "")
         except (ValueError, OSError) as exc:
             url, status, error = "", "", _one_line(exc)
         with self.state:
@@ -347,6 +356,13 @@ class ViewerApp(TrameApp):
                        hide_details=True)
             v3.VSelect(v_model=("model",), items=("models",), label="Model", density="compact", hide_details=True)
             v3.VSelect(v_model=("method",), items=("methods",), label="Method", density="compact", hide_details=True)
+            v3.VCheckbox(v_model=("dicom_results",), label="DICOM results (for PACS)", density="compact",
+                         hide_details=True, id="dicom-results", disabled=("busy || running || !!dicom_reason",))
+            html.Div("{{ dicom_reason }}", v_show=("dicom_reason && input_loaded",), classes="text-caption",
+                     id="dicom-reason")
+            v3.VCheckbox(v_model=("deidentify",), label="De-identify them (no patient name, ID, birth date)",
+                         v_show=("dicom_results",), density="compact", hide_details=True, id="deidentify",
+                         disabled=("busy || running",))
             with html.Div(classes="d-flex ga-2"):
                 v3.VBtn("Explain", click=self.explain, color="primary", id="explain-button",
                         disabled=("busy || running || !input_loaded || !model",))

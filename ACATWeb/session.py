@@ -24,7 +24,7 @@ from ACATLogic.options import ExplainOptions
 from ACATSlicerLib import display, hierarchy, layout
 from ACATSlicerLib.controller import ExplainController
 from ACATSlicerLib.layout import ViewOptions
-from ACATSlicerLib.request import ExplainRequest
+from ACATSlicerLib.request import DicomResults, ExplainRequest
 from ACATSlicerLib.volume_nodes import addVolumeNodeFromCTVolume, ijkToRasArray
 
 from . import download, summary
@@ -76,12 +76,17 @@ class ViewerSession:
         self.opacity = display.DEFAULT_OPACITY
         self.percentile = display.DEFAULT_PERCENTILE
         self._mirror: Optional[SliceMirror] = None  # the axial and counterfactual views, linked
+        self.dicom_source: Optional[tuple] = None  # (path, SeriesInstanceUID) the input was read from, if DICOM
 
     # -- input -------------------------------------------------------------------------------------
-    def show_input(self, volume, name: str = "CT"):
-        """Replace the input (and any results) with ``volume`` (a CTVolume), shown in every input view."""
+    def show_input(self, volume, name: str = "CT", source=None):
+        """Replace the input (and any results) with ``volume`` (a CTVolume), shown in every input view.
+        ``source``: the path it was read from (`read_ct`); a DICOM one can get DICOM results (`explain`)."""
         self.clear()
         self.input_node = addVolumeNodeFromCTVolume(self.scene, volume, name)
+        uid = volume.metadata.get("series_instance_uid")
+        if source is not None and volume.metadata.get("source_format") == "DICOM" and uid:
+            self.dicom_source = (str(Path(str(source).strip()).expanduser().resolve()), str(uid))
         self.set_window(self.window)
         display.showOverlay(self.scene, self.input_node, None)
         for name_ in INPUT_VIEWS:
@@ -99,7 +104,7 @@ class ViewerSession:
             # item, node, then its display/storage nodes: a shown volume whose display node goes first
             # gets a new default one from the slice layer logic, which would be left behind
             hierarchy.removeNodeAndOwned(self.scene, self.input_node)
-        self.input_node, self.overlay, self.right = None, summary.SALIENCY, ""
+        self.input_node, self.overlay, self.right, self.dicom_source = None, summary.SALIENCY, "", None
 
     def set_window(self, window: str) -> None:
         """One of `WINDOWS` or "auto"; applied to the input and the counterfactuals (same grey levels)."""
@@ -125,15 +130,35 @@ class ViewerSession:
         """ACATSlicerLib's `ExplanationNodes` of the last successful run, or None."""
         return self.controller.result
 
-    def explain(self, model: str, options: Optional[ExplainOptions] = None) -> None:
+    def dicom_results_problem(self) -> str:
+        """Why the input cannot get DICOM results, in one line ("" when it can)."""
+        if self.input_node is None:
+            return "open a CT first"
+        if self.dicom_source is None:
+            return "the CT was not read from a DICOM series, which the DICOM results refer to"
+        return ""
+
+    def explain(self, model: str, options: Optional[ExplainOptions] = None, dicom: bool = False,
+                deidentify: bool = False) -> None:
         """Start explaining the input in the background (``options``: `ACATLogic.options.ExplainOptions`,
         default: all defaults); the page polls ``controller.poll`` and the result is shown when it succeeds.
-        Raises ValueError for a missing input or model, the controller's `AlreadyRunning` while a run goes on
+        ``dicom``: the results folder also gets the DICOM results for PACS, referring to the input's DICOM series
+        (``acat explain --dicom``; ``deidentify``: ``--deidentify``). Raises ValueError for a missing input or
+        model, or DICOM results without a DICOM input, the controller's `AlreadyRunning` while a run goes on
         (which is left as it was: one run at a time, never two mixed)."""
         if self.input_node is None:
             raise ValueError("open a CT first")
+        dicom_results = None
+        if dicom:
+            problem = self.dicom_results_problem()
+            if problem:
+                raise ValueError(f"no DICOM results: {problem}")
+            path, uid = self.dicom_source
+            dicom_results = DicomResults((path,), seriesUid=uid, deidentify=bool(deidentify))
+        elif deidentify:
+            raise ValueError("de-identifying applies to the DICOM results: choose DICOM results too")
         view = ViewOptions(show=False, opacity=self.opacity, percentile=self.percentile, sideBySide=False)
-        request = ExplainRequest(model, options or ExplainOptions())
+        request = ExplainRequest(model, options or ExplainOptions(), dicom_results)
         self.controller.start(self.input_node, request, view, onResult=self._show_new_result)
 
     def _show_new_result(self, result) -> None:
@@ -211,7 +236,7 @@ class ViewerSession:
     # -- download ----------------------------------------------------------------------------------
     def export_zip(self, folder: Path, name: str = "acat-results.zip") -> Path:
         """The shown result as ``folder/name``: the results folder that ``acat explain`` wrote, as it is
-        (the one the Slicer module exports), zipped; written under a temporary name and renamed. Raises
+        (the one the Slicer module exports; with its dicom/ folder when DICOM results were asked for), zipped; written under a temporary name and renamed. Raises
         ValueError with no result."""
         if self.result is None:
             raise ValueError("explain a CT first")

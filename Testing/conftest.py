@@ -87,7 +87,7 @@ def run_acat(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess
 #: 2-core machine. Kept in one place so that the lead's science tests need no edit to be marked. The bad-input
 #: corpus marks its own end-to-end cases (Testing/bad_input_corpus.py, END_TO_END).
 SLOW = {
-    "test_web_browser.py": "a real chromium drives the web viewer through a whole Explain (~120 s)",
+    "test_web_browser.py": "a real chromium drives the web viewer through a whole Explain with DICOM results (~200 s)",
     "test_bundled_models.py": "the shipped bundles explain the demo case, every slice (~85 s)",
     "test_benchmarks.py": "the benchmark suite runs once on small cases (~60 s)",
     "test_evaluate.py": "the evaluation harness explains a phantom dataset with every method (~65 s)",
@@ -146,6 +146,12 @@ SLOW = {
     "test_slicer_runner.py::test_a_second_explain_while_one_runs_is_refused_and_the_first_goes_on":
         "a background explain, cancelled",
     "test_slicer_runner.py::test_cancel_right_after_start_leaves_nothing": "a background explain, cancelled",
+    "test_viewer_dicom_results.py::test_the_web_viewers_download_holds_validated_dicom_results_of_a_dicom_series":
+        "the web viewer explains the 108-slice head CT series with DICOM results; dciodvfy on 110 files (~45 s)",
+    "test_viewer_dicom_results.py::test_the_slicer_panels_dicom_results_are_exported_and_refer_to_the_loaded_series":
+        "the module explains the series loaded by Slicer's reader with DICOM results, then exports (~30 s)",
+    "test_viewer_dicom_results.py::test_dicom_source_is_for_an_nrrd_copy_of_the_series_said_in_one_line":
+        "acat explain in-process on the head CT, four times (~15 s)",
     "test_output_safety.py": "acat explain and convert in processes on odd outputs, some in user namespaces (~110 s)",
     "test_reader_bounds.py": "acat on decoder bombs, 20,000 files, 1,100 folders, in processes (~120 s)",
 }

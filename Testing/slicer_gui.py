@@ -228,6 +228,31 @@ class LineEdit(Widget):
             self.emit("textChanged(QString)", self._text)
 
 
+class CheckBox(Widget):
+    """QCheckBox: ``checked``; a change emits ``toggled(bool)`` (also when set by code, as in Qt)."""
+
+    def __init__(self, cls, name, properties):
+        super().__init__(cls, name, properties)
+        self._checked = bool(properties.get("checked", False))
+
+    @property
+    def checked(self) -> bool:
+        return self._checked
+
+    @checked.setter
+    def checked(self, value) -> None:
+        if bool(value) != getattr(self, "_checked", None):
+            self._checked = bool(value)
+            self.emit("toggled(bool)", self._checked)
+
+    def click(self) -> bool:
+        """A user's click: nothing happens on a disabled check box, as in Qt."""
+        if not self.enabled:
+            return False
+        self.checked = not self.checked
+        return True
+
+
 class NodeComboBox(Widget):
     """qMRMLNodeComboBox: the nodes of ``nodeTypes`` in its scene; without noneEnabled the first is selected."""
 
@@ -276,7 +301,7 @@ class NodeComboBox(Widget):
 
 WIDGETS = {"QPushButton": Button, "ctkCollapsibleButton": CollapsibleButton, "QComboBox": ComboBox,
            "QSpinBox": NumberWidget, "QDoubleSpinBox": NumberWidget, "ctkSliderWidget": NumberWidget,
-           "QLineEdit": LineEdit, "qMRMLNodeComboBox": NodeComboBox}
+           "QLineEdit": LineEdit, "QCheckBox": CheckBox, "qMRMLNodeComboBox": NodeComboBox}
 
 
 def _value(prop: ET.Element):

@@ -38,7 +38,8 @@ def test_the_acat_explain_command_offers_every_option():
     own = dests - {f.name for f in dataclasses.fields(ExplainOptions)}
     # where the results go and in which forms: output options of the command line, not of the explanation
     assert own == {"help", "input", "out", "model", "series", "overwrite", "progress_format", "quiet", "verbose",
-                   "json", "dicom", "deidentify", "dicom_top_percent", "batch", "workers", "max_memory_gb"}
+                   "json", "dicom", "deidentify", "dicom_source", "dicom_top_percent", "batch", "workers",
+                   "max_memory_gb"}
 
 
 @pytest.mark.parametrize("options", [

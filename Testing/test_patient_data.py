@@ -26,6 +26,7 @@ import pydicom
 import pytest
 
 from ACATLogic.io import read_volume, write_dicom_series
+from ACATLogic.options import ExplainOptions
 
 from bundles import make_random_bundle
 from conftest import run_acat, sorted_series_files
@@ -168,8 +169,8 @@ def test_the_web_viewer_never_shows_or_packages_patient_identity(phi_series, exp
     viewer = session.ViewerSession(scene, ExplainController(scene, runnerFactory=Replay, workRoot=tmp_path))
     volume = session.read_ct(phi_series)  # as the page's Open does: the path typed, then its name
     viewer.show_input(volume, name=Path(str(phi_series)).name)
-    viewer.explain("model")
-    outcome = viewer.controller.wait(60)
+    viewer.explain("model", ExplainOptions(method="counterfactual"))
+    outcome = viewer.controller.wait(60)  # the input is written and the results read in worker threads
     assert outcome.state == SUCCEEDED, outcome.errorMessage
     panel = {"input_info": session.describe_volume(volume),
              "result": summary.result_summary(viewer.result, outcome.elapsedS, outcome.warnings),

@@ -160,7 +160,7 @@ def test_every_parameter_name_binds_to_a_field_of_a_matching_type():
             types = [s.text for s in widget.find("property[@name='nodeTypes']").iter("string")]
             assert sorted(types) == sorted(detail), param
     expected = {"inputVolume", "method", "device", "variant", "steps", "alpha", "stepSize", "targets", "reference",
-                "opacity", "thresholdPercentile", "lesionMask"}
+                "opacity", "thresholdPercentile", "lesionMask", "dicomResults", "deidentify"}
     assert set(bound) == expected
     assert "model" in set(fields) - set(bound)  # the model selector is filled from the bundles found
 
@@ -245,7 +245,7 @@ def test_the_panels_explain_options_are_explainoptions_fields():
     from ACATSlicerLib.request import MODEL_DEFAULT, panelName
 
     options = {panelName(f.name): f for f in dataclasses.fields(ExplainOptions)}
-    panel_own = {"inputVolume", "model", "opacity", "thresholdPercentile", "lesionMask"}
+    panel_own = {"inputVolume", "model", "opacity", "thresholdPercentile", "lesionMask", "dicomResults", "deidentify"}
     fields = _parameter_fields()
     assert set(fields) - panel_own == set(options)
     for name, f in options.items():

@@ -84,6 +84,9 @@ def test_explain_in_the_browser(demo_image, model, tmp_path):
                                    timeout=60_000)
             assert page.locator("#result-card").count() == 0
 
+            # the demo case is a DICOM series: DICOM results can be asked for (no reason shown)
+            assert page.is_enabled("#dicom-results") and not page.is_visible("#dicom-reason")
+            page.check("#dicom-results")
             page.click("#explain-button")
             page.wait_for_selector("#progress-text", state="visible", timeout=30_000)
             page.wait_for_selector("#result-card", timeout=1800_000 if SHIPPED else 600_000)
@@ -118,6 +121,9 @@ def test_explain_in_the_browser(demo_image, model, tmp_path):
                 names = archive.namelist()
                 report = json.loads(archive.read("acat-results/report.json"))
             assert "acat-results/saliency.nrrd" in names
+            assert {"acat-results/dicom/saliency_map.dcm", "acat-results/dicom/saliency_region_seg.dcm"} <= set(names)
+            assert sum(n.startswith("acat-results/dicom/overlay/") for n in names) == 33
+            assert report["dicom"]["frames_matched"] == "33/33" and report["dicom"]["deidentified"] is False
             assert any(n.startswith("acat-results/counterfactual_") for n in names)
             assert {k: f"{v:.3f}" for k, v in report["probabilities"].items()} == shown
         assert process.poll() is None, "the viewer stopped while the page was open"

@@ -70,6 +70,14 @@ APIS = [
      r"^def importDicom\(dicomDataDir, dicomDatabase=None"),
     ("DICOMUtils.loadSeriesByUID([uid]) -> node IDs", S, "Modules/Scripted/DICOMLib/DICOMUtils.py",
      r"^def loadSeriesByUID\(seriesUIDs"),
+    # the DICOM results: the volume's source series in the DICOM database (ACATSlicerLib/dicom_source.py)
+    ("DICOM.instanceUIDs (one SOP Instance UID per slice, set by the DICOM scalar volume plugin)", S,
+     "Modules/Scripted/DICOMPlugins/DICOMScalarVolumePlugin.py", r'volumeNode\.SetAttribute\("DICOM\.instanceUIDs"'),
+    ("slicer.dicomDatabase (set by the DICOM module)", S, "Modules/Scripted/DICOM/DICOM.py",
+     r"slicer\.dicomDatabase = slicer\.app\.dicomDatabase\(\)"),
+    ("slicer.dicomDatabase.fileForInstance(sopInstanceUID)", C, "Libs/DICOM/Core/ctkDICOMDatabase.h",
+     r"QString fileForInstance\(const QString sopInstanceUID\)"),
+    ("vtkMRMLNode GetAttribute", S, "Libs/MRML/Core/vtkMRMLNode.h", r"const char\* GetAttribute\(const char\* name\)"),
     # MRML
     ("vtkMRMLScriptedModuleNode Get/SetParameter, GetParameterNames", S, "Libs/MRML/Core/vtkMRMLScriptedModuleNode.h",
      r"std::vector<std::string> GetParameterNames\(\)"),

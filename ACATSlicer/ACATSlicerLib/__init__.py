@@ -9,7 +9,9 @@ per file:
 * `parameters`    - the panel's state: typed fields over the module's vtkMRMLScriptedModuleNode
 * `panel`         - the .ui's widgets bound to those fields by their SlicerParameterName (no Qt import)
 * `nrrd_exchange` - the raw NRRD input written for the background ``acat explain`` process
-* `request`       - what one Explain runs: a model + ACATLogic's `ExplainOptions`, as the child's command line
+* `request`       - what one Explain runs: a model + ACATLogic's `ExplainOptions` (+ the DICOM results), as the
+                    child's command line
+* `dicom_source`  - a volume node's source series in Slicer's DICOM database, for the DICOM results
 * `runner`        - the background process: progress lines, ETA, cancel (kills the process tree)
 * `controller`    - one Explain at a time: input file -> runner -> result nodes, scene untouched until success;
                     models, CPU retry, display, localisation, export (the module's logic, the web viewer's run)

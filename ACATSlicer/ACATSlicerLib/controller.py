@@ -5,7 +5,8 @@ the web viewer's `ACATWeb.session.ViewerSession` drives one. A run goes one way,
 caller's (GUI) thread for longer than it takes to make a few nodes:
 
 1. `start` checks the input node and hands a view of its voxels to a worker thread, which writes them as a
-   raw NRRD into a private work folder (`nrrd_exchange`). One run at a time: starting while one runs raises
+   raw NRRD into a private work folder (`nrrd_exchange`), with the list of the DICOM source files when the
+   request asks for DICOM results (`request.DicomResults`). One run at a time: starting while one runs raises
    `AlreadyRunning` and leaves the running one exactly as it was.
 2. The caller's timer (the widget's QTimer, the page's polling task) or `wait` (batch mode) calls `poll`.
    Once the file is written, `poll` starts the runner (`runner.ExplainProcess`: ``acat explain ...
@@ -157,8 +158,8 @@ class ExplainController:
         self.workDir = Path(tempfile.mkdtemp(prefix="acat-explain-", dir=self.workRoot))
         self._runs += 1
         self.runDir = self.resultsRoot / f"run-{self._runs}"  # made by the child, atomically
-        self._job = self._executor.submit(writeInputNrrd, arrayView(inputNode), self._grid.ijkToRas,
-                                          self.workDir / "input.nrrd")
+        self._job = self._executor.submit(_writeInputs, arrayView(inputNode), self._grid.ijkToRas, self.workDir,
+                                          request)
         self.stage = WRITING
         self._progressed(ProgressEvent(0.0, "writing the scan for the background process", "preparing", 0.0, None))
 
@@ -177,9 +178,9 @@ class ExplainController:
             return None
         if self.stage == WRITING:
             try:
-                inputPath = self._job.result()
+                inputPath, request = self._job.result()
                 self.runner = self.runnerFactory()
-                self.runner.start(self.request, inputPath, self.runDir, onProgress=self._progressed)
+                self.runner.start(request, inputPath, self.runDir, onProgress=self._progressed)
             except Exception as exc:  # noqa: BLE001 - a disk full, a runner that cannot start: one line
                 return self._finish(FAILED, f"cannot start the explanation ({exc})")
             self._job, self.stage = None, RUNNING
@@ -414,6 +415,15 @@ class ExplainController:
         lesion it was scored against); `export.exportResults`."""
         return exportResults(self._requireResult(), outDir, localisation=self.lastLocalisation,
                              lesionNode=self.lastLesionNode)
+
+
+def _writeInputs(voxels, ijkToRas, workDir: Path, request: ExplainRequest):
+    """The worker's part of `ExplainController.start`: the input NRRD and, for DICOM results, the list of the
+    source series' files; returns (the NRRD's path, the request as the child gets it)."""
+    inputPath = writeInputNrrd(voxels, ijkToRas, workDir / "input.nrrd")
+    if request.dicom is not None:
+        request = request.withDicomSource(request.dicom.sourceArgument(workDir))
+    return inputPath, request
 
 
 __all__ = ["AlreadyRunning", "ExplainController", "ExplainOutcome", "ViewOptions", "CANCELLED", "FAILED",

@@ -46,8 +46,27 @@ NOT_NEEDED_IN_SLICER: Dict[str, str] = {
     "pylibjpeg-libjpeg": "as pylibjpeg",
     "pylibjpeg-rle": "as pylibjpeg",
     "tqdm": "the background process reports progress as JSON lines; tqdm only draws the terminal's bar",
-    "highdicom": "only `acat explain --dicom` writes DICOM results; the module's background job does not ask for them",
+    "highdicom": "only for the optional DICOM results, offered where Slicer's Python has it (`DICOM_RESULTS`); "
+                 "never installed: it needs pydicom 3, and Slicer 5.10's DICOM module runs on its own pydicom 2.4",
 }
+
+#: what the DICOM results (``acat explain --dicom``) need in the background process's Python; used as found,
+#: never installed (Slicer 5.10 ships pydicom 2.4.4 and no highdicom, Slicer 5.12 pydicom 3.0.2 and highdicom
+#: 0.27.0, whose Parametric Map cannot take a volume yet)
+DICOM_RESULTS = (
+    Requirement("highdicom", "highdicom", "0.28"),
+    Requirement("pydicom", "pydicom", "3.0"),
+)
+
+
+def dicomPackagesProblem(requirements=DICOM_RESULTS,
+                         version: Callable[[str], str] = importlib.metadata.version) -> str:
+    """"" when this Python can write the DICOM results, else one line saying what it lacks."""
+    missing = [r for r in requirements if not isSatisfied(r, version)]
+    if not missing:
+        return ""
+    return (f"the DICOM results need {' and '.join(r.pipSpec for r in missing)} in Slicer's Python, which this "
+            "Slicer lacks; write them with `acat explain --dicom` outside Slicer")
 
 
 def _versionTuple(text: str) -> tuple:
