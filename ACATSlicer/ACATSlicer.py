@@ -402,8 +402,8 @@ class ACATSlicerLogic(ExplainController, ScriptedLoadableModuleLogic):
 
 class ACATSlicerTest(ScriptedLoadableModuleTest):
     """The whole Explain inside real Slicer, with a tiny random model: on the generated case loaded as a DICOM
-    series through Slicer's DICOM database, and Cancel (the checks are ACATSlicerLib/selftest.py, which the
-    headless tests run too). Skipped, with the reason, where torch is not installed yet."""
+    series through Slicer's DICOM database, and Cancel (the checks are ACATSlicerLib/selftest.py). Skipped, with
+    the reason, where torch is not installed yet. Testing/test_slicer_selftest.py runs this class headless."""
 
     def setUp(self) -> None:
         slicer.mrmlScene.Clear()
