@@ -111,3 +111,62 @@ def test_non_ct_nodes_are_refused_with_a_message(slicer_scene, kind, message):
         node = None
     with pytest.raises(ValueError, match=message):
         volume_nodes.ctVolumeFromNode(node)
+
+
+def _oblique_grid(shape, dtype=np.int16):
+    from ACATSlicerLib.loading import Grid
+
+    ijk = volume_nodes.ijkToRasFromGeometry(SPACING, ORIGIN_LPS, ROTATION)
+    return Grid(tuple(shape[::-1]), ijk, np.dtype(dtype))
+
+
+@pytest.mark.parametrize("compress", [True, False])
+def test_result_maps_are_read_slab_by_slab_exactly_as_acatlogic_reads_them(tmp_path, compress):
+    """The child's gzip NRRD (ACATLogic's writer) and a raw one: the slabs are the file's voxels, in order, over
+    several slabs and a short last one; the display copies are those of the whole-volume read."""
+    from ACATLogic.io.itk_files import write_itk_file
+    from ACATSlicerLib import loading
+
+    rng = np.random.default_rng(3)
+    shape = (2 * loading.SLAB + 5, 9, 11)
+    saliency = rng.random(shape, dtype=np.float32)
+    saliency[:4] = 0.0
+    grid = _oblique_grid(shape)
+    path = write_itk_file(CTVolume(saliency, SPACING, ORIGIN_LPS, ROTATION), tmp_path / "saliency.nrrd",
+                          compress=compress)
+    assert (b"encoding: gzip" if compress else b"encoding: raw") in path.read_bytes()[:1000]
+    slabs = list(loading.resultSlabs(path, grid))
+    assert [k for k, _ in slabs] == [0, loading.SLAB, 2 * loading.SLAB]
+    assert [s.shape[0] for _, s in slabs] == [loading.SLAB, loading.SLAB, 5]
+    np.testing.assert_array_equal(np.concatenate([s for _, s in slabs]), read_itk_file(path).voxels_hu)
+    shown = loading.readMap(tmp_path, loading.SALIENCY, "", grid)
+    np.testing.assert_array_equal(shown.voxels, loading.quantise(saliency))
+    np.testing.assert_array_equal(shown.histogram, np.bincount(loading.quantise(saliency).ravel(), minlength=256))
+    hu = (saliency * 2000 - 1000).astype(np.float32)
+    write_itk_file(CTVolume(hu, SPACING, ORIGIN_LPS, ROTATION), tmp_path / "counterfactual_none.nrrd", compress=compress)
+    counterfactual = loading.readMap(tmp_path, loading.COUNTERFACTUAL, "none", grid)
+    assert counterfactual.voxels.dtype == np.int16
+    np.testing.assert_array_equal(counterfactual.voxels, loading.toInputType(hu, np.int16))
+    inputVoxels = np.full(shape, 40, np.int16)
+    difference = loading.readMap(tmp_path, loading.DIFFERENCE, "none", grid, inputVoxels)
+    np.testing.assert_allclose(difference.voxels, hu - 40, atol=1e-4)
+    assert difference.extent == pytest.approx(np.abs(hu - 40).max(), abs=1e-3)
+
+
+def test_a_truncated_or_misplaced_result_map_is_refused_in_one_line(tmp_path):
+    from ACATLogic.io.itk_files import write_itk_file
+    from ACATSlicerLib import loading
+
+    shape = (40, 8, 8)
+    grid = _oblique_grid(shape)
+    path = write_itk_file(CTVolume(np.ones(shape, np.float32), SPACING, ORIGIN_LPS, ROTATION),
+                          tmp_path / "saliency.nrrd")
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) - 40])  # the end of the gzip stream is missing
+    with pytest.raises(ValueError, match="saliency.nrrd is truncated"):
+        loading.readMap(tmp_path, loading.SALIENCY, "", grid)
+    shifted = grid.ijkToRas.copy()
+    shifted[0, 3] += 5.0  # the same voxels 5 mm away
+    elsewhere = loading.Grid(grid.dims, shifted, grid.dtype)
+    with pytest.raises(ValueError, match="not on the grid"):
+        loading.readMap(tmp_path, loading.SALIENCY, "", elsewhere)
