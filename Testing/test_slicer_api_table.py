@@ -7,7 +7,8 @@ The module's code (ACATSlicer/**/*.py) is read with `ast`, not run. What counts 
   ``DICOMLib``, ``PyTorchUtils`` and the names imported from them (``slicer.mrmlScene.X`` is
   ``vtkMRMLScene.X``, ``slicer.vtkMRMLFooNode.X`` is ``vtkMRMLFooNode.X``);
 * any VTK-style method (``Capitalised``) called on another object - MRML nodes, the scene, the subject
-  hierarchy; a method of VTK's own classes (vtkImageData, vtkTable, ...) is allowed only when VTK_ONLY
+  hierarchy - except objects made by another library in the same file (``reader = sitk.ImageFileReader()``);
+  a method of VTK's own classes (vtkImageData, vtkTable, ...) is allowed only when VTK_ONLY
   names it, so a new MRML call cannot hide behind a VTK name unless someone writes it down there;
 * what the module reads from or calls on Qt objects: the .ui's widgets (``self.ui.X.attr``), the timer, the
   progress dialog, the label, the panel's widgets in panel.py and the settings in models.py;
@@ -115,6 +116,10 @@ def moduleUses() -> dict[str, set[str]]:
         imported = importedNames(tree)
         otherModules = {alias.asname or alias.name.split(".")[0] for node in ast.walk(tree)
                         if isinstance(node, (ast.Import, ast.ImportFrom)) for alias in node.names} - set(imported)
+        # objects made by another library (``reader = sitk.ImageFileReader()``) are that library's
+        otherModules |= {n.targets[0].id for n in ast.walk(tree) if isinstance(n, ast.Assign) and len(n.targets) == 1
+                         and isinstance(n.targets[0], ast.Name) and isinstance(n.value, ast.Call)
+                         and (chain(n.value.func) or [""])[0] in otherModules}
         parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
         assigned = {t.attr for n in ast.walk(tree) if isinstance(n, (ast.Assign, ast.AnnAssign, ast.AugAssign))
                     for t in (n.targets if isinstance(n, ast.Assign) else [n.target])
@@ -215,6 +220,8 @@ def test_each_table_entry_names_one_api_and_is_found_by_its_own_pattern():
      {"vtkMRMLLayoutNode.SlicerLayoutSideBySideView"}),
     ("from DICOMLib import DICOMUtils\nDICOMUtils.importDicom(f, d)\n", {"DICOMLib.DICOMUtils.importDicom"}),
     ("import numpy as np\nnode.CreateDefaultDisplayNodes()\nnp.Foo()\n", {"*.CreateDefaultDisplayNodes"}),
+    ("import SimpleITK as sitk\nr = sitk.ImageFileReader()\nr.ReadImageInformation()\nn.GetImageData()\n",
+     {"*.GetImageData"}),
 ])
 def test_the_extraction_reads_what_it_should(tmp_path, monkeypatch, text, expected):
     (tmp_path / "example.py").write_text(text)
