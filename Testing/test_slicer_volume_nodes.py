@@ -128,7 +128,7 @@ def test_result_maps_are_read_slab_by_slab_exactly_as_acatlogic_reads_them(tmp_p
     from ACATSlicerLib import loading
 
     rng = np.random.default_rng(3)
-    shape = (2 * loading.SLAB + 5, 9, 11)
+    shape = (3 * loading.SLAB + 1, 9, 11)
     saliency = rng.random(shape, dtype=np.float32)
     saliency[:4] = 0.0
     grid = _oblique_grid(shape)
@@ -136,8 +136,8 @@ def test_result_maps_are_read_slab_by_slab_exactly_as_acatlogic_reads_them(tmp_p
                           compress=compress)
     assert (b"encoding: gzip" if compress else b"encoding: raw") in path.read_bytes()[:1000]
     slabs = list(loading.resultSlabs(path, grid))
-    assert [k for k, _ in slabs] == [0, loading.SLAB, 2 * loading.SLAB]
-    assert [s.shape[0] for _, s in slabs] == [loading.SLAB, loading.SLAB, 5]
+    assert [k for k, _ in slabs] == [0, loading.SLAB, 2 * loading.SLAB, 3 * loading.SLAB]
+    assert [s.shape[0] for _, s in slabs] == [loading.SLAB] * 3 + [1]
     np.testing.assert_array_equal(np.concatenate([s for _, s in slabs]), read_itk_file(path).voxels_hu)
     shown = loading.readMap(tmp_path, loading.SALIENCY, "", grid)
     np.testing.assert_array_equal(shown.voxels, loading.quantise(saliency))

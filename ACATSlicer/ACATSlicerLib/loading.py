@@ -4,8 +4,8 @@ A map of a 512 x 512 x 300 CT is 315 MB of float32 in a gzip NRRD: reading it ta
 a worker thread (`readMap`: zlib releases the GIL; no MRML is touched there), turned into the copy the views
 need, wrapped in a ``vtkImageData`` there too, and only attached to a node on the GUI thread (`attachImage`, a
 pointer swap). The float map itself is never held whole: its geometry is checked from the header
-(SimpleITK reads only that), then its voxels are decompressed slab by slab (`resultSlabs`, 16 slices at a
-time, through ``zlib`` with a bounded output) straight into the display copy, so reading a map costs its
+(SimpleITK reads only that), then its voxels are decompressed slab by slab (`resultSlabs`, a few slices at
+a time, through ``zlib`` with a bounded output) straight into the display copy, so reading a map costs its
 display copy plus one slab. A file that is not the plain attached raw/gzip NRRD the child writes is read
 whole by ACATLogic's reader instead.
 
@@ -89,7 +89,7 @@ def readResultVoxels(path, grid: Grid, tolerance_mm: float = 1e-3) -> np.ndarray
     return volume.voxels_hu
 
 
-SLAB = 16  # slices decoded at a time: 16 MB of float32 for a 512 x 512 slice
+SLAB = 4  # slices decoded at a time: 4 MB of float32 for 512 x 512 slices (a few such temporaries at once)
 _NRRD_TYPES = {"float": "f4", "double": "f8", "short": "i2", "signed short": "i2", "short int": "i2", "int16": "i2",
                "ushort": "u2", "unsigned short": "u2", "uint16": "u2", "int": "i4", "signed int": "i4", "int32": "i4",
                "uint": "u4", "unsigned int": "u4", "uint32": "u4", "uchar": "u1", "unsigned char": "u1", "uint8": "u1",
@@ -163,7 +163,7 @@ def resultSlabs(path, grid: Grid) -> Iterator[tuple]:
             data = _readBytes(fh, decoder, want)
             if len(data) != want:
                 raise ValueError(f"{Path(path).name} is truncated: fewer voxels than its header says")
-            yield k, np.frombuffer(data, dtype).reshape(-1, shape[1], shape[2]).astype(np.float32)
+            yield k, np.frombuffer(data, dtype).reshape(-1, shape[1], shape[2]).astype(np.float32, copy=False)
 
 
 def _readBytes(fh, decoder, want: int) -> bytearray:
