@@ -121,9 +121,10 @@ def _oblique_grid(shape, dtype=np.int16):
 
 
 @pytest.mark.parametrize("compress", [True, False])
-def test_result_maps_are_read_slab_by_slab_exactly_as_acatlogic_reads_them(tmp_path, compress):
+def test_result_maps_are_read_slab_by_slab_exactly_as_acatlogic_reads_them(tmp_path, monkeypatch, compress):
     """The child's gzip NRRD (ACATLogic's writer) and a raw one: the slabs are the file's voxels, in order, over
-    several slabs and a short last one; the display copies are those of the whole-volume read."""
+    several slabs and a short last one; the display copies are those of the whole-volume read, which is never
+    made (the float map is not held whole)."""
     from ACATLogic.io.itk_files import write_itk_file
     from ACATSlicerLib import loading
 
@@ -135,10 +136,12 @@ def test_result_maps_are_read_slab_by_slab_exactly_as_acatlogic_reads_them(tmp_p
     path = write_itk_file(CTVolume(saliency, SPACING, ORIGIN_LPS, ROTATION), tmp_path / "saliency.nrrd",
                           compress=compress)
     assert (b"encoding: gzip" if compress else b"encoding: raw") in path.read_bytes()[:1000]
+    expected = read_itk_file(path).voxels_hu
+    monkeypatch.setattr(loading, "readResultVoxels", lambda *a: pytest.fail("the whole map was read"))
     slabs = list(loading.resultSlabs(path, grid))
     assert [k for k, _ in slabs] == [0, loading.SLAB, 2 * loading.SLAB, 3 * loading.SLAB]
     assert [s.shape[0] for _, s in slabs] == [loading.SLAB] * 3 + [1]
-    np.testing.assert_array_equal(np.concatenate([s for _, s in slabs]), read_itk_file(path).voxels_hu)
+    np.testing.assert_array_equal(np.concatenate([s for _, s in slabs]), expected)
     shown = loading.readMap(tmp_path, loading.SALIENCY, "", grid)
     np.testing.assert_array_equal(shown.voxels, loading.quantise(saliency))
     np.testing.assert_array_equal(shown.histogram, np.bincount(loading.quantise(saliency).ravel(), minlength=256))
@@ -151,6 +154,29 @@ def test_result_maps_are_read_slab_by_slab_exactly_as_acatlogic_reads_them(tmp_p
     difference = loading.readMap(tmp_path, loading.DIFFERENCE, "none", grid, inputVoxels)
     np.testing.assert_allclose(difference.voxels, hu - 40, atol=1e-4)
     assert difference.extent == pytest.approx(np.abs(hu - 40).max(), abs=1e-3)
+
+
+def test_a_result_map_in_ras_space_reads_the_same_and_an_unusual_one_whole(tmp_path):
+    """The header's space is honoured (RAS directions are LPS ones with x and y negated); a header the slab
+    reader does not take (detached data) goes through ACATLogic's reader, with the same result."""
+    from ACATSlicerLib import loading
+
+    shape = (6, 5, 4)
+    voxels = np.arange(np.prod(shape), dtype=np.float32).reshape(shape) / 200
+    grid = _oblique_grid(shape)
+    lps = np.column_stack([ROTATION[:, n] * SPACING[n] for n in range(3)])
+    ras, origin = np.diag([-1.0, -1, 1]) @ lps, np.diag([-1.0, -1, 1]) @ ORIGIN_LPS
+    vector = lambda v: "(" + ",".join(repr(float(x)) for x in v) + ")"  # noqa: E731
+    header = (f"NRRD0004\ntype: float\ndimension: 3\nspace: right-anterior-superior\nsizes: 4 5 6\n"
+              f"space directions: {' '.join(vector(ras[:, n]) for n in range(3))}\nendian: little\nencoding: raw\n"
+              f"space origin: {vector(origin)}\n\n")
+    (tmp_path / "saliency.nrrd").write_bytes(header.encode() + voxels.tobytes())
+    np.testing.assert_array_equal(loading.readMap(tmp_path, loading.SALIENCY, "", grid).voxels, loading.quantise(voxels))
+    detached = header.replace("encoding: raw\n", "encoding: raw\ndata file: saliency.raw\n")
+    (tmp_path / "saliency.raw").write_bytes(voxels.tobytes())
+    (tmp_path / "saliency.nrrd").write_bytes(detached.encode())
+    assert loading._plainNrrdLayout(tmp_path / "saliency.nrrd", shape) is None
+    np.testing.assert_array_equal(loading.readMap(tmp_path, loading.SALIENCY, "", grid).voxels, loading.quantise(voxels))
 
 
 def test_a_truncated_or_misplaced_result_map_is_refused_in_one_line(tmp_path):

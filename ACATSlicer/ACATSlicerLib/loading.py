@@ -3,8 +3,8 @@
 A map of a 512 x 512 x 300 CT is 315 MB of float32 in a gzip NRRD: reading it takes seconds, so it is read in
 a worker thread (`readMap`: zlib releases the GIL; no MRML is touched there), turned into the copy the views
 need, wrapped in a ``vtkImageData`` there too, and only attached to a node on the GUI thread (`attachImage`, a
-pointer swap). The float map itself is never held whole: its geometry is checked from the header
-(SimpleITK reads only that), then its voxels are decompressed slab by slab (`resultSlabs`, a few slices at
+pointer swap). The float map itself is never held whole: its geometry is checked from the header, then its
+voxels are decompressed slab by slab (`resultSlabs`, a few slices at
 a time, through ``zlib`` with a bounded output) straight into the display copy, so reading a map costs its
 display copy plus one slab. A file that is not the plain attached raw/gzip NRRD the child writes is read
 whole by ACATLogic's reader instead.
@@ -22,6 +22,7 @@ The files in the results folder stay exact (export copies them); these copies ar
 
 from __future__ import annotations
 
+import re
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,29 +97,20 @@ _NRRD_TYPES = {"float": "f4", "double": "f8", "short": "i2", "signed short": "i2
                "signed char": "i1", "int8": "i1"}
 
 
-def checkResultGeometry(path, grid: Grid, tolerance_mm: float = 1e-3) -> None:
-    """ValueError unless the map at ``path`` lies on ``grid`` (its header only: SimpleITK reads no voxel)."""
-    import SimpleITK as sitk
+def _sameGeometry(spacing, origin, direction, grid: Grid, tolerance_mm: float = 1e-3) -> bool:
+    gridSpacing, gridOrigin, gridDirection = geometryFromIjkToRas(grid.ijkToRas)
+    return (np.allclose(spacing, gridSpacing, atol=tolerance_mm) and np.allclose(origin, gridOrigin, atol=tolerance_mm)
+            and np.allclose(direction, gridDirection, atol=1e-6))
 
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
-    try:
-        reader.ReadImageInformation()
-    except RuntimeError:
-        raise ValueError(f"{Path(path).name} cannot be read") from None
-    spacing, origin, direction = geometryFromIjkToRas(grid.ijkToRas)
-    same = (tuple(reader.GetSize()) == tuple(grid.dims) and reader.GetNumberOfComponents() == 1
-            and np.allclose(reader.GetSpacing(), spacing, atol=tolerance_mm)
-            and np.allclose(reader.GetOrigin(), origin, atol=tolerance_mm)
-            and np.allclose(np.reshape(reader.GetDirection(), (3, 3)), direction, atol=1e-6))
-    if not same:
-        raise ValueError(f"{Path(path).name} is not on the grid of the explained volume; "
-                         "the results belong to another volume")
+
+def _vectors(text: str) -> list:
+    return [[float(x) for x in v.split(",")] for v in re.findall(r"\(([^)]*)\)", text)]
 
 
 def _plainNrrdLayout(path, shape: tuple):
-    """(data offset, numpy dtype, gzip?) of an attached NRRD holding ``shape`` ((K, J, I)) voxels, raw or gzip;
-    None for anything else (detached data, skips, other encodings, other sizes)."""
+    """(data offset, numpy dtype, gzip?, (spacing, origin, direction) in LPS) of an attached 3-D NRRD holding
+    ``shape`` ((K, J, I)) voxels, raw or gzip, with its space geometry - what ``acat explain`` writes through
+    ACATLogic; None for anything else (detached data, skips, other encodings, sizes or spaces)."""
     with open(path, "rb") as fh:
         head = fh.read(65536)
     end = head.find(b"\n\n")
@@ -134,26 +126,40 @@ def _plainNrrdLayout(path, shape: tuple):
     kind = _NRRD_TYPES.get(fields.get("type", "").lower())
     encoding = fields.get("encoding", "").lower()
     sizes = tuple(int(n) for n in fields.get("sizes", "").split() if n.isdigit())
-    if (kind is None or encoding not in ("raw", "gzip", "gz") or sizes != tuple(shape[::-1])
-            or fields.get("dimension") != "3" or any(k in fields for k in ("data file", "datafile", "byte skip",
-                                                                             "byteskip", "line skip", "lineskip"))):
+    flip = {"left-posterior-superior": 1.0, "lps": 1.0, "right-anterior-superior": -1.0, "ras": -1.0}.get(
+        fields.get("space", "").lower())
+    try:
+        columns = np.array(_vectors(fields.get("space directions", "")), float).T  # column n: axis n
+        origin = np.array(_vectors(fields.get("space origin", ""))[0], float)
+    except (ValueError, IndexError):
+        return None
+    if (kind is None or encoding not in ("raw", "gzip", "gz") or sizes != tuple(shape[::-1]) or flip is None
+            or fields.get("dimension") != "3" or columns.shape != (3, 3) or origin.shape != (3,)
+            or any(k in fields for k in ("data file", "datafile", "byte skip", "byteskip", "line skip", "lineskip"))):
+        return None
+    toLps = np.diag([flip, flip, 1.0])
+    columns, origin = toLps @ columns, toLps @ origin
+    spacing = np.linalg.norm(columns, axis=0)
+    if np.any(spacing <= 0):
         return None
     order = ">" if fields.get("endian", "little").lower() == "big" else "<"
-    return end + 2, np.dtype(order + kind), encoding != "raw"
+    return end + 2, np.dtype(order + kind), encoding != "raw", (spacing, origin, columns / spacing)
 
 
 def resultSlabs(path, grid: Grid) -> Iterator[tuple]:
     """(k0, (n, J, I) float32) slabs of the map at ``path``, in order, after checking that it lies on ``grid``
     (ValueError otherwise, or when the file holds too few voxels). Only one slab is in memory at a time."""
-    checkResultGeometry(path, grid)
     shape = tuple(grid.dims[::-1])
     layout = _plainNrrdLayout(path, shape)
-    if layout is None:  # not the child's plain NRRD: ACATLogic's reader, whole
+    if layout is None:  # not the child's plain NRRD: ACATLogic's reader, whole (it checks the grid too)
         voxels = readResultVoxels(path, grid)
         for k in range(0, shape[0], SLAB):
             yield k, voxels[k:k + SLAB]
         return
-    offset, dtype, compressed = layout
+    offset, dtype, compressed, geometry = layout
+    if not _sameGeometry(*geometry, grid):
+        raise ValueError(f"{Path(path).name} is not on the grid of the explained volume; "
+                         "the results belong to another volume")
     sliceBytes = shape[1] * shape[2] * dtype.itemsize
     decoder = zlib.decompressobj(zlib.MAX_WBITS | 32) if compressed else None  # gzip or zlib header
     with open(path, "rb") as fh:
