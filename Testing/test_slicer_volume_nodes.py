@@ -156,6 +156,21 @@ def test_result_maps_are_read_slab_by_slab_exactly_as_acatlogic_reads_them(tmp_p
     assert difference.extent == pytest.approx(np.abs(hu - 40).max(), abs=1e-3)
 
 
+def test_a_map_of_zeros_compressed_a_hundredfold_is_decoded_in_bounded_steps(tmp_path):
+    """All of its gzip stream fits one read of the file; each slab still gets exactly its own bytes."""
+    from ACATLogic.io.itk_files import write_itk_file
+    from ACATSlicerLib import loading
+
+    shape = (3 * loading.SLAB + 1, 160, 170)
+    voxels = np.zeros(shape, np.float32)
+    voxels[-1, -1, -1] = voxels[loading.SLAB, 3, 5] = 1.0
+    path = write_itk_file(CTVolume(voxels, SPACING, ORIGIN_LPS, ROTATION), tmp_path / "saliency.nrrd")
+    assert path.stat().st_size < voxels.nbytes / 50
+    slabs = list(loading.resultSlabs(path, _oblique_grid(shape)))
+    assert max(s.nbytes for _, s in slabs) == loading.SLAB * 160 * 170 * 4
+    np.testing.assert_array_equal(np.concatenate([s for _, s in slabs]), voxels)
+
+
 def test_a_result_map_in_ras_space_reads_the_same_and_an_unusual_one_whole(tmp_path):
     """The header's space is honoured (RAS directions are LPS ones with x and y negated); a header the slab
     reader does not take (detached data) goes through ACATLogic's reader, with the same result."""

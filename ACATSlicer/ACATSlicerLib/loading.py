@@ -174,15 +174,16 @@ def resultSlabs(path, grid: Grid) -> Iterator[tuple]:
 
 def _readBytes(fh, decoder, want: int) -> bytearray:
     """The next ``want`` voxel bytes of the open file (through ``decoder`` when gzip), never more: a map of
-    zeros compresses a thousandfold, so the output of each step is bounded, not its input."""
+    zeros compresses a hundredfold and more, so the output of each step is bounded, not its input."""
     if decoder is None:
         return bytearray(fh.read(want))
     out = bytearray()
     while len(out) < want and not decoder.eof:
         data = decoder.unconsumed_tail or fh.read(1 << 20)
-        if not data:
+        more = decoder.decompress(data, want - len(out))  # b"" at the file's end: what zlib still holds
+        if not data and not more:
             break
-        out += decoder.decompress(data, want - len(out))
+        out += more
     return out
 
 
