@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import os
 import sys
 from pathlib import Path
 
@@ -43,13 +44,16 @@ VTK_ONLY = {
     "GetValue": "vtkTable / vtkDataArray", "IsA": "vtkObjectBase", "GetClassName": "vtkObjectBase",
 }
 
-#: per file: where Qt objects live - attribute chains whose next name is a Qt property, slot or method
+#: per file: Qt objects that arrive from elsewhere (arguments, base classes) - attribute chains whose next name
+#: is a Qt property, slot or method. Those the file makes itself are found (`qtObjectsMade`).
 QT_OBJECTS = {
-    "ACATSlicer.py": [("self", "ui", "*"), ("self", "_timer"), ("uiWidget",), ("label",), ("dialog",),
-                      ("self", "layout"), ("self", "parent")],
+    "ACATSlicer.py": [("self", "layout"), ("self", "parent")],
     "panel.py": [("widget",), ("overlaySelector",), ("besideSelector",)],
     "models.py": [("self", "settings")],
 }
+#: Slicer functions that return Qt widgets (childWidgetVariables: a namespace of them)
+QT_FACTORIES = {"slicer.util.loadUI": (), "slicer.util.createProgressDialog": (),
+                "slicer.util.childWidgetVariables": ("*",)}
 
 
 def checker():
@@ -121,6 +125,7 @@ def moduleUses() -> dict[str, set[str]]:
                          and isinstance(n.targets[0], ast.Name) and isinstance(n.value, ast.Call)
                          and (chain(n.value.func) or [""])[0] in otherModules}
         parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
+        qtObjects = QT_OBJECTS.get(path.name, []) + qtObjectsMade(tree, imported)
         assigned = {t.attr for n in ast.walk(tree) if isinstance(n, (ast.Assign, ast.AnnAssign, ast.AugAssign))
                     for t in (n.targets if isinstance(n, ast.Assign) else [n.target])
                     if isinstance(t, ast.Attribute) and isinstance(t.value, ast.Name) and t.value.id == "self"}
@@ -148,7 +153,7 @@ def moduleUses() -> dict[str, set[str]]:
                 continue  # numpy, vtk, the standard library
             if node.attr[:1].isupper() and isinstance(parents.get(node), ast.Call) and parents[node].func is node:
                 add("*." + node.attr)
-            for prefix in QT_OBJECTS.get(path.name, []):
+            for prefix in qtObjects:
                 n = len(prefix)
                 if len(parts) == n + 1 and all(p in ("*", q) for p, q in zip(prefix, parts)) and \
                         not node.attr[:1].isupper():
@@ -158,6 +163,23 @@ def moduleUses() -> dict[str, set[str]]:
                     and node.attr != "addCleanup":
                 add("base:" + node.attr)
     return uses
+
+
+def qtObjectsMade(tree, imported: dict) -> list[tuple]:
+    """Prefixes of the Qt objects a file makes: ``x = qt.QLabel()``, ``self._timer = qt.QTimer()``,
+    ``self.ui = slicer.util.childWidgetVariables(w)`` (then ``self.ui.<any>``)."""
+    made = []
+    for node in ast.walk(tree):
+        if not (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.value, ast.Call)):
+            continue
+        called = chain(node.value.func)
+        if not called or called[0] not in imported:
+            continue
+        dotted = normalise(".".join([imported[called[0]], *called[1:]]))
+        target = chain(node.targets[0])
+        if target and (dotted.startswith(("qt.", "ctk.")) or dotted in QT_FACTORIES):
+            made.append((*target, *QT_FACTORIES.get(dotted, ())))
+    return made
 
 
 def tableNames() -> set[str]:
@@ -195,6 +217,12 @@ def test_every_slicer_qt_ctk_and_mrml_call_of_the_module_is_in_the_checked_table
     assert missingFromTable(uses, tableNames()) == []
 
 
+def test_the_qt_objects_the_module_makes_are_found():
+    tree = ast.parse((MODULE_DIR / "ACATSlicer.py").read_text(encoding="utf-8"))
+    made = set(qtObjectsMade(tree, importedNames(tree)))
+    assert {("self", "ui", "*"), ("self", "_timer"), ("uiWidget",), ("label",), ("dialog",)} <= made
+
+
 def test_the_check_fails_for_a_call_not_in_the_table():
     uses = moduleUses()
     names = tableNames() - {"vtkMRMLScene.GetFirstNodeByClass", "vtkMRMLSliceNode.SetOrientation",
@@ -212,6 +240,15 @@ def test_each_table_entry_names_one_api_and_is_found_by_its_own_pattern():
     for api in apis:
         assert " / " not in api.name and "," not in api.name, f"{api.name}: one API per entry"
         assert api.repo in checker().REPOSITORIES, api
+
+
+CLONES = [os.environ.get(v, "") for v in ("ACAT_SLICER_GIT", "ACAT_CTK_GIT", "ACAT_SLICERPYTORCH_GIT")]
+
+
+@pytest.mark.skipif(not all(CLONES), reason="set ACAT_SLICER_GIT, ACAT_CTK_GIT and ACAT_SLICERPYTORCH_GIT to git "
+                                            "clones of Slicer, CTK and SlicerPyTorch to check the table against them")
+def test_every_api_is_found_in_slicers_source_at_every_supported_version(capsys):
+    assert checker().main([*CLONES, "--refs", "v5.10.0", "v5.12.3", "HEAD"]) == 0, capsys.readouterr().out
 
 
 @pytest.mark.parametrize("text, expected", [

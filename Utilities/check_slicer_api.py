@@ -344,13 +344,13 @@ def where(repo: str, ref: str, path: str, pattern: str) -> str:
     return "MISSING"
 
 
-def main() -> int:
+def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("slicer")
     parser.add_argument("ctk")
     parser.add_argument("pytorch")
     parser.add_argument("--refs", nargs="+", default=["v5.10.0", "v5.12.3", "main"])
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     repos = {S: args.slicer, C: args.ctk, P: args.pytorch}
     pytorch_ref = git(args.pytorch, "rev-parse", "--short", "HEAD").strip()
     headers = []
