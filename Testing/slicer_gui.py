@@ -385,7 +385,8 @@ def dicomUtils(gui) -> types.SimpleNamespace:
             raise OSError("DICOM module or database cannot be accessed")
         loaded = []
         for uid in seriesUIDs:
-            headers = [(pydicom.dcmread(f, stop_before_pixels=True), f) for f in slicer.dicomDatabase.filesForSeries(uid)]
+            headers = [(pydicom.dcmread(f, stop_before_pixels=True), f)
+                       for f in slicer.dicomDatabase.filesForSeries(uid)]
             if not headers:
                 continue
 

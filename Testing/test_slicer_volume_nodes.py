@@ -146,7 +146,8 @@ def test_result_maps_are_read_slab_by_slab_exactly_as_acatlogic_reads_them(tmp_p
     np.testing.assert_array_equal(shown.voxels, loading.quantise(saliency))
     np.testing.assert_array_equal(shown.histogram, np.bincount(loading.quantise(saliency).ravel(), minlength=256))
     hu = (saliency * 2000 - 1000).astype(np.float32)
-    write_itk_file(CTVolume(hu, SPACING, ORIGIN_LPS, ROTATION), tmp_path / "counterfactual_none.nrrd", compress=compress)
+    write_itk_file(CTVolume(hu, SPACING, ORIGIN_LPS, ROTATION), tmp_path / "counterfactual_none.nrrd",
+                   compress=compress)
     counterfactual = loading.readMap(tmp_path, loading.COUNTERFACTUAL, "none", grid)
     assert counterfactual.voxels.dtype == np.int16
     np.testing.assert_array_equal(counterfactual.voxels, loading.toInputType(hu, np.int16))
@@ -186,12 +187,14 @@ def test_a_result_map_in_ras_space_reads_the_same_and_an_unusual_one_whole(tmp_p
               f"space directions: {' '.join(vector(ras[:, n]) for n in range(3))}\nendian: little\nencoding: raw\n"
               f"space origin: {vector(origin)}\n\n")
     (tmp_path / "saliency.nrrd").write_bytes(header.encode() + voxels.tobytes())
-    np.testing.assert_array_equal(loading.readMap(tmp_path, loading.SALIENCY, "", grid).voxels, loading.quantise(voxels))
+    shown = loading.readMap(tmp_path, loading.SALIENCY, "", grid)
+    np.testing.assert_array_equal(shown.voxels, loading.quantise(voxels))
     detached = header.replace("encoding: raw\n", "encoding: raw\ndata file: saliency.raw\n")
     (tmp_path / "saliency.raw").write_bytes(voxels.tobytes())
     (tmp_path / "saliency.nrrd").write_bytes(detached.encode())
     assert loading._plainNrrdLayout(tmp_path / "saliency.nrrd", shape) is None
-    np.testing.assert_array_equal(loading.readMap(tmp_path, loading.SALIENCY, "", grid).voxels, loading.quantise(voxels))
+    shown = loading.readMap(tmp_path, loading.SALIENCY, "", grid)
+    np.testing.assert_array_equal(shown.voxels, loading.quantise(voxels))
 
 
 def test_a_truncated_or_misplaced_result_map_is_refused_in_one_line(tmp_path):
