@@ -46,6 +46,8 @@ NOT_NEEDED_IN_SLICER: Dict[str, str] = {
     "pylibjpeg-libjpeg": "as pylibjpeg",
     "pylibjpeg-rle": "as pylibjpeg",
     "tqdm": "the background process reports progress as JSON lines; tqdm only draws the terminal's bar",
+    "highdicom": "it writes DICOM results (acat explain --dicom), which need a DICOM input: the module gives the "
+                 "background process an NRRD file",
 }
 
 
