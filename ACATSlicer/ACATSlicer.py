@@ -48,6 +48,14 @@ def versionProblem() -> str:
 #
 
 
+
+def _dicomDatabase():
+    """Slicer's DICOM database (``slicer.dicomDatabase``, set by the DICOM module), or None when there is none."""
+    try:
+        return slicer.dicomDatabase
+    except AttributeError:
+        return None
+
 class ACATSlicer(ScriptedLoadableModule):
     def __init__(self, parent):
         ScriptedLoadableModule.__init__(self, parent)
@@ -387,7 +395,7 @@ class ACATSlicerLogic(ExplainController, ScriptedLoadableModuleLogic):
     def __init__(self, runnerFactory=ExplainProcess, modelStore=None) -> None:
         ExplainController.__init__(self, slicer.mrmlScene, runnerFactory, modelStore=modelStore)
         ScriptedLoadableModuleLogic.__init__(self)  # its super().__init__() is object's: the controller is first
-        self.dicomOption = DicomOption(lambda: getattr(slicer, "dicomDatabase", None))  # set by the DICOM module
+        self.dicomOption = DicomOption(_dicomDatabase)
 
     def getParameterNode(self):
         """The module's parameter node with every field set (defaults written once, before anything reads)."""
@@ -417,8 +425,8 @@ class ACATSlicerLogic(ExplainController, ScriptedLoadableModuleLogic):
 
 class ACATSlicerTest(ScriptedLoadableModuleTest):
     """The whole Explain inside real Slicer, with a tiny random model: on the generated case loaded as a DICOM
-    series through Slicer's DICOM database, and Cancel (the checks are ACATSlicerLib/selftest.py, which the
-    headless tests run too). Skipped, with the reason, where torch is not installed yet."""
+    series through Slicer's DICOM database, and Cancel (the checks are ACATSlicerLib/selftest.py). Skipped, with
+    the reason, where torch is not installed yet. Testing/test_slicer_selftest.py runs this class headless."""
 
     def setUp(self) -> None:
         slicer.mrmlScene.Clear()

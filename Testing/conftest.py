@@ -138,6 +138,10 @@ SLOW = {
         "background explains, one real (~8 s)",
     "test_slicer_first_use.py::test_selftest_explain_checks_pass_on_the_sample_data_case": "two background explains",
     "test_slicer_first_use.py::test_selftest_cancel_checks_pass_on_the_sample_data_case": "a background explain",
+    "test_slicer_selftest.py::test_the_self_test_explains_a_dicom_series_loaded_through_the_database_then_cancels":
+        "the module's self-test: two background explains and one cancelled (~25 s)",
+    "test_slicer_widget.py::test_the_real_acat_explain_child_through_the_widget_lands_its_results_in_mrml":
+        "a real acat explain child through the panel (~20 s)",
     "test_slicer_runner.py::test_jsonl_progress_lines_and_unchanged_default_output": "two acat explain processes",
     "test_slicer_runner.py::test_a_run_goes_in_the_background_and_loads_its_results": "a background explain",
     "test_slicer_runner.py::test_cancel_stops_the_process_promptly_and_leaves_the_scene_unchanged":

@@ -11,7 +11,10 @@ its source; ACATSlicer/SLICER_API.md):
   range; a disabled button cannot be clicked), so the module's signal handling runs as in Slicer;
 * ``slicer.app`` (version, settings, cache path), ``slicer.i18n``, ``slicer.ScriptedLoadableModule``
   (module, widget, logic - whose ``getParameterNode`` makes the singleton vtkMRMLScriptedModuleNode in the
-  real scene as Slicer's does - and test), and the dialogs of ``slicer.util``.
+  real scene as Slicer's does - and test), and the dialogs of ``slicer.util``;
+* ``DICOMLib.DICOMUtils``' database (`DicomDatabase`: Slicer's is a CTK/SQLite one, not in slicer-core): the
+  files of an imported folder indexed by series; loading a series goes through Slicer's own reader, as
+  Slicer's DICOMScalarVolumePlugin does (`vtkSlicerVolumesLogic.AddArchetypeScalarVolume` with the file list).
 """
 
 from __future__ import annotations
@@ -360,6 +363,77 @@ class Timer(Signals):
             self.emit("timeout()")
 
 
+class DicomDatabase:
+    """ctkDICOMDatabase as DICOMUtils uses it: ``isOpen``, ``filesForSeries``; files indexed by importDicom."""
+
+    def __init__(self) -> None:
+        self.isOpen = True
+        self.series: dict = {}  # SeriesInstanceUID -> [file paths]
+
+    def filesForSeries(self, seriesUID) -> list:
+        return list(self.series.get(seriesUID, []))
+
+
+def dicomUtils(gui) -> types.SimpleNamespace:
+    """DICOMLib.DICOMUtils' TemporaryDICOMDatabase, importDicom and loadSeriesByUID (Slicer 5.10's signatures:
+    SLICER_API.md), over `DicomDatabase`."""
+    import slicer
+
+    class TemporaryDICOMDatabase:
+        def __enter__(self):
+            self.original = getattr(slicer, "dicomDatabase", None)
+            slicer.dicomDatabase = DicomDatabase()
+            return slicer.dicomDatabase
+
+        def __exit__(self, *exc):
+            slicer.dicomDatabase = self.original
+
+    def importDicom(dicomDataDir, dicomDatabase=None, copyFiles=False):
+        import pydicom
+
+        database = dicomDatabase if dicomDatabase is not None else slicer.dicomDatabase
+        for path in sorted(Path(dicomDataDir).rglob("*")):
+            if path.is_file():
+                uid = str(pydicom.dcmread(path, stop_before_pixels=True).SeriesInstanceUID)
+                database.series.setdefault(uid, []).append(str(path))
+        return True
+
+    def loadSeriesByUID(seriesUIDs, messages=None, progressCallback=None, enabledPluginClassNames=None):
+        """Each series as the scalar volume plugin loads it: files in slice order, named "number: description"."""
+        import numpy as np
+        import pydicom
+        import vtk
+
+        if not isinstance(seriesUIDs, list):
+            raise ValueError("SeriesUIDs must contain a list")
+        if not slicer.dicomDatabase.isOpen:
+            raise OSError("DICOM module or database cannot be accessed")
+        loaded = []
+        for uid in seriesUIDs:
+            headers = [(pydicom.dcmread(f, stop_before_pixels=True), f)
+                       for f in slicer.dicomDatabase.filesForSeries(uid)]
+            if not headers:
+                continue
+
+            def along(item):
+                iop = np.array(item[0].ImageOrientationPatient, dtype=float)
+                return float(np.array(item[0].ImagePositionPatient, dtype=float) @ np.cross(iop[:3], iop[3:]))
+
+            headers.sort(key=along)
+            fileList = vtk.vtkStringArray()
+            for _, f in headers:
+                fileList.InsertNextValue(f)
+            first = headers[0][0]
+            name = f"{first.get('SeriesNumber', '')}: {first.get('SeriesDescription', '')}"
+            node = slicer.modules.volumes.logic().AddArchetypeScalarVolume(headers[0][1], name, 0, fileList)
+            gui.dicomLoads.append((uid, len(headers), node.GetID()))
+            loaded.append(node.GetID())
+        return loaded
+
+    return types.SimpleNamespace(TemporaryDICOMDatabase=TemporaryDICOMDatabase, importDicom=importDicom,
+                                 loadSeriesByUID=loadSeriesByUID)
+
+
 class Gui:
     """What the test controls and sees of the GUI: dialogs' answers, errors shown, timers, settings."""
 
@@ -374,6 +448,8 @@ class Gui:
         self.pipInstalled: list = []
         self.startupSlots: list = []
         self.widgets: list = []  # module widgets opened, cleaned up at the end of the test
+        self.dicomLoads: list = []  # (series UID, number of files, node ID) loaded through DICOMUtils
+        self.displayed: list = []  # messages of slicer.util.delayDisplay
 
     # -- the modules ---------------------------------------------------------------------------------
     def qtModule(self):
@@ -445,8 +521,8 @@ class Gui:
                 return scene.AddNode(node)
 
         class ScriptedLoadableModuleTest(unittest.TestCase):
-            def delayDisplay(self, message, msec=None):
-                pass
+            def delayDisplay(self, message, requestedDelay=None, msec=None):  # Slicer's: slicer.util.delayDisplay
+                slicer.util.delayDisplay(message, 0 if msec is None else msec)
 
         return types.SimpleNamespace(ScriptedLoadableModule=ScriptedLoadableModule,
                                      ScriptedLoadableModuleWidget=ScriptedLoadableModuleWidget,
@@ -471,12 +547,22 @@ class Gui:
     def progressDialog(self, parent=None, value=0, maximum=100, labelText="", windowTitle="", **kwargs):
         return types.SimpleNamespace(wasCanceled=False, value=value, labelText=labelText, close=lambda: None)
 
+    def delayDisplay(self, message, autoCloseMsec=1000, parent=None, **kwargs) -> None:
+        """Shows the message for ``autoCloseMsec`` while the application runs on (here: the test sleeps)."""
+        import time
+
+        self.displayed.append(message)
+        time.sleep(max(0, autoCloseMsec) / 1000.0 if self.delayDisplaySleeps else 0.0)
+
+    delayDisplaySleeps = False
+
     def install(self, monkeypatch) -> None:
         """Put the stand-ins where the module imports them from."""
         import slicer
         import slicer.util
 
         monkeypatch.setitem(sys.modules, "qt", self.qtModule())
+        monkeypatch.setitem(sys.modules, "DICOMLib", types.SimpleNamespace(DICOMUtils=dicomUtils(self)))
         monkeypatch.setitem(sys.modules, "slicer.i18n", types.SimpleNamespace(
             tr=lambda text: text, translate=lambda context, text: text))
         monkeypatch.setitem(sys.modules, "slicer.ScriptedLoadableModule", self.scriptedLoadableModule())
@@ -484,7 +570,7 @@ class Gui:
         for name, value in (("loadUI", loadUI), ("tryWithErrorDisplay", self.tryWithErrorDisplay),
                             ("confirmOkCancelDisplay", self.confirm), ("confirmYesNoDisplay", self.confirm),
                             ("errorDisplay", self.errorDisplay), ("createProgressDialog", self.progressDialog),
-                            ("pip_install", self.pipInstalled.append), ("delayDisplay", lambda *a, **k: None)):
+                            ("pip_install", self.pipInstalled.append), ("delayDisplay", self.delayDisplay)):
             monkeypatch.setattr(slicer.util, name, value, raising=False)
 
     def fireTimers(self) -> None:

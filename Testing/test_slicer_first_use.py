@@ -228,7 +228,8 @@ def sample_case(slicer_scene, tmp_path):
 
 
 def test_selftest_explain_checks_pass_on_the_sample_data_case(sample_case):
-    """ACATSlicerTest.test_ExplainGeneratedCase's body (ACATSlicerLib/selftest.py), headless."""
+    """The checks of ACATSlicerTest.test_ExplainDicomSeries (ACATSlicerLib/selftest.py) on the Sample Data case;
+    the self-test itself, through the DICOM database, runs in Testing/test_slicer_selftest.py."""
     from ACATSlicerLib import selftest
 
     assert selftest.explainTwiceProblems(*sample_case, timeoutS=300) == []

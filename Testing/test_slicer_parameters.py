@@ -14,7 +14,7 @@ import slicer  # noqa: E402
 from slicer_scene import slicer_scene_fixture  # noqa: E402
 
 from ACATLogic.options import ExplainOptions  # noqa: E402
-from ACATSlicerLib.loading import percentileLevel, quantise, toInputType  # noqa: E402
+from ACATSlicerLib.loading import levelCounts, percentileLevel, quantise, toInputType  # noqa: E402
 from ACATSlicerLib.parameters import NodeParameter, Parameter, ParameterNode, explainOptionParameters  # noqa: E402
 from ACATSlicerLib.request import MODEL_DEFAULT, ExplainRequest, panelName  # noqa: E402
 from ACATSlicerLib.results import shownCounterfactualKey  # noqa: E402
@@ -96,6 +96,7 @@ def test_display_copies_and_percentiles_from_the_level_counts():
     levels = quantise(voxels)
     assert levels.dtype == np.uint8 and np.abs(levels / 255.0 - voxels).max() <= 0.5 / 255 + 1e-7
     histogram = np.bincount(levels.reshape(-1), minlength=256)
+    np.testing.assert_array_equal(levelCounts(levels), histogram)  # counted slab by slab (20 slices: several slabs)
     for p in (0, 25, 50, 95, 99.9, 100):
         assert percentileLevel(histogram, p) == int(np.percentile(levels, p, method="lower")), p
     hu = np.array([[[-1024.4, 35.5, 3000.2]]], np.float32)

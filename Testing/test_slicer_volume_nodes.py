@@ -111,3 +111,106 @@ def test_non_ct_nodes_are_refused_with_a_message(slicer_scene, kind, message):
         node = None
     with pytest.raises(ValueError, match=message):
         volume_nodes.ctVolumeFromNode(node)
+
+
+def _oblique_grid(shape, dtype=np.int16):
+    from ACATSlicerLib.loading import Grid
+
+    ijk = volume_nodes.ijkToRasFromGeometry(SPACING, ORIGIN_LPS, ROTATION)
+    return Grid(tuple(shape[::-1]), ijk, np.dtype(dtype))
+
+
+@pytest.mark.parametrize("compress", [True, False])
+def test_result_maps_are_read_slab_by_slab_exactly_as_acatlogic_reads_them(tmp_path, monkeypatch, compress):
+    """The child's gzip NRRD (ACATLogic's writer) and a raw one: the slabs are the file's voxels, in order, over
+    several slabs and a short last one; the display copies are those of the whole-volume read, which is never
+    made (the float map is not held whole)."""
+    from ACATLogic.io.itk_files import write_itk_file
+    from ACATSlicerLib import loading
+
+    rng = np.random.default_rng(3)
+    shape = (3 * loading.SLAB + 1, 9, 11)
+    saliency = rng.random(shape, dtype=np.float32)
+    saliency[:4] = 0.0
+    grid = _oblique_grid(shape)
+    path = write_itk_file(CTVolume(saliency, SPACING, ORIGIN_LPS, ROTATION), tmp_path / "saliency.nrrd",
+                          compress=compress)
+    assert (b"encoding: gzip" if compress else b"encoding: raw") in path.read_bytes()[:1000]
+    expected = read_itk_file(path).voxels_hu
+    monkeypatch.setattr(loading, "readResultVoxels", lambda *a: pytest.fail("the whole map was read"))
+    slabs = list(loading.resultSlabs(path, grid))
+    assert [k for k, _ in slabs] == [0, loading.SLAB, 2 * loading.SLAB, 3 * loading.SLAB]
+    assert [s.shape[0] for _, s in slabs] == [loading.SLAB] * 3 + [1]
+    np.testing.assert_array_equal(np.concatenate([s for _, s in slabs]), expected)
+    shown = loading.readMap(tmp_path, loading.SALIENCY, "", grid)
+    np.testing.assert_array_equal(shown.voxels, loading.quantise(saliency))
+    np.testing.assert_array_equal(shown.histogram, np.bincount(loading.quantise(saliency).ravel(), minlength=256))
+    hu = (saliency * 2000 - 1000).astype(np.float32)
+    write_itk_file(CTVolume(hu, SPACING, ORIGIN_LPS, ROTATION), tmp_path / "counterfactual_none.nrrd",
+                   compress=compress)
+    counterfactual = loading.readMap(tmp_path, loading.COUNTERFACTUAL, "none", grid)
+    assert counterfactual.voxels.dtype == np.int16
+    np.testing.assert_array_equal(counterfactual.voxels, loading.toInputType(hu, np.int16))
+    inputVoxels = np.full(shape, 40, np.int16)
+    difference = loading.readMap(tmp_path, loading.DIFFERENCE, "none", grid, inputVoxels)
+    np.testing.assert_allclose(difference.voxels, hu - 40, atol=1e-4)
+    assert difference.extent == pytest.approx(np.abs(hu - 40).max(), abs=1e-3)
+
+
+def test_a_map_of_zeros_compressed_a_hundredfold_is_decoded_in_bounded_steps(tmp_path):
+    """All of its gzip stream fits one read of the file; each slab still gets exactly its own bytes."""
+    from ACATLogic.io.itk_files import write_itk_file
+    from ACATSlicerLib import loading
+
+    shape = (3 * loading.SLAB + 1, 160, 170)
+    voxels = np.zeros(shape, np.float32)
+    voxels[-1, -1, -1] = voxels[loading.SLAB, 3, 5] = 1.0
+    path = write_itk_file(CTVolume(voxels, SPACING, ORIGIN_LPS, ROTATION), tmp_path / "saliency.nrrd")
+    assert path.stat().st_size < voxels.nbytes / 50
+    slabs = list(loading.resultSlabs(path, _oblique_grid(shape)))
+    assert max(s.nbytes for _, s in slabs) == loading.SLAB * 160 * 170 * 4
+    np.testing.assert_array_equal(np.concatenate([s for _, s in slabs]), voxels)
+
+
+def test_a_result_map_in_ras_space_reads_the_same_and_an_unusual_one_whole(tmp_path):
+    """The header's space is honoured (RAS directions are LPS ones with x and y negated); a header the slab
+    reader does not take (detached data) goes through ACATLogic's reader, with the same result."""
+    from ACATSlicerLib import loading
+
+    shape = (6, 5, 4)
+    voxels = np.arange(np.prod(shape), dtype=np.float32).reshape(shape) / 200
+    grid = _oblique_grid(shape)
+    lps = np.column_stack([ROTATION[:, n] * SPACING[n] for n in range(3)])
+    ras, origin = np.diag([-1.0, -1, 1]) @ lps, np.diag([-1.0, -1, 1]) @ ORIGIN_LPS
+    vector = lambda v: "(" + ",".join(repr(float(x)) for x in v) + ")"  # noqa: E731
+    header = (f"NRRD0004\ntype: float\ndimension: 3\nspace: right-anterior-superior\nsizes: 4 5 6\n"
+              f"space directions: {' '.join(vector(ras[:, n]) for n in range(3))}\nendian: little\nencoding: raw\n"
+              f"space origin: {vector(origin)}\n\n")
+    (tmp_path / "saliency.nrrd").write_bytes(header.encode() + voxels.tobytes())
+    shown = loading.readMap(tmp_path, loading.SALIENCY, "", grid)
+    np.testing.assert_array_equal(shown.voxels, loading.quantise(voxels))
+    detached = header.replace("encoding: raw\n", "encoding: raw\ndata file: saliency.raw\n")
+    (tmp_path / "saliency.raw").write_bytes(voxels.tobytes())
+    (tmp_path / "saliency.nrrd").write_bytes(detached.encode())
+    assert loading._plainNrrdLayout(tmp_path / "saliency.nrrd", shape) is None
+    shown = loading.readMap(tmp_path, loading.SALIENCY, "", grid)
+    np.testing.assert_array_equal(shown.voxels, loading.quantise(voxels))
+
+
+def test_a_truncated_or_misplaced_result_map_is_refused_in_one_line(tmp_path):
+    from ACATLogic.io.itk_files import write_itk_file
+    from ACATSlicerLib import loading
+
+    shape = (40, 8, 8)
+    grid = _oblique_grid(shape)
+    path = write_itk_file(CTVolume(np.ones(shape, np.float32), SPACING, ORIGIN_LPS, ROTATION),
+                          tmp_path / "saliency.nrrd")
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) - 40])  # the end of the gzip stream is missing
+    with pytest.raises(ValueError, match="saliency.nrrd is truncated"):
+        loading.readMap(tmp_path, loading.SALIENCY, "", grid)
+    shifted = grid.ijkToRas.copy()
+    shifted[0, 3] += 5.0  # the same voxels 5 mm away
+    elsewhere = loading.Grid(grid.dims, shifted, grid.dtype)
+    with pytest.raises(ValueError, match="not on the grid"):
+        loading.readMap(tmp_path, loading.SALIENCY, "", elsewhere)

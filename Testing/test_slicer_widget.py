@@ -345,3 +345,55 @@ def test_scene_close_forgets_the_results_and_their_folders(gui, head, tmp_path):
     gui.scene.InvokeEvent(gui.scene.EndCloseEvent)
     assert widget.logic.result is None and not outDir.exists()
     assert widget._parameterNode is not None  # the panel is entered: a parameter node again
+
+
+def test_the_real_acat_explain_child_through_the_widget_lands_its_results_in_mrml(gui, head, tmp_path):
+    """Not the WritingRunner: Explain starts the real ``acat explain`` child (ExplainProcess, a tiny random
+    bundle, the CPU); its progress reaches the panel and its results folder lands in MRML as the stand-in's does."""
+    from bundles import make_random_bundle
+
+    from ACATSlicerLib.loading import LEVELS
+    from ACATSlicerLib.runner import ExplainProcess
+
+    bundle = make_random_bundle(tmp_path / "tiny", size=32, slices=3, steps=3)
+    _, widget = openPanel(gui, runner=ExplainProcess)
+    ui, p, scene = widget.ui, widget._parameterNode, gui.scene
+    gui.folder = str(bundle)
+    ui.addModelButton.click()
+    ui.deviceComboBox.choose("cpu")
+    assert gui.errors == [] and p.model == str(bundle.resolve()) and p.device == "cpu"
+    assert ui.explainButton.click()
+    progress, deadline = set(), time.monotonic() + 300
+    while any(t.active for t in gui.timers) and time.monotonic() < deadline:
+        gui.fireTimers()
+        progress.add(ui.progressBar.value)
+        time.sleep(0.05)
+    assert gui.errors == [] and not widget.logic.busy, ui.statusLabel.text
+    assert ui.statusLabel.text.startswith("Done in") and ui.statusLabel.text.endswith("on cpu.")
+    assert len(progress - {0}) >= 2  # the child's progress lines moved the bar
+
+    result = widget.logic.result
+    report = json.loads((result.outDir / "report.json").read_text())
+    assert report["device"] == "cpu" and report["model"]["id"] == "random-brain_stroke"
+    assert f"Prediction: {report['prediction']}</b>" in ui.probabilitiesLabel.text
+    for label, probability in report["probabilities"].items():
+        assert f"{label} {probability:.2f}" in ui.probabilitiesLabel.text
+    # the saliency over the CT in the Red view, the counterfactual towards the healthy class beside it
+    red, yellow = (layout.compositeNodeByLayoutName(scene, v) for v in ("Red", "Yellow"))
+    assert red.GetBackgroundVolumeID() == head.GetID() and red.GetForegroundVolumeID() == result.saliency.GetID()
+    shown = result.shownCounterfactualKey()
+    assert yellow.GetBackgroundVolumeID() == result.counterfactuals[shown].GetID()
+    assert ui.besideSelector.currentData == f"counterfactual:{shown}"
+    # the nodes hold the child's files, on the CT's grid (display copies: the map as 0..255, HU as int16)
+    saliency = read_itk_file(result.outDir / "saliency.nrrd").voxels_hu
+    shownSaliency = slicer.util.arrayFromVolume(result.saliency)
+    assert shownSaliency.shape == slicer.util.arrayFromVolume(head).shape == saliency.shape
+    assert np.abs(shownSaliency / LEVELS - np.clip(saliency, 0, 1)).max() <= 0.5 / LEVELS + 1e-6
+    counterfactual = read_itk_file(result.outDir / f"counterfactual_{shown}.nrrd").voxels_hu
+    shownCounterfactual = slicer.util.arrayFromVolume(result.counterfactuals[shown])
+    assert shownCounterfactual.dtype == np.int16
+    assert np.abs(shownCounterfactual - np.rint(counterfactual)).max() == 0
+    # the attention masks the child wrote are offered as overlays
+    masks = sorted(f.stem.removeprefix("attention_") for f in result.outDir.glob("attention_*.nrrd"))
+    assert masks and sorted(d for _, d in ui.overlaySelector.items if d) == masks
+    assert saliency.max() > 0 and WritingRunner.instances == []  # a real map, from the real child

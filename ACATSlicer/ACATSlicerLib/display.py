@@ -37,7 +37,9 @@ def percentileThreshold(voxels: np.ndarray, percentile: float) -> float:
 
 def histogramOf(voxels: np.ndarray) -> np.ndarray:
     """Counts of the 256 levels of a uint8 map (what `loading.readMap` counts once per map)."""
-    return np.bincount(np.asarray(voxels, dtype=np.uint8).reshape(-1), minlength=256)
+    from .loading import levelCounts
+
+    return levelCounts(voxels)
 
 
 def levelThreshold(histogram: np.ndarray, percentile: float) -> tuple[float, float]:
