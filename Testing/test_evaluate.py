@@ -72,7 +72,7 @@ def dataset(tmp_path_factory) -> Path:
         rows.append({"case_id": case_id, "task": "brain_stroke", "split": split, "label": label,
                      "label_name": BRAIN_LABELS[label], "size_class": size_class,
                      "lesion_territories": ";".join(lesions), **paths})
-    return write_manifest(root, rows, {"note": "SIMULATED test data"})
+    return write_manifest(root, rows, {"what": "SIMULATED test data"})
 
 
 @pytest.fixture(scope="module")
@@ -256,7 +256,7 @@ def test_bad_arguments_are_one_line_errors(dataset, bundle, tmp_path, capsys):
     assert not (tmp_path / "out").exists()
     lung = make_random_bundle(tmp_path / "lung", task="lung_covid", size=32, slices=3)
     assert main(["--bundle", str(lung)] + base[2:]) == 2
-    assert "for lung_covid" in capsys.readouterr().err
+    assert "label 3 is out of range (0..1: normal, covid19)" in capsys.readouterr().err
 
 
 def test_counterfactual_maps_of_the_acat_classifier(dataset, bundle, tmp_path, capsys):
