@@ -238,6 +238,17 @@ def test_listening_beyond_loopback_keeps_the_host_and_origin_checks(folders, mod
         assert process.poll() is None
 
 
+def test_an_origin_python_cannot_parse_is_403_not_a_server_error(viewer):
+    """Found by `make fuzz` (web-guard): ``Origin: http://[`` made the guard raise ValueError, which aiohttp
+    answered with 500 and a traceback; on the websocket handshake too."""
+    for origin in ("http://[", f"http://127.0.0.1:{viewer['port']}["):
+        status, body, _ = http_get(viewer["port"], "/index.html", Origin=origin, Cookie=cookie(viewer))
+        assert status == 403 and b"another site" in body, (origin, status, body[:200])
+        assert handshake_status(viewer["base"], {"Origin": origin}, {f"acat-view-{viewer['port']}": viewer["token"]})[0] \
+            == 403
+    assert_serving(viewer)
+
+
 # -- 3. which files the page may open ------------------------------------------------------------
 def test_the_page_opens_only_files_inside_the_allowed_folders(viewer, folders):
     async def script(client):

@@ -660,3 +660,6 @@ TARGETS = {
 from fuzz.web_targets import WebGuardTarget  # noqa: E402
 
 TARGETS["web-guard"] = WebGuardTarget()
+from fuzz.web_targets import WebServerTarget  # noqa: E402
+
+TARGETS["web-server"] = WebServerTarget()

@@ -472,3 +472,228 @@ class WebGuardTarget:
         if case == "chunks":
             return _run_chunks(example)
         return _run_rpc(example)
+
+
+# ------------------------------------------------------------------------------------------------
+# web-server: wslink messages to a real `acat view`
+# ------------------------------------------------------------------------------------------------
+#: every RPC the viewer's wslink server registers (wslink, trame-server, trame-rca) and the ones it removes
+REGISTERED_RPCS = ["trame.error.client", "trame.force.push", "trame.lifecycle.update", "trame.rca.drop",
+                   "trame.rca.event", "trame.rca.reset", "trame.rca.size", "trame.rca.video.codecs",
+                   "trame.rca.video.negotiate", "trame.state.get", "trame.state.update", "trame.trigger"]
+REMOVED_RPCS = ["application.exit", "application.exit.later", "trame.rca.push"]
+#: the page's own state keys (ACATWeb/app.py) and trame's
+STATE_KEYS = ["input_path", "model", "method", "window", "overlay", "right_view", "opacity", "percentile",
+              "dicom_results", "deidentify", "has_result", "busy", "running", "input_loaded", "result", "models",
+              "methods", "windows", "overlays", "rights", "error", "status", "download_url", "trame__title",
+              "trame__template_main", "layout_id"]
+#: buttons a fuzzed page may not click: Explain (a model run in a child process, minutes of CPU; its
+#: inputs are the state values fuzzed here, and its child is tested by test_web_security) and Demo (a
+#: generated CT, ~15 s of CPU)
+UNCLICKED = ("explain-button", "demo-button")
+VIEWS = ["Red", "Green", "Yellow", "ThreeD", "Counterfactual", "", "nope"]
+CALL_TIMEOUT_S = 15.0
+
+
+@st.composite
+def rpc_call(draw):
+    kind = draw(st.sampled_from(["rpc", "rpc", "state", "state", "click", "size", "frames", "text"]))
+    if kind == "rpc":
+        method = draw(st.one_of(st.sampled_from(REGISTERED_RPCS + REMOVED_RPCS + ["wslink.hello"]),
+                                st.text(max_size=20)))
+        args = draw(st.lists(st.one_of(json_values, st.sampled_from(VIEWS)), max_size=4))
+        return ["rpc", method, args, draw(st.dictionaries(st.text(max_size=6), json_values, max_size=2))]
+    if kind == "state":
+        key = draw(st.one_of(st.sampled_from(STATE_KEYS), st.text(max_size=10)))
+        value = draw(st.one_of(json_values, path_text(), st.sampled_from(["{root}/allowed/head.nrrd",
+                                                                            "{root}/allowed/good.nhdr"])))
+        return ["state", key, value]
+    if kind == "click":
+        return ["click", draw(st.integers(0, 63)), draw(st.lists(json_values, max_size=2))]
+    if kind == "size":
+        return ["rpc", "trame.rca.size", [draw(st.sampled_from(VIEWS)), "page", draw(size_example())["size"]], {}]
+    if kind == "frames":
+        return ["frames", draw(st.lists(frame, max_size=4))]
+    return ["text", draw(st.text(max_size=40))]
+
+
+@st.composite
+def server_example(draw) -> dict:
+    return {"hello": draw(st.sampled_from([True, True, True, False])),
+            "calls": draw(st.lists(rpc_call(), min_size=1, max_size=5))}
+
+
+class ViewerProcess:
+    """One ``acat view`` on a free loopback port, its allowed folder the web-guard tree's ``allowed/``."""
+
+    def __init__(self, heartbeat=lambda: None, start_timeout_s: float = 300.0):
+        import queue
+        import re
+        import threading
+
+        sys.path.insert(0, str(REPO / "Testing"))
+        import web_browser
+
+        self.tree = path_tree()
+        self.tmp = Path(tempfile.mkdtemp(prefix="acat-fuzz-viewer-"))
+        port = web_browser.free_port()
+        env = dict(os.environ, TMPDIR=str(self.tmp), PYTHONUNBUFFERED="1")
+        env.pop("DISPLAY", None)
+        command = [sys.executable, "-m", "ACATCli", "view", "--port", str(port), "--model",
+                   str(web_browser.SHIPPED_BUNDLE), "--allow-dir", str(self.tree / "allowed"), "--max-memory-gb", "1"]
+        self.log = self.tmp / "acat-view.log"
+        with open(self.log, "w") as stderr:
+            self.process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=stderr,
+                                            text=True, stdin=subprocess.DEVNULL)
+        atexit.register(self.stop)
+        lines: "queue.Queue[str]" = queue.Queue()
+        threading.Thread(target=lambda: [lines.put(line) for line in self.process.stdout], daemon=True).start()
+        deadline = time.monotonic() + start_timeout_s
+        url = None
+        while url is None:
+            heartbeat()
+            if self.process.poll() is not None:
+                raise RuntimeError(f"acat view exited with {self.process.returncode}: {self.log.read_text()[-2000:]}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"acat view did not print its URL within {start_timeout_s:.0f} s")
+            try:
+                match = re.search(r"ACAT viewer: (http://\S+)", lines.get(timeout=1.0))
+            except queue.Empty:
+                continue
+            url = match.group(1) if match else None
+        self.base, self.port, self.token = web_browser.split_url(url)
+        state = self.session(self._state_script)
+        template = state["trame__template_main"]
+        self.triggers = sorted(set(re.findall(r"trigger\('([^']+)'", template)))
+        self.unclicked = set()
+        for element_id in UNCLICKED:
+            element = re.search(rf'<[^>]*id="{element_id}"[^>]*>', template).group(0)
+            self.unclicked |= set(re.findall(r"trigger\('([^']+)'", element))
+        self.triggers = [t for t in self.triggers if t not in self.unclicked]
+
+    @staticmethod
+    async def _state_script(client):
+        await client.hello()
+        return await client.state()
+
+    def session(self, script, attempts: int = 50):
+        """``script(client)`` on a new websocket; retried while the last one is still being closed (409)."""
+        import aiohttp
+        from wslink_client import session_for
+
+        for attempt in range(attempts):
+            try:
+                return session_for(self.base, self.token, script=script)
+            except aiohttp.WSServerHandshakeError as exc:
+                if exc.status != 409 or attempt == attempts - 1:
+                    raise
+                time.sleep(0.2)
+
+    def memory_mb(self) -> tuple[float, float]:
+        """(resident now, peak resident) in MB, from /proc."""
+        fields = {}
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                fields[key] = int(value.split()[0]) / 1024
+        return fields["VmRSS"], fields["VmHWM"]
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=30)
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def _replace_root(value, root: str):
+    if isinstance(value, str):
+        return value.replace("{root}", root)
+    if isinstance(value, list):
+        return [_replace_root(v, root) for v in value]
+    if isinstance(value, dict):
+        return {k: _replace_root(v, root) for k, v in value.items()}
+    return value
+
+
+class WebServerTarget:
+    name = "web-server"
+    strategy = server_example()
+
+    def __init__(self):
+        self.viewer: ViewerProcess | None = None
+        self.peak_mb = 0.0
+
+    def setup(self, heartbeat=lambda: None) -> None:
+        if self.viewer is None:
+            self.viewer = ViewerProcess(heartbeat)
+
+    def run(self, example: dict, work: Path) -> str:
+        import aiohttp
+        import msgpack
+
+        from wslink_client import closed
+
+        self.setup()
+        viewer = self.viewer
+        root = str(viewer.tree)
+        outcomes = []
+
+        async def script(client):
+            if example["hello"]:
+                await client.hello()
+            for call in example["calls"]:
+                kind = call[0]
+                try:
+                    if kind == "frames":
+                        for item in call[1]:
+                            for chunk in _frame_bytes(item):
+                                await client.ws.send_bytes(chunk)
+                        continue
+                    if kind == "text":
+                        await client.ws.send_str(call[1])
+                        continue
+                    if kind == "state":
+                        reply = await client.call("trame.state.update",
+                                                  [{"key": call[1], "value": _replace_root(call[2], root)}],
+                                                  timeout_s=CALL_TIMEOUT_S)
+                    elif kind == "click":
+                        name = viewer.triggers[call[1] % len(viewer.triggers)]
+                        reply = await client.call("trame.trigger", name, call[2], {}, timeout_s=CALL_TIMEOUT_S)
+                    else:
+                        reply = await client.call(call[1], *_replace_root(call[2], root), timeout_s=CALL_TIMEOUT_S,
+                                                  kwargs=_replace_root(call[3], root))
+                except (ConnectionError, aiohttp.ClientError, msgpack.PackException, ValueError, TypeError,
+                        OverflowError):
+                    outcomes.append("closed")  # the server closed it, or msgpack cannot send the value
+                    return
+                except asyncio.TimeoutError:
+                    raise InvariantViolation(f"no answer to {call!r} within {CALL_TIMEOUT_S} s") from None
+                if closed(reply):
+                    outcomes.append("closed")
+                    return
+                if not isinstance(reply, dict) or not ("result" in reply or "error" in reply):
+                    raise InvariantViolation(f"{call!r} was answered {reply!r}")
+                outcomes.append("error" if "error" in reply else "result")
+
+        viewer.session(script)
+        if viewer.process.poll() is not None:
+            raise InvariantViolation(f"acat view exited with {viewer.process.returncode}: "
+                                     f"{viewer.log.read_text(errors='replace')[-2000:]}")
+
+        async def alive(client):
+            hello = await client.hello()
+            reply = await client.call("trame.state.get", timeout_s=CALL_TIMEOUT_S)
+            return hello, reply
+
+        hello, reply = viewer.session(alive)
+        if not (isinstance(reply, dict) and "result" in reply and "input_path" in reply["result"]["state"]):
+            raise InvariantViolation(f"acat view no longer answers a valid call: {hello!r}, {reply!r}")
+        rss, peak = viewer.memory_mb()
+        self.peak_mb = max(self.peak_mb, peak)
+        if rss > SERVER_RSS_LIMIT_MB:
+            raise InvariantViolation(f"acat view holds {rss:.0f} MB, over {SERVER_RSS_LIMIT_MB} MB")
+        return "read" if "result" in outcomes else "input error"
