@@ -135,3 +135,28 @@ def test_web_server_target(server_target, tmp_path_factory):
     assert server_target.viewer.process.poll() is None
     assert 0 < server_target.peak_mb < web_targets.SERVER_RSS_LIMIT_MB
     assert time.monotonic() - started < 120
+
+
+def test_every_view_at_its_largest_stays_within_memory(server_target):
+    """Found by `make fuzz` (web-server): a view clamped only per side (4096 x 4096 rendered) held about
+    1 GB, and three of them took the viewer past its memory budget, which killed it. Each view is now
+    clamped to `MAX_VIEW_AREA_PIXELS` as well: all of them at their largest cost about 125 MB each."""
+    import asyncio
+
+    from ACATWeb import limits
+
+    viewer = server_target.viewer
+    before = viewer.memory_mb()[0]
+
+    async def script(client):
+        await client.hello()
+        for view in ("Red", "Green", "Yellow", "ThreeD", "Counterfactual"):
+            await client.call("trame.rca.size", view, "page", {"w": 8000, "h": 8000, "p": 2})
+            await asyncio.sleep(1.5)  # rendered at that size by now
+        return await client.call("trame.state.get")
+
+    reply = viewer.session(script)
+    assert viewer.process.poll() is None and "result" in reply
+    grown = viewer.memory_mb()[0] - before
+    assert grown < 5 * 180, f"the views took {grown:.0f} MB"
+    assert limits.clamp_view_size({"w": 8000, "h": 8000, "p": 2})["w"] == 720

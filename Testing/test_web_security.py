@@ -360,7 +360,8 @@ def test_view_images_are_clamped(viewer):
     assert sizes[1] == [300, limits.MAX_VIEW_PIXELS]  # 5000 x 300 asked
     assert sizes[3] == [200 * limits.MAX_PIXEL_RATIO, limits.MAX_VIEW_PIXELS]  # 9000 x 600 asked
     assert "must be a number" in bad["error"]["data"]["exception"]
-    assert limits.clamp_view_size({"w": 8000, "h": 8000, "p": 2}) == {"w": 2048, "h": 2048, "p": 2.0}
+    # and at most MAX_VIEW_AREA_PIXELS in all: 1440 x 1440 rendered
+    assert limits.clamp_view_size({"w": 8000, "h": 8000, "p": 2}) == {"w": 720, "h": 720, "p": 2.0}
     assert_serving(viewer)
 
 

@@ -371,6 +371,8 @@ def _run_size(example: dict) -> str:
     for side in (w, h):
         if side < 1 or side * p > limits.MAX_VIEW_PIXELS + 1e-9:
             raise InvariantViolation(f"clamped size {out!r} renders past {limits.MAX_VIEW_PIXELS} pixels")
+    if w * h * p * p > limits.MAX_VIEW_AREA_PIXELS + 1e-6 and min(w, h) > limits.MIN_VIEW_PIXELS:
+        raise InvariantViolation(f"clamped size {out!r} renders more than {limits.MAX_VIEW_AREA_PIXELS} pixels")
     return "read"
 
 
