@@ -74,7 +74,7 @@ BENCH_ARGS ?=
 bench: venv data
 	$(PY) Testing/benchmarks/run_benchmarks.py --out $(BENCH_OUT) $(BENCH_ARGS)
 
-# Fuzzers over the DICOM/NRRD readers and the model-card parser, for a bounded time (docs/RELIABILITY.md).
+# Fuzzers over the DICOM/NRRD readers, the model-card parser and the web viewer's message handling, for a bounded time (docs/RELIABILITY.md).
 FUZZ_SECONDS ?= 120
 fuzz: venv data
 	$(PY) Testing/fuzz/run_fuzz.py --seconds $(FUZZ_SECONDS)

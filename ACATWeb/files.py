@@ -14,6 +14,7 @@ folder, is readable or not: nothing is looked at outside the folders but the lin
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 from typing import Iterable
 
@@ -43,17 +44,40 @@ class AllowedFolders:
         self.folders = tuple(dict.fromkeys(_resolved(Path(f)) for f in folders))
 
     def inside(self, path: Path) -> bool:
-        resolved = _resolved(path)
+        """Whether ``path`` resolves inside; a name no file can have (a NUL byte, a lone surrogate) is not."""
+        try:
+            resolved = _resolved(path)
+        except (ValueError, OSError):
+            return False
         return any(resolved == folder or folder in resolved.parents for folder in self.folders)
 
     def check(self, text: str) -> Path:
         """The path the page asked for (``~`` expanded), if it and what it leads the reader to lie inside;
-        else `OutsideAllowedFolders`."""
-        path = Path(os.path.expanduser(str(text).strip()))
+        else `OutsideAllowedFolders`. A text that is no path at all (a NUL byte, characters no file name can
+        hold), and a path inside that cannot be looked at (too long, unreadable, a named pipe), are one
+        `ACATInputError` line that says nothing about what lies outside."""
+        text = str(text).strip()
+        if "\0" in text:
+            raise ACATInputError("a path cannot hold a NUL byte; type or paste the path again")
+        try:
+            os.fsencode(text)
+        except UnicodeError:
+            raise ACATInputError("this path holds characters that no file name can hold; type or paste it "
+                                 "again") from None
+        path = Path(os.path.expanduser(text))
         if not self.inside(path):
             raise OutsideAllowedFolders()
-        if path.is_dir():
+        try:
+            mode = os.stat(path).st_mode
+        except FileNotFoundError:
+            return path  # inside and missing: the reader says "no such file"
+        except OSError as exc:  # inside: saying why reveals nothing of the outside
+            raise ACATInputError(f"cannot open this path ({exc.strerror or type(exc).__name__})") from None
+        if stat.S_ISDIR(mode):
             self._check_links_under(path)
+        elif not stat.S_ISREG(mode):  # a named pipe would block the reader, a device has no end
+            raise ACATInputError("this path is neither a file nor a folder (a named pipe or a device?); open a "
+                                 "CT file or folder")
         elif path.name.upper() == "DICOMDIR":  # the reader reads the folder it indexes
             self._check_links_under(path.parent)
         else:

@@ -9,8 +9,9 @@ anything the protocol allows. So, for each websocket connection and the process 
   `MAX_IN_FLIGHT_BYTES`; past that the connection is closed. (So 100 frames of 13 bytes each announcing
   16 MB cost at most 32 MB, not 1.6 GB.)
 * **Image sizes** (`clamp_view_size`): a view's size request (``trame.rca.size``: width, height, pixel
-  ratio) is clamped so the image rendered is at most `MAX_VIEW_PIXELS` on each side with a pixel ratio of
-  at most `MAX_PIXEL_RATIO`; a value that is not a number is refused.
+  ratio) is clamped so the image rendered is at most `MAX_VIEW_PIXELS` on each side and
+  `MAX_VIEW_AREA_PIXELS` in all (scaled down, its shape kept), with a pixel ratio of at most
+  `MAX_PIXEL_RATIO`; a value that is not a number is refused.
 * **RPCs** (`restrict_rpcs`): ``application.exit`` and ``application.exit.later`` (which stop the server)
   and ``trame.rca.push`` (which the server calls itself, never the page) are not reachable from a page;
   ``trame.lifecycle.update`` runs only the three page life-cycle events trame's page sends.
@@ -30,6 +31,10 @@ from typing import Callable
 MAX_CLIENT_MESSAGE_BYTES = 16 << 20
 MAX_IN_FLIGHT_BYTES = 32 << 20
 MAX_VIEW_PIXELS = 4096
+#: rendered pixels of one view (a full-HD screen's worth): the views cost about 60 bytes per pixel
+#: (render window, its buffers, the encoded frames), so one 4096 x 4096 view held 1 GB and three of them
+#: took the viewer past its memory budget, killing it (found by `make fuzz`, web-server)
+MAX_VIEW_AREA_PIXELS = 1920 * 1080
 MAX_PIXEL_RATIO = 2.0
 MIN_VIEW_PIXELS = 10  # trame-rca's own minimum
 #: page life-cycle events that trame's page sends (``trame.lifecycle.update``)
@@ -75,9 +80,13 @@ def bound_client_messages() -> None:
 
 # -- image sizes ---------------------------------------------------------------------------------
 def _finite(value, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    try:
+        number = float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
+    except OverflowError:  # an integer past float's range (JSON allows it; msgpack stops at 64 bits)
+        number = math.nan
+    if not math.isfinite(number):
         raise ValueError(f"a view's {name} must be a number, not {value!r}")
-    return float(value)
+    return number
 
 
 def clamp_view_size(size) -> dict:
@@ -90,8 +99,12 @@ def clamp_view_size(size) -> dict:
     height = _finite(size.get("h", 300), "height")
     ratio = min(max(_finite(size.get("p", 1), "pixel ratio"), 0.25), MAX_PIXEL_RATIO)
     limit = MAX_VIEW_PIXELS / ratio
-    return {**{k: v for k, v in size.items() if k not in ("w", "h", "p")},
-            "w": int(min(max(width, MIN_VIEW_PIXELS), limit)), "h": int(min(max(height, MIN_VIEW_PIXELS), limit)),
+    width, height = min(max(width, MIN_VIEW_PIXELS), limit), min(max(height, MIN_VIEW_PIXELS), limit)
+    area = width * height * ratio * ratio
+    if area > MAX_VIEW_AREA_PIXELS:  # the same shape, fewer pixels
+        scale = math.sqrt(MAX_VIEW_AREA_PIXELS / area)
+        width, height = max(width * scale, MIN_VIEW_PIXELS), max(height * scale, MIN_VIEW_PIXELS)
+    return {**{k: v for k, v in size.items() if k not in ("w", "h", "p")}, "w": int(width), "h": int(height),
             "p": ratio}
 
 

@@ -130,6 +130,8 @@ SLOW = {
     "test_patient_data.py": "acat and the web viewer's session on a head CT with patient identity (~4 s)",
     "test_web_server.py": "a real web viewer server, probed over HTTP and websockets (~9 s)",
     "test_web_security.py": "two real web viewer servers driven as a hostile program, one real Explain (~90 s)",
+    "test_fuzz_web.py::test_web_server_target": "a real web viewer server sent 15 fuzzed wslink conversations (~8 s)",
+    "test_fuzz_web.py::test_every_view_at_its_largest_stays_within_memory": "a real web viewer server renders every view at its largest (~10 s)",
     "test_slicer_packaging.py": "the extension configured, built and installed with CMake (~5 s)",
     "test_phantom_dataset.py::test_lung_build_is_deterministic_whatever_the_worker_count":
         "builds a lung dataset twice, with worker processes (~15 s)",

@@ -238,6 +238,17 @@ def test_listening_beyond_loopback_keeps_the_host_and_origin_checks(folders, mod
         assert process.poll() is None
 
 
+def test_an_origin_python_cannot_parse_is_403_not_a_server_error(viewer):
+    """Found by `make fuzz` (web-guard): ``Origin: http://[`` made the guard raise ValueError, which aiohttp
+    answered with 500 and a traceback; on the websocket handshake too."""
+    for origin in ("http://[", f"http://127.0.0.1:{viewer['port']}["):
+        status, body, _ = http_get(viewer["port"], "/index.html", Origin=origin, Cookie=cookie(viewer))
+        assert status == 403 and b"another site" in body, (origin, status, body[:200])
+        assert handshake_status(viewer["base"], {"Origin": origin}, {f"acat-view-{viewer['port']}": viewer["token"]})[0] \
+            == 403
+    assert_serving(viewer)
+
+
 # -- 3. which files the page may open ------------------------------------------------------------
 def test_the_page_opens_only_files_inside_the_allowed_folders(viewer, folders):
     async def script(client):
@@ -349,7 +360,8 @@ def test_view_images_are_clamped(viewer):
     assert sizes[1] == [300, limits.MAX_VIEW_PIXELS]  # 5000 x 300 asked
     assert sizes[3] == [200 * limits.MAX_PIXEL_RATIO, limits.MAX_VIEW_PIXELS]  # 9000 x 600 asked
     assert "must be a number" in bad["error"]["data"]["exception"]
-    assert limits.clamp_view_size({"w": 8000, "h": 8000, "p": 2}) == {"w": 2048, "h": 2048, "p": 2.0}
+    # and at most MAX_VIEW_AREA_PIXELS in all: 1440 x 1440 rendered
+    assert limits.clamp_view_size({"w": 8000, "h": 8000, "p": 2}) == {"w": 720, "h": 720, "p": 2.0}
     assert_serving(viewer)
 
 

@@ -37,10 +37,10 @@ class WslinkClient:
             if full is not None:
                 return full
 
-    async def call(self, method: str, *args, timeout_s: float = 30.0):
+    async def call(self, method: str, *args, timeout_s: float = 30.0, kwargs=None):
         self.n += 1
         rpc_id = "system:c0:0" if method == "wslink.hello" else f"rpc:{self.client_id}:{self.n}"
-        await self.send({"wslink": "1.0", "id": rpc_id, "method": method, "args": list(args), "kwargs": {}})
+        await self.send({"wslink": "1.0", "id": rpc_id, "method": method, "args": list(args), "kwargs": kwargs or {}})
         deadline = time.monotonic() + timeout_s
         while True:
             full = await self.receive(max(0.1, deadline - time.monotonic()))

@@ -1,4 +1,5 @@
-"""Fuzz the DICOM and NRRD/NIfTI readers and the model-card parser for a bounded time (issue 9).
+"""Fuzz the DICOM and NRRD/NIfTI readers, the model-card parser and the web viewer's message handling for a
+bounded time (issues 9 and 17).
 
     .venv/bin/python Testing/fuzz/run_fuzz.py --seconds 120        # what `make fuzz` runs
     .venv/bin/python Testing/fuzz/run_fuzz.py --seconds 30 --targets model-card
@@ -24,7 +25,12 @@ has the memory. The workers read under ACAT's memory budget (``ACAT_MAX_MEMORY_G
 The Hypothesis example database lives in the user cache (``~/.cache/acat/hypothesis``), never in
 the repository.
 
-(The web viewer's message handlers are to be added as targets of their own.)
+The web viewer's message handling has two targets of its own (Testing/fuzz/web_targets.py): ``web-guard``
+(the token, Host and Origin checks, the allowed folders, view size clamping, the bounded un-chunker and
+the restricted RPCs, in-process) and ``web-server`` (wslink messages to a real ``acat view`` that the
+worker starts; a target with a ``setup`` is set up before its examples, and its ``peak_mb`` - the
+viewer's peak resident memory - counts as the target's peak memory). For these, "read" counts examples
+the code accepted or answered and "input errors" those it refused.
 """
 
 from __future__ import annotations
@@ -117,6 +123,8 @@ def worker(target_name: str, seconds: float, out: Path, example_timeout: float) 
     def write_status(force: bool = False) -> None:
         nonlocal last_write
         if force or time.monotonic() - last_write > 1.0:
+            if hasattr(target, "peak_mb"):  # a process the target drives (web-server: the viewer)
+                status["peak_child_mb"] = max(status.get("peak_child_mb", 0.0), target.peak_mb)
             tmp = status_path.with_suffix(".tmp")
             tmp.write_text(json.dumps(status))
             os.replace(tmp, status_path)
@@ -153,6 +161,9 @@ def worker(target_name: str, seconds: float, out: Path, example_timeout: float) 
         status["examples"] += 1
         write_status()
 
+    if hasattr(target, "setup"):  # e.g. start the viewer (web-server), beating the heart while it starts
+        write_status(force=True)
+        target.setup(heartbeat=write_status)
     while time.monotonic() < deadline:
         one()
     write_status(force=True)
@@ -226,7 +237,7 @@ def _run_target(name: str, seconds: float, out: Path, example_timeout: float) ->
             break
     status = json.loads(status_path.read_text()) if status_path.exists() else \
         {"examples": 0, "read": 0, "input error": 0, "crashes": {}}
-    status["peak_mb"] = peak_kb / 1024
+    status["peak_mb"] = max(peak_kb / 1024, status.get("peak_child_mb", 0.0))
     return status
 
 
@@ -244,8 +255,8 @@ def replay(example_json: Path, work: Path) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=120, help="total time, shared by the targets (default 120)")
-    parser.add_argument("--targets", default="dicom,image-files,model-card",
-                        help="comma-separated: dicom, image-files, model-card (default: all)")
+    parser.add_argument("--targets", default="dicom,image-files,model-card,web-guard,web-server",
+                        help="comma-separated: dicom, image-files, model-card, web-guard, web-server (default: all)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
                         help=f"where crash reproducers go (default {DEFAULT_OUT.name}/ in the repository)")
     parser.add_argument("--example-timeout", type=float, default=30.0,

@@ -655,3 +655,11 @@ TARGETS = {
     "image-files": Target("image-files", image_example(), image_input, _read),
     "model-card": Target("model-card", card_example(), card_input, _read_card),
 }
+
+# the web viewer's message handling (issue 17): Testing/fuzz/web_targets.py
+from fuzz.web_targets import WebGuardTarget  # noqa: E402
+
+TARGETS["web-guard"] = WebGuardTarget()
+from fuzz.web_targets import WebServerTarget  # noqa: E402
+
+TARGETS["web-server"] = WebServerTarget()
