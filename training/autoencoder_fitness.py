@@ -110,8 +110,9 @@ def phantom_lesions(cfg, records) -> list[Optional[np.ndarray]]:
     return out
 
 
-def measure_run(run_dir, split: str = "val", device: str = "cpu") -> dict:
-    """`fitness` of a finished run's baseline and autoencoder on one split of its data."""
+def measure_run(run_dir, split: str = "val", device: str = "cpu", bundle=None) -> dict:
+    """`fitness` of a finished run's baseline and autoencoder on one split of its data (``bundle``: a model
+    bundle folder or id whose baseline and autoencoder are measured instead, on the run's data)."""
     from pathlib import Path
 
     from .checkpoint import load_weights
@@ -126,8 +127,14 @@ def measure_run(run_dir, split: str = "val", device: str = "cpu") -> dict:
     records = [r for r, row in zip(data.records, data.rows) if r.split == split]
     images = np.load(data.images_path, mmap_mode="r")[rows]
     lesions = phantom_lesions(cfg, records) if cfg.data.source == "phantom" else None
-    numbers = fitness(load_weights(run.weights("baseline")), load_weights(run.weights("autoencoder")), images,
-                      lesions, device=device)
+    if bundle is None:
+        baseline, autoencoder = load_weights(run.weights("baseline")), load_weights(run.weights("autoencoder"))
+    else:
+        from ACATLogic.bundle import load_bundle
+
+        models = load_bundle(bundle).models
+        baseline, autoencoder = models["baseline"], models["autoencoder"]
+    numbers = fitness(baseline, autoencoder, images, lesions, device=device)
     return {**numbers, "split": split}
 
 
@@ -139,8 +146,9 @@ def main(argv=None) -> int:
                                      description="Measure a run's autoencoder against the export's bar.")
     parser.add_argument("run_dir")
     parser.add_argument("--split", default="val")
+    parser.add_argument("--bundle", help="measure this bundle's baseline and autoencoder (folder or id) on the run's data")
     args = parser.parse_args(argv)
-    numbers = measure_run(args.run_dir, args.split)
+    numbers = measure_run(args.run_dir, args.split, bundle=args.bundle)
     print(json.dumps({**numbers, "problems": problems(numbers)}, indent=1))
     return 0
 
