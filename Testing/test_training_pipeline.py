@@ -167,6 +167,14 @@ def test_export_writes_a_bundle_with_the_metrics_and_commands(finished, tmp_path
     assert card["input"]["size"] == [32, 32] and card["input"]["slices"] == 4
     assert card["explanation"]["steps"] == 3 and card["explanation"]["alpha"] == 100
     assert "8/4/4 scans" in card["training_data"]
+    # the card holds the autoencoder's fitness numbers, and measuring the bundle gives the run's numbers
+    from training import autoencoder_fitness
+
+    measured = autoencoder_fitness.measure_run(run)
+    assert autoencoder_fitness.measure_run(run, bundle=out) == pytest.approx(measured, nan_ok=True)
+    fitness_metrics = {m["name"]: m["value"] for m in card["metrics"] if m["name"].startswith("fitness_")}
+    assert fitness_metrics["fitness_agreement"] == pytest.approx(measured["agreement"])
+    assert fitness_metrics["fitness_probability_change"] == pytest.approx(measured["probability_change"])
     # the card holds no absolute path: they are written relative to the run ($RUN), the data and the bundle
     command = portable(f"python -m training.pipeline --config {cfg_path}", run)
     assert command.startswith("python -m training.pipeline --config $RUN/../")
