@@ -24,7 +24,7 @@ from slicer.util import VTKObservationMixin
 
 from ACATSlicerLib import compatibility, dependencies, display, paths, sample_data, selftest
 from ACATSlicerLib.controller import ExplainController
-from ACATSlicerLib.dicom_source import DicomOption
+from ACATSlicerLib.dicom_source import DicomOption, slicerDicomDatabase
 from ACATSlicerLib.layout import ViewOptions
 from ACATSlicerLib.models import SettingsStore
 from ACATSlicerLib.panel import PanelBinding, fillResultSelectors, parameterWidgets
@@ -47,14 +47,6 @@ def versionProblem() -> str:
 # ACATSlicer
 #
 
-
-
-def _dicomDatabase():
-    """Slicer's DICOM database (``slicer.dicomDatabase``, set by the DICOM module), or None when there is none."""
-    try:
-        return slicer.dicomDatabase
-    except AttributeError:
-        return None
 
 class ACATSlicer(ScriptedLoadableModule):
     def __init__(self, parent):
@@ -395,7 +387,7 @@ class ACATSlicerLogic(ExplainController, ScriptedLoadableModuleLogic):
     def __init__(self, runnerFactory=ExplainProcess, modelStore=None) -> None:
         ExplainController.__init__(self, slicer.mrmlScene, runnerFactory, modelStore=modelStore)
         ScriptedLoadableModuleLogic.__init__(self)  # its super().__init__() is object's: the controller is first
-        self.dicomOption = DicomOption(_dicomDatabase)
+        self.dicomOption = DicomOption(slicerDicomDatabase)
 
     def getParameterNode(self):
         """The module's parameter node with every field set (defaults written once, before anything reads)."""

@@ -66,6 +66,16 @@ def dicomResults(volumeNode, database, deidentify: bool = False, packagesProblem
     return DicomResults(tuple(files), deidentify=deidentify)
 
 
+def slicerDicomDatabase():
+    """Slicer's DICOM database (``slicer.dicomDatabase``, set by the DICOM module), or None when there is none."""
+    import slicer  # only inside Slicer
+
+    try:
+        return slicer.dicomDatabase
+    except AttributeError:
+        return None
+
+
 class DicomOption:
     """The panel's "DICOM results" choice for the selected volume: `problem` (looked up once per node and
     series: the panel asks on every change of its state) and `results` (looked up again, when Explain is
