@@ -96,3 +96,25 @@ def test_the_gate_holds_the_issues_bars_and_never_passes_an_empty_measurement():
     assert problems({"agreement": 0.96, "probability_change": 0.04, "lesion_contrast_kept": math.nan}) == []
     assert problems({"agreement": 0.94, "probability_change": 0.06, "lesion_contrast_kept": 0.9}) == [
         "agreement 0.940 (needs >= 0.95)", "probability_change 0.060 (needs <= 0.05)"]
+
+
+def test_the_blur_probe_smooths_and_keeps_flat_images():
+    from training.autoencoder_fitness import GaussianBlur
+
+    blur = GaussianBlur(1.0)
+    assert blur.kernel.sum().item() == pytest.approx(1.0) and blur.radius == 3
+    flat = torch.full((2, 3, 1, 16, 16), 0.4)
+    assert torch.allclose(blur(flat), flat, atol=1e-6)  # replicate padding: a flat image is unchanged
+    spike = torch.zeros(1, 1, 1, 15, 15)
+    spike[..., 7, 7] = 1.0
+    out = blur(spike)
+    assert out.sum().item() == pytest.approx(1.0, abs=1e-5) and out.max().item() < 0.2  # spread, mass kept
+    assert out.shape == spike.shape
+
+
+def test_a_classifier_that_reads_the_disks_survives_a_mild_blur(toy):
+    from training.autoencoder_fitness import GaussianBlur
+
+    model, images, lesions = toy
+    numbers = fitness(model, GaussianBlur(0.5), images, lesions)
+    assert numbers["agreement"] >= 0.95 and numbers["lesion_contrast_kept"] > 0.8

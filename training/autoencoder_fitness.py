@@ -110,9 +110,31 @@ def phantom_lesions(cfg, records) -> list[Optional[np.ndarray]]:
     return out
 
 
-def measure_run(run_dir, split: str = "val", device: str = "cpu", bundle=None) -> dict:
+class GaussianBlur(torch.nn.Module):
+    """An in-plane Gaussian blur of ``sigma`` pixels standing in for an autoencoder (``--blur``): how much the
+    classifier's reading changes under a smoothing no lesion survives unchanged measures whether it reads
+    texture rather than density - the fault that keeps every autoencoder from the gate (docs/PHANTOM.md)."""
+
+    def __init__(self, sigma: float) -> None:
+        super().__init__()
+        radius = max(1, int(math.ceil(3 * sigma)))
+        x = torch.arange(-radius, radius + 1, dtype=torch.float32)
+        kernel = torch.exp(-x ** 2 / (2 * sigma ** 2))
+        self.register_buffer("kernel", kernel / kernel.sum())
+        self.radius = radius
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape, r, k = x.shape, self.radius, self.kernel
+        f = x.reshape(-1, 1, shape[-2], shape[-1])
+        f = F.conv2d(F.pad(f, (r, r, 0, 0), mode="replicate"), k.view(1, 1, 1, -1))
+        f = F.conv2d(F.pad(f, (0, 0, r, r), mode="replicate"), k.view(1, 1, -1, 1))
+        return f.view(shape)
+
+
+def measure_run(run_dir, split: str = "val", device: str = "cpu", bundle=None, blur: Optional[float] = None) -> dict:
     """`fitness` of a finished run's baseline and autoencoder on one split of its data (``bundle``: a model
-    bundle folder or id whose baseline and autoencoder are measured instead, on the run's data)."""
+    bundle folder or id whose baseline and autoencoder are measured instead, on the run's data; ``blur``: a
+    Gaussian blur of that many pixels in place of the autoencoder, `GaussianBlur`)."""
     from pathlib import Path
 
     from .checkpoint import load_weights
@@ -121,19 +143,23 @@ def measure_run(run_dir, split: str = "val", device: str = "cpu", bundle=None) -
     from .run_folder import RunFolder
 
     run = RunFolder(Path(run_dir))
-    cfg = load_config(str(run.stage_dir("autoencoder") / "config.yaml"), [])
+    stage = "baseline" if blur is not None else "autoencoder"
+    cfg = load_config(str(run.stage_dir(stage) / "config.yaml"), [])
     data = open_data(cfg, log=lambda message: None)
     rows, _ = data.split(split)
     records = [r for r, row in zip(data.records, data.rows) if r.split == split]
     images = np.load(data.images_path, mmap_mode="r")[rows]
     lesions = phantom_lesions(cfg, records) if cfg.data.source == "phantom" else None
-    if bundle is None:
-        baseline, autoencoder = load_weights(run.weights("baseline")), load_weights(run.weights("autoencoder"))
-    else:
+    if bundle is not None:
         from ACATLogic.bundle import load_bundle
 
         models = load_bundle(bundle).models
         baseline, autoencoder = models["baseline"], models["autoencoder"]
+    else:
+        baseline = load_weights(run.weights("baseline"))
+        autoencoder = GaussianBlur(blur) if blur is not None else load_weights(run.weights("autoencoder"))
+    if blur is not None:
+        autoencoder = GaussianBlur(blur)
     numbers = fitness(baseline, autoencoder, images, lesions, device=device)
     return {**numbers, "split": split}
 
@@ -147,8 +173,12 @@ def main(argv=None) -> int:
     parser.add_argument("run_dir")
     parser.add_argument("--split", default="val")
     parser.add_argument("--bundle", help="measure this bundle's baseline and autoencoder (folder or id) on the run's data")
+    parser.add_argument("--blur", type=float, metavar="SIGMA_PX",
+                        help="measure the classifier against a Gaussian blur of SIGMA_PX pixels instead of the autoencoder")
     args = parser.parse_args(argv)
-    numbers = measure_run(args.run_dir, args.split, bundle=args.bundle)
+    if args.blur is not None and not 0 < args.blur <= 10:
+        parser.error("--blur must be in (0, 10] pixels")
+    numbers = measure_run(args.run_dir, args.split, bundle=args.bundle, blur=args.blur)
     print(json.dumps({**numbers, "problems": problems(numbers)}, indent=1))
     return 0
 
