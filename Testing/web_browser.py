@@ -56,20 +56,8 @@ def viewer_server(model: Path, tmp: Path, start_timeout_s: float = 180.0, extra_
                *(["--host", host] if host else []), *extra_args]
     with open(log, "w") as stderr:
         process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=stderr, text=True)
-    lines: "queue.Queue[str]" = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(line) for line in process.stdout], daemon=True).start()
     try:
-        url, deadline = None, time.monotonic() + start_timeout_s
-        while url is None:
-            if process.poll() is not None:
-                raise RuntimeError(f"acat view exited with {process.returncode}: {log.read_text()[-2000:]}")
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"acat view did not print its URL within {start_timeout_s:.0f} s")
-            try:
-                match = re.search(r"ACAT viewer: (http://\S+)", lines.get(timeout=1.0))
-            except queue.Empty:
-                continue
-            url = match.group(1) if match else None
+        url = wait_for_url(process, log, start_timeout_s)
         base, printed_port, _ = split_url(url)
         assert printed_port == port, url
         if host is None:
@@ -77,6 +65,26 @@ def viewer_server(model: Path, tmp: Path, start_timeout_s: float = 180.0, extra_
         yield url, process, log
     finally:
         stop(process)
+
+
+def wait_for_url(process: subprocess.Popen, log: Path, timeout_s: float, heartbeat=lambda: None) -> str:
+    """The URL a started ``acat view`` prints on its stdout (``heartbeat()`` called about once a second while
+    waiting); RuntimeError with its log's end if it exits first, TimeoutError after ``timeout_s``."""
+    lines: "queue.Queue[str]" = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in process.stdout], daemon=True).start()
+    deadline = time.monotonic() + timeout_s
+    while True:
+        heartbeat()
+        if process.poll() is not None:
+            raise RuntimeError(f"acat view exited with {process.returncode}: {log.read_text()[-2000:]}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"acat view did not print its URL within {timeout_s:.0f} s")
+        try:
+            match = re.search(r"ACAT viewer: (http://\S+)", lines.get(timeout=1.0))
+        except queue.Empty:
+            continue
+        if match:
+            return match.group(1)
 
 
 def stop(process: subprocess.Popen, timeout_s: float = 30.0) -> None:

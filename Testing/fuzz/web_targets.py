@@ -529,9 +529,7 @@ class ViewerProcess:
     """One ``acat view`` on a free loopback port, its allowed folder the web-guard tree's ``allowed/``."""
 
     def __init__(self, heartbeat=lambda: None, start_timeout_s: float = 300.0):
-        import queue
         import re
-        import threading
 
         sys.path.insert(0, str(REPO / "Testing"))
         import web_browser
@@ -548,21 +546,7 @@ class ViewerProcess:
             self.process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=stderr,
                                             text=True, stdin=subprocess.DEVNULL)
         atexit.register(self.stop)
-        lines: "queue.Queue[str]" = queue.Queue()
-        threading.Thread(target=lambda: [lines.put(line) for line in self.process.stdout], daemon=True).start()
-        deadline = time.monotonic() + start_timeout_s
-        url = None
-        while url is None:
-            heartbeat()
-            if self.process.poll() is not None:
-                raise RuntimeError(f"acat view exited with {self.process.returncode}: {self.log.read_text()[-2000:]}")
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"acat view did not print its URL within {start_timeout_s:.0f} s")
-            try:
-                match = re.search(r"ACAT viewer: (http://\S+)", lines.get(timeout=1.0))
-            except queue.Empty:
-                continue
-            url = match.group(1) if match else None
+        url = web_browser.wait_for_url(self.process, self.log, start_timeout_s, heartbeat)
         self.base, self.port, self.token = web_browser.split_url(url)
         state = self.session(self._state_script)
         template = state["trame__template_main"]
