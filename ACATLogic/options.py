@@ -43,14 +43,14 @@ SALIENCY_CLASSIFIERS = ("baseline", "acat")
 VARIANT_DEFAULTS: dict[str, dict[str, Any]] = {
     "residual": {"start": "image", "optimizer": "normalised", "step_size": 0.2, "alpha": 100.0, "steps": 20,
                  "early_stop": True, "stop_probability": 0.8, "output": "decision", "organ_mask": True,
-                 "reference": "image"},
+                 "reference": "image", "sparsity": 0.0},
     "paper": {"start": "reconstruction", "optimizer": "sgd", "step_size": 0.1, "alpha": 100.0, "steps": 20,
               "early_stop": False, "stop_probability": 0.8, "output": "class", "organ_mask": False,
-              "reference": "reconstruction"},
+              "reference": "reconstruction", "sparsity": 0.0},
 }
 #: the parameters a variant resolves (what report.json records under "parameters")
 RESOLVED_KEYS = ("variant", "start", "optimizer", "step_size", "alpha", "steps", "early_stop", "stop_probability",
-                 "output", "organ_mask", "reference")
+                 "output", "organ_mask", "reference", "sparsity")
 
 
 def _opt(help_text: str, *, flag: Optional[str] = None, choices: Optional[Sequence[str]] = None,
@@ -92,6 +92,9 @@ class ExplainOptions:
     stop_probability: Optional[float] = _opt("with early stop: the target probability at which a counterfactual "
                                              "stops (default 0.8: the opposite decision is then below 0.2)",
                                              kind=float)
+    sparsity: Optional[float] = _opt("normalised steps: soft-threshold the latent change by this share of the step "
+                                     "after each step (the proximal L1 step; 0 = off, the paper's objective)",
+                                     kind=float)
     organ_mask: Optional[bool] = _opt("restrict maps to the organ (brain parenchyma, lungs) found in the CT "
                                       "(residual default) or not (paper)", kind=bool)
     saliency_classifier: str = _opt("the classifier the counterfactuals explain (acat: paper Sec. 4.4)",
@@ -131,6 +134,8 @@ class ExplainOptions:
             return f"step_size must be > 0, not {self.step_size}"
         if self.stop_probability is not None and not 0.5 <= self.stop_probability < 1:
             return f"stop_probability must be in [0.5, 1), not {self.stop_probability}"
+        if self.sparsity is not None and not 0 <= self.sparsity < 1:
+            return f"sparsity must be in [0, 1), not {self.sparsity}"
         if self.targets is not None and (not self.targets or not all(isinstance(t, str) and t for t in self.targets)):
             return "targets must be a non-empty list of class names"
         return ""
@@ -153,7 +158,9 @@ class ExplainOptions:
             value = getattr(self, key)
             out[key] = base[key] if value is None else value
         out["steps"], out["alpha"], out["step_size"] = int(out["steps"]), float(out["alpha"]), float(out["step_size"])
-        out["stop_probability"] = float(out["stop_probability"])
+        out["stop_probability"], out["sparsity"] = float(out["stop_probability"]), float(out["sparsity"])
+        if out["optimizer"] != "normalised":
+            out["sparsity"] = 0.0  # a share of the normalised step: meaningless for sgd / adam
         return out
 
     # -------------------------------------------------------------------------------------------

@@ -46,7 +46,7 @@ def test_the_acat_explain_command_offers_every_option():
     ExplainOptions(),
     ExplainOptions(method="gradient", output="class", organ_mask=False, coverage="sampled"),
     ExplainOptions(variant="paper", targets=("none", "left"), steps=7, alpha=5.0, step_size=0.3, optimizer="adam",
-                   start="image", reference="image", early_stop=True, stop_probability=0.9,
+                   start="image", reference="image", early_stop=True, stop_probability=0.9, sparsity=0.4,
                    saliency_classifier="acat", precision="bf16", device="cpu"),
 ])
 def test_to_cli_args_round_trips(options):
@@ -68,6 +68,9 @@ def test_resolution_order_options_then_card_then_variant():
     resolved = ExplainOptions().resolved()
     assert tuple(resolved) == RESOLVED_KEYS and resolved["variant"] == "residual"
     assert resolved["start"] == "image" and resolved["output"] == "decision" and resolved["early_stop"] is True
+    # sparsity is a share of the normalised step: with another optimizer it is off, whatever was asked
+    assert ExplainOptions(sparsity=0.4).resolved()["sparsity"] == 0.4
+    assert ExplainOptions(sparsity=0.4, optimizer="adam").resolved()["sparsity"] == 0.0
 
 
 @pytest.mark.parametrize("bad, message", [
@@ -78,6 +81,8 @@ def test_resolution_order_options_then_card_then_variant():
     ({"early_stop": "yes"}, "true or false"),
     ({"alpha": "x"}, "number"),
     ({"targets": ()}, "targets"),
+    ({"sparsity": 1.0}, "sparsity must be in"),
+    ({"sparsity": -0.1}, "sparsity must be in"),
 ])
 def test_bad_options_are_refused_in_one_line(bad, message):
     with pytest.raises(ValueError, match=message):

@@ -134,6 +134,7 @@ class SaliencyConfig:
     reference: Optional[str] = None
     early_stop: Optional[bool] = None
     stop_probability: Optional[float] = None
+    sparsity: Optional[float] = None
     organ_mask: Optional[bool] = None
     batch_size: int = 4  # scans optimised at once by each process (memory, not results)
     chunk_scans: int = 32  # scans per saliency file: the unit of resumption
