@@ -103,6 +103,7 @@ def test_metrics_json_is_the_report_and_self_consistent(report, dataset, bundle)
     assert result["dataset"]["n_cases"] == 3 and result["dataset"]["manifest"] == str(dataset)
     settings = dict(result["settings"])
     options = settings.pop("options")
+    assert settings.pop("display_names") == {m: DISPLAY_NAMES[m] for m in ALL_METHODS}
     assert settings == {"methods": ALL_METHODS, "device": "cpu", "coverage": "sampled", "steps": 2,
                         "success_probability": 0.2, "warmup": True, "hit": HIT_RULE, "overlap": OVERLAP_RULE,
                         "success": SUCCESS_RULE, "saliency_classifier": "baseline"}
@@ -284,3 +285,23 @@ def test_counterfactual_maps_of_the_acat_classifier(dataset, bundle, tmp_path, c
     assert main(["--bundle", str(plain), "--data", str(dataset), "--out", str(tmp_path / "x"), "--device", "cpu",
                  "--saliency-classifier", "acat", "-q"]) == 2
     assert "needs a bundle with an ACAT classifier" in capsys.readouterr().err
+
+
+def test_settings_are_named_explain_options_and_bad_ones_are_one_line_errors(dataset, bundle, tmp_path, capsys):
+    from training.evaluate import parse_setting
+
+    assert parse_setting("sparse:sparsity=0.3,stop_probability=0.9") == (
+        "sparse", ("sparse: counterfactual, sparsity=0.3, stop_probability=0.9",
+                   {"sparsity": 0.3, "stop_probability": 0.9}))
+    assert parse_setting("igc:method=integrated_gradients,output=class")[1][1] == {
+        "method": "integrated_gradients", "output": "class"}
+    base = ["--bundle", str(bundle), "--data", str(dataset), "--out", str(tmp_path / "out")]
+    assert main(base + ["--setting", "x:alpha=much", "--methods", "x"]) == 2
+    assert main(base + ["--setting", "gradient:alpha=1"]) == 2
+    assert main(base + ["--setting", "y:sparsity=1.5", "--methods", "y"]) == 2
+    assert main(base + ["--setting", "z:early_stop=false", "--methods", "z,w"]) == 2
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert len(errors) == 4 and all(e.startswith("python -m training.evaluate: error:") for e in errors)
+    assert "alpha='much'" in errors[0] and "built-in method" in errors[1]
+    assert "sparsity must be in [0, 1)" in errors[2] and "unknown method 'w'" in errors[3]
+    assert not (tmp_path / "out").exists()

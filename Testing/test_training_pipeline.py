@@ -269,3 +269,42 @@ def test_baseline_learns_the_side_of_the_lesion_with_random_flips(tmp_path):
     assert float(history[0]["val_accuracy"]) <= 0.5  # it starts at chance ...
     assert float(history[-1]["val_accuracy"]) >= 0.875  # ... and ends knowing none / left / right / both
     assert float(history[-1]["train_loss"]) < 0.5 * float(history[0]["train_loss"])
+
+
+def test_evaluate_a_run_before_export_with_its_own_settings(finished, toy, tmp_path, monkeypatch):
+    """`training.evaluate --run`: a run's models are measured before export - also when the export refuses
+    them (here a gate no autoencoder can pass) - the report says so, and --setting adds a named setting."""
+    import tempfile
+
+    from training import autoencoder_fitness
+    from training import evaluate as evaluate_cli
+
+    _, run = finished
+    monkeypatch.setattr(autoencoder_fitness, "GATE", (("agreement", ">=", 1.01),) + autoencoder_fitness.GATE[1:])
+    assert export_cli.main([str(run), "--out", str(tmp_path / "refused")]) == 2  # the export still refuses
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    out = tmp_path / "eval"
+    argv = ["--run", str(run), "--data", str(toy), "--methods", "counterfactual,nostop,gradient",
+            "--setting", "nostop:early_stop=false", "--out", str(out), "--limit", "2", "--device", "cpu",
+            "--coverage", "sampled", "-q"]
+    assert evaluate_cli.main(argv) == 0
+    report = json.loads((out / "metrics.json").read_text())
+    assert report["bundle"]["run"] == str(run)
+    assert report["bundle"]["gate_problems"] and report["bundle"]["gate_problems"][0].startswith("agreement")
+    assert list(report["methods"]) == ["counterfactual", "nostop", "gradient"]
+    options = report["settings"]["options"]
+    assert options["nostop"]["early_stop"] is False and options["counterfactual"]["early_stop"] is None
+    assert report["settings"]["display_names"]["nostop"] == "nostop: counterfactual, early_stop=false"
+    assert "--setting nostop:early_stop=false" in report["command"]
+    md = (out / "metrics.md").read_text()
+    assert "evaluated before export" in md and "FAILED: agreement" in md
+    assert "| nostop: counterfactual, early_stop=false |" in md
+    assert list((tmp_path / "tmp").iterdir()) == []  # the temporary bundle is gone
+    # a bundle and a run at once, or a bad setting: one-line errors, exit 2
+    with pytest.raises(SystemExit) as stopped:  # argparse: --bundle and --run exclude each other
+        evaluate_cli.main(argv[:-1] + ["--bundle", str(run)])
+    assert stopped.value.code == 2
+    assert evaluate_cli.main(["--run", str(run), "--data", str(toy), "--setting", "x:alpha=much",
+                              "--out", str(tmp_path / "bad"), "-q"]) == 2
+    assert not (tmp_path / "bad").exists()

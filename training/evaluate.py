@@ -25,6 +25,11 @@ keeps the first N in manifest order) it records (`ACATLogic.metrics`):
 * time: ``time_s`` is the wall time of the Explainer call, ``map_time_s`` the part that made this
   method's map. One untimed warm-up run per method on the first scan keeps start-up costs out.
 
+More settings to compare: ``--setting NAME:key=value,...`` (any `ExplainOptions` field, e.g.
+``nostop:early_stop=false``), then NAME in ``--methods``. ``--run RUN`` instead of ``--bundle`` evaluates a
+training run's models before export - also when the autoencoder fails the export's gate (research only:
+the report's header says so, and `training.export` still refuses that bundle).
+
 Aggregates: per method (hit score, mean IoU/Dice, per lesion size class or severity), the chance row,
 and the reference method (the first of ``--methods``) against every other one case by case
 (`paired_comparison`: wins, losses, mean difference with a bootstrap 95 % interval).
@@ -42,6 +47,7 @@ as null) and ``OUT/metrics.md``, each atomically. Exit codes: 0 success, 2 bad i
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import datetime
 import json
@@ -49,6 +55,7 @@ import math
 import platform
 import shlex
 import sys
+import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -104,39 +111,101 @@ SUCCESS_RULE = ("the explained classifier's probability of its prediction on the
                 "at an optimisation step >= 1")
 
 
-def parse_methods(methods: Union[str, Sequence[str]]) -> list[str]:
-    """"counterfactual,latent-shift" or a list (hyphens or underscores) -> unique `METHOD_SPECS` names."""
+def parse_methods(methods: Union[str, Sequence[str]], specs: Optional[dict] = None) -> list[str]:
+    """"counterfactual,latent-shift" or a list (hyphens or underscores) -> unique `METHOD_SPECS` names (or
+    names of ``specs``: the built-in ones plus any `parse_setting`)."""
+    specs = METHOD_SPECS if specs is None else specs
     items = methods.split(",") if isinstance(methods, str) else list(methods)
     out: list[str] = []
     for item in (m.strip() for m in items):
         name = item.replace("_", "-")
-        if name not in METHOD_SPECS:
-            raise ACATInputError(f"unknown method {item!r}; choose from {', '.join(METHOD_SPECS)}")
+        if name not in specs:
+            raise ACATInputError(f"unknown method {item!r}; choose from {', '.join(specs)}")
         if name not in out:
             out.append(name)
     if not out:
-        raise ACATInputError("no method given; choose from " + ", ".join(METHOD_SPECS))
+        raise ACATInputError("no method given; choose from " + ", ".join(specs))
     return out
 
 
-def method_options(name: str, *, coverage: str, steps: Optional[int], saliency_classifier: str) -> ExplainOptions:
+def parse_setting(text: str) -> tuple[str, tuple[str, dict]]:
+    """``NAME:key=value[,key=value...]`` (`ExplainOptions` fields) -> (NAME, (display name, changes)): a
+    setting to compare, e.g. ``nostop:early_stop=false`` or ``ig:method=integrated_gradients,output=class``.
+    A setting without ``method=`` is a counterfactual. Raises `ACATInputError`."""
+    name, sep, rest = str(text).partition(":")
+    name = name.strip().replace("_", "-")
+    if not sep or not name or not rest.strip():
+        raise ACATInputError(f"--setting {text!r}: expected NAME:key=value[,key=value...]")
+    if name in METHOD_SPECS:
+        raise ACATInputError(f"--setting {text!r}: {name!r} is a built-in method; choose another name")
+    fields = {f.name: f for f in dataclasses.fields(ExplainOptions)}
+    changes: dict = {}
+    for item in rest.split(","):
+        key, eq, value = item.partition("=")
+        key, value = key.strip().replace("-", "_"), value.strip()
+        if not eq or key not in fields or key in ("coverage", "device"):
+            usable = ", ".join(k for k in fields if k not in ("coverage", "device"))
+            raise ACATInputError(f"--setting {text!r}: {item.strip()!r} is not key=value with a key from {usable}")
+        kind = fields[key].metadata["kind"]
+        try:
+            if kind is bool:
+                if value.lower() not in ("true", "false"):
+                    raise ValueError("expected true or false")
+                changes[key] = value.lower() == "true"
+            elif kind in (int, float):
+                changes[key] = kind(value)
+            elif kind == "list":
+                changes[key] = tuple(v for v in value.split(";") if v)
+            else:
+                changes[key] = value
+        except ValueError as exc:
+            raise ACATInputError(f"--setting {text!r}: {key}={value!r}: {exc}") from None
+    try:
+        ExplainOptions(**changes)
+    except ValueError as exc:
+        raise ACATInputError(f"--setting {text!r}: {exc}") from None
+    label = ", ".join(f"{k}={_value(v)}" for k, v in changes.items())
+    return name, (f"{name}: {'' if 'method' in changes else 'counterfactual, '}{label}", changes)
+
+
+def method_options(name: str, *, coverage: str, steps: Optional[int], saliency_classifier: str,
+                   specs: Optional[dict] = None) -> ExplainOptions:
     """The `ExplainOptions` of one method spec, with the run's coverage (and steps / classifier for the
     counterfactual methods)."""
-    changes = dict(METHOD_SPECS[name][1])
+    changes = dict((METHOD_SPECS if specs is None else specs)[name][1])
     options = ExplainOptions(**changes, coverage=coverage)
     if options.method == "counterfactual":
         options = options.replace(steps=steps, saliency_classifier=saliency_classifier)
     return options
 
 
+def _value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return ";".join(value) if isinstance(value, tuple) else str(value)
+
+
+def _gate_problems(bundle: ModelBundle) -> list[str]:
+    """The export gate's verdict on a bundle's autoencoder, from the fitness numbers in its card."""
+    from .autoencoder_fitness import GATE, problems
+
+    numbers = {m["name"][len("fitness_"):]: m["value"] for m in bundle.card.get("metrics", [])
+               if str(m.get("name", "")).startswith("fitness_")}
+    return problems({name: numbers.get(name, math.nan) for name, _, _ in GATE})
+
+
 def command_line(bundle_path, manifest_path, methods: Sequence[str], out_dir, split: str, limit: Optional[int],
-                 device: str, coverage: str, steps: Optional[int], saliency_classifier: str = "baseline") -> str:
+                 device: str, coverage: str, steps: Optional[int], saliency_classifier: str = "baseline", *,
+                 settings: Sequence[str] = (), run_dir=None) -> str:
     """The command line equivalent to an `evaluate` call (recorded when it was not run from a shell)."""
-    argv = ["--bundle", str(bundle_path), "--data", str(manifest_path), "--methods", ",".join(methods),
+    argv = (["--run", str(run_dir)] if run_dir is not None else ["--bundle", str(bundle_path)])
+    argv += ["--data", str(manifest_path), "--methods", ",".join(methods),
             "--out", str(out_dir), "--split", split, "--device", device, "--coverage", coverage]
     argv += ["--limit", str(limit)] if limit is not None else []
     argv += ["--steps", str(steps)] if steps is not None else []
     argv += ["--saliency-classifier", saliency_classifier] if saliency_classifier != "baseline" else []
+    for setting in settings:
+        argv += ["--setting", setting]
     return f"{PROG} {shlex.join(argv)}"
 
 
@@ -247,7 +316,7 @@ def score_map(saliency: np.ndarray, case: LoadedCase, territories: Sequence[int]
     return {"hit": hit, "iou": iou, "dice": dice}
 
 
-def evaluate_case(explainers: tuple, case: LoadedCase, methods: Sequence[str], *, coverage: str,
+def evaluate_case(explainers: tuple, case: LoadedCase, methods: Sequence[str], *, coverage: str, specs=None,
                   steps: Optional[int], saliency_classifier: str = "baseline") -> dict:
     """Run every method on one case; returns its JSON-ready record (see the module docstring).
 
@@ -268,7 +337,8 @@ def evaluate_case(explainers: tuple, case: LoadedCase, methods: Sequence[str], *
         record["chance"] = {"hit": chance_hit(case.territory_map, territories) if territories else math.nan,
                             "iou": iou, "dice": dice}
     for n, method in enumerate(methods):
-        options = method_options(method, coverage=coverage, steps=steps, saliency_classifier=saliency_classifier)
+        options = method_options(method, coverage=coverage, steps=steps, saliency_classifier=saliency_classifier,
+                                 specs=specs)
         explainer = explainers[0] if n == 0 or options.saliency_classifier == "acat" else explainers[1]
         t0 = time.perf_counter()
         explanation = explainer.explain(case.volume, options)
@@ -370,6 +440,7 @@ def _ci(pair: dict, digits: int = 3) -> str:
 def render_markdown(report: dict) -> str:
     """metrics.md: provenance at the head, then the tables."""
     b, d, s, v = report["bundle"], report["dataset"], report["settings"], report["versions"]
+    names = {**DISPLAY_NAMES, **s.get("display_names", {})}
     hashes = "; ".join(f"{role} `{sha}`" for role, sha in b["sha256"].items())
     lines = [f"# ACAT evaluation: {report['benchmark']}", "",
              (f"> **{NOTICE}.** Real CT anatomy with simulated lesions and known ground truth. These numbers "
@@ -380,7 +451,10 @@ def render_markdown(report: dict) -> str:
              f"| Command | `{_md(report['command'])}` |",
              f"| Date | {report['date']} |",
              f"| Versions | acat {v['acat']}, torch {v['torch']}, python {v['python']}, numpy {v['numpy']} |",
-             f"| Bundle | `{_md(b['id'])}` {b['version']} (task {b['task']}) |",
+             f"| Bundle | `{_md(b['id'])}` {b['version']} (task {b['task']}) |" if not b.get("run") else
+             f"| Bundle | the run `{_md(b['run'])}` evaluated before export (task {b['task']}); autoencoder gate "
+             f"{'passed' if not b['gate_problems'] else 'FAILED: ' + _md('; '.join(b['gate_problems']))} "
+             "(`training.export` refuses such a bundle) |",
              f"| Bundle sha256 | {hashes} |",
              f"| Dataset | `{_md(d['manifest'])}` (sha256 `{d['manifest_sha256']}`), split `{d['split']}`, "
              f"{d['n_cases']} cases, {d['n_lesion_cases']} with a lesion |",
@@ -397,7 +471,7 @@ def render_markdown(report: dict) -> str:
         cf = row.get("counterfactual")
         success = (f"{_fmt(cf['success_rate'])} ({cf['successes']}/{cf['n']})" if cf and cf["n"] else
                    ("n/a" if cf else "-"))
-        lines.append(f"| {DISPLAY_NAMES[method]} | {hit} | {_fmt(row['mean_iou'])} | {_fmt(row['mean_dice'])} | "
+        lines.append(f"| {names[method]} | {hit} | {_fmt(row['mean_iou'])} | {_fmt(row['mean_dice'])} | "
                      f"{success} | {_fmt(row['time_per_scan_s'], 2)} | {_fmt(row['map_time_per_scan_s'], 2)} |")
     ch = report["chance"]
     lines.append(f"| Chance (a uniformly random organ voxel) | {_fmt(ch['hit_score'])} | {_fmt(ch['mean_iou'])} | "
@@ -410,14 +484,14 @@ def render_markdown(report: dict) -> str:
     paired = report["paired"]
     ref = paired["reference"]
     if paired["against"]:
-        lines += [f"## {DISPLAY_NAMES[ref]} against each method, case by case", "",
+        lines += [f"## {names[ref]} against each method, case by case", "",
                   "Mean difference (reference minus method) with its bootstrap 95 % interval; wins / losses / "
                   "ties over the scans both scored.", "",
                   "| Method | Hit: difference [95 % CI] | Hit: W / L / T | IoU: difference [95 % CI] | IoU: W / L | "
                   "Dice: difference [95 % CI] |", "|---|---|---|---|---|---|"]
         for other, pair in paired["against"].items():
             h, i, dc = pair["hit"], pair["iou"], pair["dice"]
-            lines.append(f"| {DISPLAY_NAMES[other]} | {_ci(h)} | {h['wins']} / {h['losses']} / {h['ties']} | "
+            lines.append(f"| {names[other]} | {_ci(h)} | {h['wins']} / {h['losses']} / {h['ties']} | "
                          f"{_ci(i)} | {i['wins']} / {i['losses']} | {_ci(dc)} |")
         lines.append("")
 
@@ -432,7 +506,7 @@ def render_markdown(report: dict) -> str:
             for g in groups:
                 r = row["by_group"].get(g)
                 cells.append(f"{_fmt(r['hit_score'])} / {_fmt(r['mean_iou'])}" if r else "n/a")
-            lines.append(f"| {DISPLAY_NAMES[method]} | " + " | ".join(cells) + " |")
+            lines.append(f"| {names[method]} | " + " | ".join(cells) + " |")
         lines.append("")
 
     cfs = {m: r["counterfactual"] for m, r in report["methods"].items() if r.get("counterfactual")}
@@ -442,7 +516,7 @@ def render_markdown(report: dict) -> str:
                   "Below before any step | Mean steps to success | Mean latent L1 | Mean \\|ΔHU\\| outside lesion |",
                   "|---|---|---|---|---|---|---|"]
         for m, cf in cfs.items():
-            lines.append(f"| {DISPLAY_NAMES[m]} | {cf['n']} | {_fmt(cf['success_rate'])} | "
+            lines.append(f"| {names[m]} | {cf['n']} | {_fmt(cf['success_rate'])} | "
                          f"{cf.get('before_any_step', 0)} | {_fmt(cf['mean_steps_to_success'], 1)} | "
                          f"{_fmt(cf['mean_latent_l1'], 4)} | {_fmt(cf['mean_abs_change_outside_lesion_hu'], 2)} |")
         lines += ["", "Towards the healthy class, over scans with a lesion that the explained classifier reads as "
@@ -478,16 +552,24 @@ def without_acat(bundle: ModelBundle) -> ModelBundle:
 def evaluate(bundle_path, manifest_path, methods: Union[str, Sequence[str]] = DEFAULT_METHODS, out_dir=".",
              split: str = "test", limit: Optional[int] = None, device: str = "auto", coverage: str = "all",
              steps: Optional[int] = None, *, overwrite: bool = False, command: Optional[str] = None,
-             progress: bool = True, saliency_classifier: str = "baseline") -> dict:
+             progress: bool = True, saliency_classifier: str = "baseline", settings: Sequence[str] = (),
+             run_dir=None) -> dict:
     """Evaluate ``bundle_path`` on the ``split`` cases of ``manifest_path``; write and return the report.
 
     ``methods``: `METHOD_SPECS` names, as a list or comma-separated; the first is the reference of the
     paired comparisons. ``saliency_classifier="acat"`` makes the counterfactual methods explain the ACAT
     classifier (its saliency input fixed; paper Sec. 4.4). ``out_dir`` receives metrics.json and
     metrics.md (an existing metrics.json is an error unless ``overwrite``).
+    ``settings``: more settings to compare (`parse_setting`: ``NAME:key=value,...``), named in ``methods``.
+    ``run_dir`` (instead of a bundle, ``bundle_path`` None): a training run's models, evaluated before export -
+    also when its autoencoder fails the export's gate, which the report then states.
     Raises `ACATInputError` for anything the user can fix, before any long computation where possible.
     """
-    methods = parse_methods(methods)
+    specs = dict(METHOD_SPECS)
+    for text in settings:
+        name, spec = parse_setting(text)
+        specs[name] = spec
+    methods = parse_methods(methods, specs)
     if coverage not in ("all", "sampled"):
         raise ACATInputError(f"coverage must be 'all' or 'sampled', not {coverage!r}")
     if limit is not None and limit < 1:
@@ -504,7 +586,33 @@ def evaluate(bundle_path, manifest_path, methods: Union[str, Sequence[str]] = DE
         raise ACATInputError("the output path is a file, not a folder", out_dir)
     if (out_dir / "metrics.json").exists() and not overwrite:
         raise ACATInputError("already holds metrics.json; choose another folder or add --overwrite", out_dir)
-    bundle_folder = resolve_model(str(bundle_path))
+    if (bundle_path is None) == (run_dir is None):
+        raise ACATInputError("give either a bundle or a run folder")
+    with contextlib.ExitStack() as stack:
+        if run_dir is not None:
+            bundle_folder = _export_for_evaluation(Path(run_dir), stack)
+        else:
+            bundle_folder = resolve_model(str(bundle_path))
+        return _evaluate(bundle_folder, manifest_path, methods, out_dir, split, limit, device, coverage, steps,
+                         command=command, progress=progress, saliency_classifier=saliency_classifier,
+                         specs=specs, bundle_path=bundle_path, run_dir=run_dir)
+
+
+def _export_for_evaluation(run_dir: Path, stack: contextlib.ExitStack) -> Path:
+    """The run's models as a bundle in a temporary folder (removed after the evaluation), gate or not."""
+    from .export import export
+    from .run_folder import RunFolder
+
+    if not run_dir.is_dir():
+        raise ACATInputError("no such run folder", run_dir)
+    folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="acat-evaluate-run-"))) / "bundle"
+    return export(run_dir, folder, include_acat=RunFolder(run_dir).read_done("acat") is not None,
+                  require_fit=False)
+
+
+def _evaluate(bundle_folder: Path, manifest_path: Path, methods: list, out_dir: Path, split: str,
+              limit: Optional[int], device: str, coverage: str, steps: Optional[int], *, command: Optional[str],
+              progress: bool, saliency_classifier: str, specs: dict, bundle_path, run_dir) -> dict:
     bundle = load_bundle(bundle_folder)
     task = bundle.card["task"]
     if saliency_classifier == "acat" and "acat" not in bundle.models:
@@ -512,7 +620,10 @@ def evaluate(bundle_path, manifest_path, methods: Union[str, Sequence[str]] = DE
     rows = select_cases(manifest_rows(manifest_path, bundle.labels), split, limit, task, bundle.labels, manifest_path)
     if command is None:
         command = command_line(bundle_path, manifest_path, methods, out_dir, split, limit, device, coverage, steps,
-                               saliency_classifier)
+                               saliency_classifier, settings=[f"{m}:" + ",".join(f"{k}={_value(v)}" for k, v in
+                                                                              specs[m][1].items())
+                                                              for m in methods if m not in METHOD_SPECS],
+                               run_dir=run_dir)
 
     full = Explainer(bundle, device=device)
     explainers = (full, Explainer(without_acat(bundle), device=device) if "acat" in bundle.models else full)
@@ -527,9 +638,10 @@ def evaluate(bundle_path, manifest_path, methods: Union[str, Sequence[str]] = DE
             # One untimed run per method first: the first call pays one-off costs (allocator, kernel
             # selection, CUDA context) that would otherwise be charged to the first scan's time.
             for n, method in enumerate(methods):
-                options = method_options(method, coverage=coverage, steps=1, saliency_classifier=saliency_classifier)
+                options = method_options(method, coverage=coverage, steps=1, saliency_classifier=saliency_classifier,
+                                         specs=specs)
                 explainers[0 if n == 0 else 1].explain(case.volume, options)
-        cases.append(evaluate_case(explainers, case, methods, coverage=coverage, steps=steps,
+        cases.append(evaluate_case(explainers, case, methods, coverage=coverage, steps=steps, specs=specs,
                                    saliency_classifier=saliency_classifier))
 
     summary = aggregate(cases, methods, bundle.labels, task)
@@ -541,12 +653,14 @@ def evaluate(bundle_path, manifest_path, methods: Union[str, Sequence[str]] = DE
         "versions": {"acat": acat_version, "torch": torch.__version__, "python": platform.python_version(),
                      "numpy": np.__version__},
         "bundle": {"id": bundle.id, "version": bundle.card.get("version", ""), "task": task,
-                   "labels": bundle.labels, "sha256": bundle.sha256()},
+                   "labels": bundle.labels, "sha256": bundle.sha256(),
+                   **({"run": str(run_dir), "gate_problems": _gate_problems(bundle)} if run_dir is not None else {})},
         "dataset": {"manifest": str(manifest_path), "manifest_sha256": sha256_file(manifest_path), "split": split,
                     "limit": limit, "n_cases": len(cases), "n_lesion_cases": sum(c["has_lesion"] for c in cases)},
         "settings": {"methods": methods, "options": {m: method_options(m, coverage=coverage, steps=steps,
-                                                                       saliency_classifier=saliency_classifier
-                                                                       ).to_dict() for m in methods},
+                                                                       saliency_classifier=saliency_classifier,
+                                                                       specs=specs).to_dict() for m in methods},
+                     "display_names": {m: specs[m][0] for m in methods},
                      "device": str(full.device), "coverage": coverage, "hit": HIT_RULE, "overlap": OVERLAP_RULE,
                      "success": SUCCESS_RULE, "saliency_classifier": saliency_classifier,
                      "steps": cf_steps[0] if cf_steps else None, "success_probability": SUCCESS_PROBABILITY,
@@ -571,7 +685,10 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=f"example:\n  {PROG} --bundle brain-stroke-phantom --data data/brain/manifest.csv \\\n"
                "      --methods counterfactual,gradient --out results/eval --limit 10\n"
                "Exit codes: 0 success, 2 bad input, 1 internal error.")
-    parser.add_argument("--bundle", required=True, help="a model bundle folder or the id of a bundled model")
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--bundle", help="a model bundle folder or the id of a bundled model")
+    which.add_argument("--run", help="a training run folder: its models evaluated before export (also when the "
+                                     "autoencoder fails the export's gate; the report says so)")
     parser.add_argument("--data", required=True, help="the dataset's manifest.csv")
     parser.add_argument("--methods", default=",".join(DEFAULT_METHODS),
                         help=f"comma-separated, the first is the reference, from {', '.join(METHOD_SPECS)} "
@@ -585,6 +702,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--steps", type=int, help="counterfactual steps (default: the model card's)")
     parser.add_argument("--saliency-classifier", choices=["baseline", "acat"], default="baseline",
                         help="the classifier the counterfactual methods explain (acat: paper Sec. 4.4)")
+    parser.add_argument("--setting", action="append", default=[], metavar="NAME:KEY=VALUE,...",
+                        help="another setting to compare, named in --methods (repeatable): explain options, e.g. "
+                             "nostop:early_stop=false or sparse:sparsity=0.3,stop_probability=0.9")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing OUT/metrics.json")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no summary")
     parser.add_argument("-v", "--verbose", action="store_true", help="tracebacks of internal errors")
@@ -597,7 +717,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         report = evaluate(args.bundle, args.data, args.methods, args.out, split=args.split, limit=args.limit,
                           device=args.device, coverage=args.coverage, steps=args.steps, overwrite=args.overwrite,
-                          saliency_classifier=args.saliency_classifier,
+                          saliency_classifier=args.saliency_classifier, settings=args.setting, run_dir=args.run,
                           command=f"{PROG} {shlex.join(argv)}", progress=not args.quiet)
     except ACATInputError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)

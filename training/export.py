@@ -108,8 +108,11 @@ def render_model_readme(card: dict, export_command: str = "", data_command: str 
 
 def export(run_dir, out, *, bundle_id: Optional[str] = None, version: str = "0.1.0", licence: str = "Apache-2.0",
            description: str = "", overwrite: bool = False, include_acat: bool = True,
-           command: Optional[str] = None) -> Path:
-    """Write the bundle of ``run_dir`` to ``out``; returns ``out``. Raises `ACATInputError`."""
+           command: Optional[str] = None, require_fit: bool = True) -> Path:
+    """Write the bundle of ``run_dir`` to ``out``; returns ``out``. Raises `ACATInputError`.
+
+    ``require_fit=False`` (`training.evaluate --run` only, into a temporary folder; not offered by the
+    command line) writes the bundle whatever the autoencoder gate says; the card still holds the numbers."""
     run = RunFolder(Path(run_dir))
     if not run.root.is_dir():
         raise ACATInputError("no such run folder", run.root)
@@ -125,7 +128,7 @@ def export(run_dir, out, *, bundle_id: Optional[str] = None, version: str = "0.1
         models[role] = load_weights(weights).eval()
     fitness_numbers = autoencoder_fitness.measure_run(run.root)
     unfit = autoencoder_fitness.problems(fitness_numbers)
-    if unfit:
+    if unfit and require_fit:
         raise ACATInputError("the autoencoder is not fit for counterfactuals on the validation split: "
                              + "; ".join(unfit) + " - train it longer (autoencoder.epochs, autoencoder.patience) "
                              "or give it more capacity (model.autoencoder_config), then export again", run.root)
