@@ -136,6 +136,8 @@ class ExplainOptions:
             return f"stop_probability must be in [0.5, 1), not {self.stop_probability}"
         if self.sparsity is not None and not 0 <= self.sparsity < 1:
             return f"sparsity must be in [0, 1), not {self.sparsity}"
+        if self.sparsity and (self.optimizer in ("sgd", "adam") or (self.variant == "paper" and self.optimizer is None)):
+            return "sparsity needs the normalised optimizer (--optimizer normalised, the residual variant's default)"
         if self.targets is not None and (not self.targets or not all(isinstance(t, str) and t for t in self.targets)):
             return "targets must be a non-empty list of class names"
         return ""
@@ -159,8 +161,8 @@ class ExplainOptions:
             out[key] = base[key] if value is None else value
         out["steps"], out["alpha"], out["step_size"] = int(out["steps"]), float(out["alpha"]), float(out["step_size"])
         out["stop_probability"], out["sparsity"] = float(out["stop_probability"]), float(out["sparsity"])
-        if out["optimizer"] != "normalised":
-            out["sparsity"] = 0.0  # a share of the normalised step: meaningless for sgd / adam
+        if out["optimizer"] != "normalised":  # a card's sgd / adam default: a share of the step means nothing
+            out["sparsity"] = 0.0
         return out
 
     # -------------------------------------------------------------------------------------------
