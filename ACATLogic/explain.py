@@ -78,6 +78,18 @@ def pick_device(device: str = "auto") -> torch.device:
     return torch.device("cuda" if device == "gpu" else device)
 
 
+def cpu_threads() -> int:
+    """Threads for CPU work: ``OMP_NUM_THREADS`` when it is set to a positive number (the usual way to share a
+    machine), else the CPUs this process may run on (a container's or ``taskset``'s limit, not the host's)."""
+    value = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if value.isdigit() and int(value) > 0:
+        return int(value)
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # macOS, Windows
+        return os.cpu_count() or 1
+
+
 def device_name(device: torch.device) -> str:
     """"cuda:0", "mps", "cpu": the device with the index CUDA uses for it (torch.device("cuda") has none)."""
     device = torch.device(device)
@@ -187,7 +199,7 @@ class Explainer:
         self.bundle = bundle
         self.device = pick_device(device)
         if self.device.type == "cpu":
-            torch.set_num_threads(threads or os.cpu_count() or 1)
+            torch.set_num_threads(threads or cpu_threads())
         self.baseline = bundle.models["baseline"].to(self.device).eval()
         self.autoencoder = bundle.models["autoencoder"].to(self.device).eval()
         self.acat = bundle.models.get("acat")

@@ -183,3 +183,19 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if is_slow(item.nodeid, getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+
+
+def pytest_configure(config):
+    """Under pytest-xdist (``make test`` runs one worker per CPU, up to 4) each worker and the processes its
+    tests start share the CPUs instead of each taking all of them: OMP_NUM_THREADS = CPUs // workers, which
+    torch, the Explainer (`ACATLogic.explain.cpu_threads`) and every child process read."""
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT", "")
+    if not workers.isdigit() or "OMP_NUM_THREADS" in os.environ:
+        return
+    from ACATLogic.explain import cpu_threads
+
+    share = max(1, cpu_threads() // int(workers))
+    os.environ["OMP_NUM_THREADS"] = str(share)
+    import torch
+
+    torch.set_num_threads(share)

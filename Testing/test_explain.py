@@ -210,3 +210,29 @@ def test_lazy_volumes_make_each_value_when_read():
     first, second = lazy["a"], lazy["a"]
     assert first is not second and np.array_equal(first, second) and calls == ["a", "a"]
     assert lazy.get("missing") is None and "b" in lazy
+
+
+def test_cpu_threads_follow_omp_num_threads_then_the_cpus_this_process_may_use(monkeypatch, tmp_path):
+    import os
+
+    import torch
+
+    from ACATLogic.explain import cpu_threads
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert cpu_threads() == 3
+    for unusable in ("0", "-2", "many", ""):
+        monkeypatch.setenv("OMP_NUM_THREADS", unusable)
+        assert cpu_threads() == len(os.sched_getaffinity(0))
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert cpu_threads() == len(os.sched_getaffinity(0))
+    saved = torch.get_num_threads()
+    try:
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")
+        bundle = load_bundle(make_random_bundle(tmp_path / "bundle"))
+        Explainer(bundle, device="cpu")
+        assert torch.get_num_threads() == 1  # a shared machine's limit is kept, not replaced by every core
+        Explainer(bundle, device="cpu", threads=2)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(saved)

@@ -294,8 +294,11 @@ def test_make_test_runs_everything_and_make_test_fast_leaves_out_the_slow_tests(
     makefile = (ROOT / "Makefile").read_text()
     test = re.search(r"^test: .*?\n((?:\t.*\n)+)", makefile, re.M).group(1)
     fast = re.search(r"^test-fast: .*?\n((?:\t.*\n)+)", makefile, re.M).group(1)
-    assert "-m pytest;" in test and "-m " not in test.replace("-m pytest", "")  # CI's make test: the full suite
+    # CI's make test: the full suite (in parallel workers), no marker or keyword selection
+    assert "-m pytest -n $(TEST_WORKERS) --dist loadfile;" in test
+    assert "-m " not in test.replace("-m pytest", "") and " -k " not in test
     assert '-m pytest -m "not slow"' in fast and "rc -eq 5" in fast
+    assert re.search(r"^TEST_WORKERS \?= ", makefile, re.M)
     markers = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]["markers"]
     assert any(m.startswith("slow:") for m in markers)
 
