@@ -20,7 +20,7 @@ from ACATLogic.bundle import load_bundle
 from toy_training import head_volume, tiny_config, write_brain_toy
 from training import export as export_cli
 from training import pipeline, train
-from training.checkpoint import CHECKPOINT_KIND, load_checkpoint, load_weights
+from training.checkpoint import CHECKPOINT_KIND, load_checkpoint, load_weights, save_weights
 from training.config import load_config
 from training.portable import absolute_paths, portable
 from training.stages.baseline import ClassificationLoss
@@ -308,3 +308,43 @@ def test_evaluate_a_run_before_export_with_its_own_settings(finished, toy, tmp_p
     assert evaluate_cli.main(["--run", str(run), "--data", str(toy), "--setting", "x:alpha=much",
                               "--out", str(tmp_path / "bad"), "-q"]) == 2
     assert not (tmp_path / "bad").exists()
+
+
+def test_a_stage_fine_tuned_from_another_runs_weights(finished, tmp_path, capsys):
+    cfg_path, original = finished
+    start = load_weights(original / "autoencoder" / "model.safetensors")
+    with torch.no_grad():  # weights no random start comes near
+        for p in start.parameters():
+            p.add_(0.5)
+    source = tmp_path / "start.safetensors"
+    save_weights(start, source)
+    run = tmp_path / "run"
+    where = f"out_dir={run}"
+    # a learning rate of ~0 for one epoch: the result is the weights it started from (BatchNorm's running
+    # statistics, which are not learned, move on)
+    tune = [f"autoencoder.init_weights={source}", "autoencoder.lr=1e-12", "autoencoder.min_lr=1e-13"]
+    assert train.main(["--config", str(cfg_path), where, "stage=autoencoder", *tune]) == 0
+    tuned = load_weights(run / "autoencoder" / "model.safetensors")
+    for (name, a), (_, b) in zip(tuned.named_parameters(), start.named_parameters()):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=0, msg=name)
+    done = read_done(run, "autoencoder")
+    assert done["fingerprint"]["init_weights_sha256"] == sha256(source)
+    assert done["fingerprint"]["config"]["autoencoder"]["init_weights"] == str(source)
+    # without init_weights the same settings start from random weights: far from the source
+    fresh = tmp_path / "fresh"
+    assert train.main(["--config", str(cfg_path), f"out_dir={fresh}", "stage=autoencoder", *tune[1:]]) == 0
+    random_start = load_weights(fresh / "autoencoder" / "model.safetensors")
+    assert max((a - b).abs().max().item() for a, b in zip(random_start.parameters(), start.parameters())) > 0.4
+    assert "init_weights" not in read_done(fresh, "autoencoder")["fingerprint"]["config"]["autoencoder"]
+    # runs made before the option existed stay valid: the finished run's fingerprint has no such key
+    assert "init_weights" not in read_done(original, "autoencoder")["fingerprint"]["config"]["autoencoder"]
+    # other starting weights at the same path are another training: the stage is not "complete" any more
+    shutil.copy(original / "baseline" / "model.safetensors", tmp_path / "other.safetensors")
+    capsys.readouterr()
+    wrong = [f"autoencoder.init_weights={tmp_path / 'other.safetensors'}", *tune[1:]]
+    assert train.main(["--config", str(cfg_path), f"out_dir={tmp_path / 'wrong'}", "stage=autoencoder", *wrong]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "autoencoder.init_weights:" in err[0] and "not this stage's autoencoder" in err[0], err
+    missing = [f"autoencoder.init_weights={tmp_path / 'missing.safetensors'}", *tune[1:]]
+    assert train.main(["--config", str(cfg_path), f"out_dir={tmp_path / 'missing'}", "stage=autoencoder", *missing]) == 2
+    assert "autoencoder.init_weights: no such file" in capsys.readouterr().err

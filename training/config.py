@@ -116,6 +116,9 @@ class OptimConfig:
     # the classifier reads a reconstruction as it reads the scan (training.autoencoder_fitness); 0 = off
     consistency: float = 0.0
     consistency_warmup: int = 0  # epochs of plain reconstruction before the consistency term starts
+    # fine-tuning: start from these weights instead of random ones - a model.safetensors written by training/
+    # (e.g. another run's autoencoder/model.safetensors) of this stage's architecture and config; "" = random
+    init_weights: str = ""
 
 
 @dataclass

@@ -190,6 +190,8 @@ def stage_config(cfg: TrainConfig, stage: str) -> dict:
                           "acat_config": cfg.model.acat_config}, acat=full["acat"], bf16=cfg.bf16)
     else:
         raise ValueError(stage)
+    if stage in out and not out[stage].get("init_weights"):  # runs made before fine-tuning existed stay valid
+        out[stage] = {k: v for k, v in out[stage].items() if k != "init_weights"}
     return out
 
 
@@ -224,7 +226,14 @@ def upstream_inputs(run: RunFolder, stage: str, cfg: Optional[TrainConfig] = Non
 
 
 def fingerprint(cfg: TrainConfig, stage: str, run: RunFolder, data_digest: str) -> dict:
-    return {"config": stage_config(cfg, stage), "data": data_digest, "inputs": upstream_inputs(run, stage, cfg)}
+    out = {"config": stage_config(cfg, stage), "data": data_digest, "inputs": upstream_inputs(run, stage, cfg)}
+    init = getattr(getattr(cfg, stage, None), "init_weights", "")
+    if init:  # fine-tuned: other starting weights at the same path are another training
+        path = Path(init)
+        if not path.is_file():
+            raise StageError(f"{stage}.init_weights: no such file: {init}")
+        out["init_weights_sha256"] = sha256_file(path)
+    return out
 
 
 def differences(old, new, prefix: str = "") -> list[str]:

@@ -45,6 +45,7 @@ import os
 import sys
 import time
 from collections import defaultdict
+from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
@@ -58,7 +59,7 @@ from . import distributed
 from .augment import augment_batch
 from .checkpoint import (BEST_KIND, CHECKPOINT_KIND, FORMAT_VERSION, atomic_write_json, atomic_write_text,
                          capture_rng, load_checkpoint, model_entry, remove_partial_files, restore_rng,
-                         save_checkpoint, save_weights)
+                         load_weights, save_checkpoint, save_weights)
 from .config import BEST_METRICS, TrainConfig, load_config, save_config
 from .data import ScanData, ScanDataset, open_data
 from .distributed import DistContext, ResumableDistributedSampler
@@ -206,6 +207,20 @@ def _resume_point(cfg: TrainConfig, ctx: DistContext, run: RunFolder, fp: dict, 
     return load_checkpoint(last, CHECKPOINT_KIND) if action == "resume" else None
 
 
+def start_from(model: torch.nn.Module, path: Path, stage: str) -> None:
+    """Fine-tuning: copy the weights of ``path`` (written by training/) into ``model``, which must be the same
+    architecture with the same config; StageError in one line otherwise."""
+    try:
+        source = load_weights(path)
+    except (ACATInputError, OSError, ValueError) as exc:
+        raise StageError(f"{stage}.init_weights: {path} cannot be read as model weights ({exc})") from None
+    want = (getattr(model, "registry_name", type(model).__name__), getattr(model, "config", None))
+    have = (getattr(source, "registry_name", type(source).__name__), getattr(source, "config", None))
+    if want != have:
+        raise StageError(f"{stage}.init_weights: {path} holds {have[0]} {have[1]}, not this stage's {want[0]} {want[1]}")
+    model.load_state_dict(source.state_dict())
+
+
 def train_stage(cfg: TrainConfig, ctx: DistContext, run: RunFolder, data: ScanData, *, command: str,
                 resume: bool = False, say: Callable[[str], None] = print) -> dict:
     """Train cfg.stage to the end (or resume it) and return its done.json content."""
@@ -254,6 +269,8 @@ def train_stage(cfg: TrainConfig, ctx: DistContext, run: RunFolder, data: ScanDa
     model = stage.build_model(cfg, run)
     if ckpt is not None:
         model.load_state_dict(ckpt["model"]["state_dict"])
+    elif optim_cfg.init_weights:
+        start_from(model, Path(optim_cfg.init_weights), cfg.stage)
     model.to(ctx.device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
