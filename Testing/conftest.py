@@ -179,20 +179,10 @@ def is_slow(nodeid: str, fixtures=()) -> bool:
         any(f"{file}::{name}" in SLOW_FIXTURES for name in fixtures)
 
 
-#: The test files that take longest (seconds of one `make test` worker, 2026-12-06), run first so that the
-#: parallel workers (`make test`, one file per worker at a time) finish together instead of one waiting for
-#: the other's last long file. A stale list only costs balance, never a test.
-LONGEST_FIRST = ("test_benchmarks.py", "test_reader_bounds.py", "test_web_security.py", "test_batch.py",
-                 "test_explain.py", "test_output_safety.py", "test_training_resume.py", "test_web_browser.py",
-                 "test_bundled_models.py", "test_python_api.py", "test_viewer_dicom_results.py", "test_cli.py")
-
-
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if is_slow(item.nodeid, getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
-    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(Path(item.nodeid.partition("::")[0]).name, len(rank)))  # stable
 
 
 def pytest_configure(config):
