@@ -380,7 +380,8 @@ class Explainer:
                                       step_size=params["step_size"], optimizer=params["optimizer"],
                                       reference=params["reference"], start=params["start"],
                                       early_stop=params["early_stop"], stop_probability=params["stop_probability"],
-                                      sparsity=params["sparsity"], num_classes=len(self.labels),
+                                      sparsity=params["sparsity"], whiten=params["whiten"],
+                                      num_classes=len(self.labels),
                                       autocast_dtype=torch.bfloat16 if params["precision"] == "bf16" else None)
 
     def counterfactual_targets(self, params: dict) -> list[int]:

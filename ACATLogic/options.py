@@ -43,14 +43,14 @@ SALIENCY_CLASSIFIERS = ("baseline", "acat")
 VARIANT_DEFAULTS: dict[str, dict[str, Any]] = {
     "residual": {"start": "image", "optimizer": "normalised", "step_size": 0.2, "alpha": 100.0, "steps": 20,
                  "early_stop": True, "stop_probability": 0.8, "output": "decision", "organ_mask": True,
-                 "reference": "image", "sparsity": 0.0},
+                 "reference": "image", "sparsity": 0.0, "whiten": False},
     "paper": {"start": "reconstruction", "optimizer": "sgd", "step_size": 0.1, "alpha": 100.0, "steps": 20,
               "early_stop": False, "stop_probability": 0.8, "output": "class", "organ_mask": False,
-              "reference": "reconstruction", "sparsity": 0.0},
+              "reference": "reconstruction", "sparsity": 0.0, "whiten": False},
 }
 #: the parameters a variant resolves (what report.json records under "parameters")
 RESOLVED_KEYS = ("variant", "start", "optimizer", "step_size", "alpha", "steps", "early_stop", "stop_probability",
-                 "output", "organ_mask", "reference", "sparsity")
+                 "output", "organ_mask", "reference", "sparsity", "whiten")
 
 
 def _opt(help_text: str, *, flag: Optional[str] = None, choices: Optional[Sequence[str]] = None,
@@ -95,6 +95,10 @@ class ExplainOptions:
     sparsity: Optional[float] = _opt("normalised steps: soft-threshold the latent change by this share of the step "
                                      "after each step (the proximal L1 step; 0 = off, the paper's objective)",
                                      kind=float)
+    whiten: Optional[bool] = _opt("divide the counterfactual's change by the decoder's own gain (its response to "
+                                  "random latent steps), so the map shows what the classifier asked for rather "
+                                  "than where the decoder reacts most (sharp edges); off = the paper's map",
+                                  kind=bool)
     organ_mask: Optional[bool] = _opt("restrict maps to the organ (brain parenchyma, lungs) found in the CT "
                                       "(residual default) or not (paper)", kind=bool)
     saliency_classifier: str = _opt("the classifier the counterfactuals explain (acat: paper Sec. 4.4)",

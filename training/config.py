@@ -138,6 +138,7 @@ class SaliencyConfig:
     early_stop: Optional[bool] = None
     stop_probability: Optional[float] = None
     sparsity: Optional[float] = None
+    whiten: Optional[bool] = None
     organ_mask: Optional[bool] = None
     batch_size: int = 4  # scans optimised at once by each process (memory, not results)
     chunk_scans: int = 32  # scans per saliency file: the unit of resumption

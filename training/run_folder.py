@@ -184,6 +184,8 @@ def stage_config(cfg: TrainConfig, stage: str) -> dict:
     elif stage == "saliency":
         sal = dict(full["saliency"])
         sal.pop("batch_size")  # memory only
+        if sal.get("whiten") is None:  # runs made before the option existed stay valid
+            sal.pop("whiten", None)
         out = {"input": out["input"], "saliency": sal, "bf16": cfg.bf16}
     elif stage == "acat":
         out.update(model={"baseline": cfg.model.baseline, "baseline_config": cfg.model.baseline_config,

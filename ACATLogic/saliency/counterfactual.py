@@ -40,6 +40,13 @@ map averages and whose negative half its localisation score uses (Sec. 3.2, 4.4)
   probability reaches ``stop_probability`` (0.8: the opposite decision's probability is then below the
   0.2 of the paper's Fig. 5). A pair already there at step 0 is left unchanged (an all-zero map). The
   stopped pairs leave the batch, so early stops also save time.
+* ``whiten``: the map is the change divided by what the decoder does anyway. A latent step moves the image
+  by ``J dz`` (J the decoder's Jacobian), and a step along the classifier's gradient g moves it by about
+  ``J J^T g``: the decoder's own gain, highest at sharp edges (skull, ventricles), decides where the change
+  shows as much as the classifier does. The diagonal of ``J J^T`` is estimated from `WHITEN_PROBES` random
+  latent steps of size `WHITEN_STEP` (fixed seed: the same scan gives the same map), per voxel as the square
+  of the mean absolute response relative to the scan's mean (floored at `WHITEN_FLOOR` of it), and the
+  change is divided by it. The counterfactual images are not changed, only the map. Off = the paper's map.
 * ``mask`` (B, S, 1, H, W) bool restricts the maps to an organ.
 * ``autocast_dtype=torch.bfloat16`` runs the decoder and classifier passes in mixed precision.
 * Maps are normalised to [0, 1] per target, over each scan (``normalise="per_scan"``) or over the whole
@@ -66,6 +73,11 @@ from ..progress import ProgressCallback, is_cancelled, no_progress
 EXACT = 1e-5
 #: a pair stops once its target probability reaches this (the opposite decision is then below 0.2)
 STOP_PROBABILITY = 0.8
+#: ``whiten``: random latent steps that measure the decoder's gain per voxel, their size (latent units), and
+#: the smallest gain relative to the scan's mean that a change is divided by (flat regions do not explode)
+WHITEN_PROBES = 8
+WHITEN_STEP = 0.05
+WHITEN_FLOOR = 0.2
 
 
 def decision_targets(healthy: int = 0) -> list[int]:
@@ -90,7 +102,8 @@ class CounterfactualResult:
         maps: (T, B, S, 1, H, W) each target's map, normalised to [0, 1] (masked when a mask was given).
         counterfactuals: (T, B, S, 1, H, W) what the classifier read at the pair's last step, in [0, 1].
         reference: (B, S, 1, H, W) x (start "image"), D(E(x)) or x.
-        differences: (T, B, S, 1, H, W) |counterfactual - reference| before normalisation (masked).
+        differences: (T, B, S, 1, H, W) |counterfactual - reference| before normalisation (masked; divided by
+            the decoder's gain with ``whiten``).
         trajectory: (T, B, steps + 1, C) class probabilities at every step (0 = before any update); after a
             pair stopped its last probabilities repeat.
         target_probability: (T, B, steps + 1) the target's probability (for ~c: 1 - p_c).
@@ -178,7 +191,7 @@ class CounterfactualSaliency:
                  reference: Literal["reconstruction", "image"] = "reconstruction",
                  start: Literal["reconstruction", "image"] = "reconstruction",
                  early_stop: bool = False, stop_probability: float = STOP_PROBABILITY, sparsity: float = 0.0,
-                 num_classes: Optional[int] = None, autocast_dtype: Optional[torch.dtype] = None):
+                 whiten: bool = False, num_classes: Optional[int] = None, autocast_dtype: Optional[torch.dtype] = None):
         if optimizer not in ("sgd", "adam", "normalised"):
             raise ValueError(f"optimizer must be 'sgd', 'adam' or 'normalised', not {optimizer!r}")
         if reference not in ("reconstruction", "image"):
@@ -197,6 +210,7 @@ class CounterfactualSaliency:
         self.optimizer, self.reference, self.start = optimizer, reference, start
         self.early_stop, self.stop_probability = bool(early_stop), float(stop_probability)
         self.sparsity = float(sparsity)
+        self.whiten = bool(whiten)
         self.autocast_dtype = autocast_dtype
         names = getattr(classifier, "class_names", None)
         self.num_classes = int(num_classes if num_classes is not None else len(names))
@@ -231,9 +245,11 @@ class CounterfactualSaliency:
                     progress((_s + f * (_e - _s)) / b, m)
                 parts.append(self._optimise(x[first:last], targets, sub_progress, cancel,
                                             None if context is None else context[first:last]))
-        cfs, ref, traj, p_target, stopped, losses, latent_l1 = (
-            torch.cat([p[i] for p in parts], dim=0 if i == 1 else 1) for i in range(7))
+        cfs, ref, traj, p_target, stopped, losses, latent_l1, gain = (
+            torch.cat([p[i] for p in parts], dim=0 if i in (1, 7) else 1) for i in range(8))
         diffs = (ref.unsqueeze(0) - cfs).abs()
+        if self.whiten:
+            diffs = diffs / gain.unsqueeze(0)
         if mask is not None:
             diffs = diffs * mask.to(diffs.dtype).unsqueeze(0)
         maps = normalise_maps(diffs, (1, 2, 3, 4, 5) if normalise == "joint" else (2, 3, 4, 5))
@@ -251,6 +267,19 @@ class CounterfactualSaliency:
             return contextlib.nullcontext()
         return torch.autocast(device_type=device.type, dtype=self.autocast_dtype)
 
+    def decoder_gain(self, z0: torch.Tensor, d0: torch.Tensor) -> torch.Tensor:
+        """(B, S, 1, H, W) the decoder's squared gain per voxel relative to each scan's mean, floored (``whiten``).
+
+        z0: (B*S, ...) latents, d0: (B, S, 1, H, W) their decoding."""
+        generator = torch.Generator(device="cpu").manual_seed(0)
+        response = torch.zeros_like(d0)
+        with torch.no_grad(), self._autocast(d0.device):
+            for _ in range(WHITEN_PROBES):
+                probe = torch.randn(z0.shape, generator=generator).to(device=z0.device, dtype=z0.dtype)
+                response += (self.autoencoder.decode(z0 + WHITEN_STEP * probe).reshape(d0.shape).float() - d0).abs()
+        mean = response.mean(dim=(1, 2, 3, 4), keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
+        return (response / mean).clamp_min(WHITEN_FLOOR) ** 2
+
     def _optimise(self, x: torch.Tensor, targets: list, progress: ProgressCallback, cancel, context=None):
         b, s, _, h, w = x.shape
         t = len(targets)
@@ -259,6 +288,7 @@ class CounterfactualSaliency:
         with torch.no_grad():
             z0 = self.autoencoder.encode(x.reshape(b * s, 1, h, w))
             d0 = self.autoencoder.decode(z0).reshape(b, s, 1, h, w).float()
+        gain = self.decoder_gain(z0, d0) if self.whiten else torch.ones_like(d0)
         z0 = z0.detach().reshape(b, s, *z0.shape[1:])
         residual = self.start == "image"
         ref = x if residual or self.reference == "image" else d0
@@ -334,4 +364,4 @@ class CounterfactualSaliency:
         shape = (t, b)
         return (final.reshape(t, b, s, 1, h, w), ref.detach().float(), traj.reshape(*shape, self.steps + 1, -1),
                 p_target.reshape(*shape, self.steps + 1), stopped.reshape(shape), losses.reshape(*shape, self.steps),
-                l1.reshape(shape))
+                l1.reshape(shape), gain)

@@ -91,7 +91,7 @@ def run_saliency(cfg: TrainConfig, ctx: DistContext, run: RunFolder, data: ScanD
         method = CounterfactualSaliency(
             baseline, autoencoder, alpha=p["alpha"], steps=p["steps"], step_size=p["step_size"],
             optimizer=p["optimizer"], reference=p["reference"], start=p["start"], early_stop=p["early_stop"],
-            stop_probability=p["stop_probability"], sparsity=p["sparsity"],
+            stop_probability=p["stop_probability"], sparsity=p["sparsity"], whiten=p["whiten"],
             num_classes=len(baseline.class_names),
             autocast_dtype=torch.bfloat16 if cfg.bf16 and ctx.device.type == "cuda" else None)
         targets = decision_targets(0) if p["output"] == "decision" else None
