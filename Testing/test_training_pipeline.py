@@ -348,3 +348,20 @@ def test_a_stage_fine_tuned_from_another_runs_weights(finished, tmp_path, capsys
     missing = [f"autoencoder.init_weights={tmp_path / 'missing.safetensors'}", *tune[1:]]
     assert train.main(["--config", str(cfg_path), f"out_dir={tmp_path / 'missing'}", "stage=autoencoder", *missing]) == 2
     assert "autoencoder.init_weights: no such file" in capsys.readouterr().err
+
+
+def test_settings_added_later_keep_older_runs_valid_and_real_changes_count():
+    from training.run_folder import differences
+
+    made_before = {"config": {"saliency": {"alpha": 100.0}, "autoencoder": {"lr": 1e-3}}}
+    made_with_none = {"config": {"saliency": {"alpha": 100.0, "sparsity": None}, "autoencoder": {"lr": 1e-3}}}
+    now = {"config": {"saliency": {"alpha": 100.0}, "autoencoder": {"lr": 1e-3}}}
+    assert differences(made_before, now) == [] and differences(made_with_none, now) == []
+    assert differences(now, {"config": {"saliency": {"alpha": 100.0, "whiten": None},
+                                        "autoencoder": {"lr": 1e-3, "init_weights": ""}}}) == []
+    assert differences(made_before, {"config": {"saliency": {"alpha": 100.0, "whiten": True},
+                                                "autoencoder": {"lr": 1e-3}}}) == [
+        "config.saliency.whiten: '<absent>' -> True"]
+    assert differences(made_with_none, {"config": {"saliency": {"alpha": 100.0, "sparsity": 0.3},
+                                                   "autoencoder": {"lr": 1e-3}}}) == [
+        "config.saliency.sparsity: None -> 0.3"]

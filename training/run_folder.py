@@ -184,17 +184,24 @@ def stage_config(cfg: TrainConfig, stage: str) -> dict:
     elif stage == "saliency":
         sal = dict(full["saliency"])
         sal.pop("batch_size")  # memory only
-        if sal.get("whiten") is None:  # runs made before the option existed stay valid
-            sal.pop("whiten", None)
         out = {"input": out["input"], "saliency": sal, "bf16": cfg.bf16}
     elif stage == "acat":
         out.update(model={"baseline": cfg.model.baseline, "baseline_config": cfg.model.baseline_config,
                           "acat_config": cfg.model.acat_config}, acat=full["acat"], bf16=cfg.bf16)
     else:
         raise ValueError(stage)
-    if stage in out and not out[stage].get("init_weights"):  # runs made before fine-tuning existed stay valid
-        out[stage] = {k: v for k, v in out[stage].items() if k != "init_weights"}
+    if isinstance(out.get(stage), dict):  # runs made before these settings existed stay valid
+        out[stage] = {k: v for k, v in out[stage].items() if not _later_default(k, v)}
     return out
+
+
+#: settings added after runs existed, with the value that means "as before": a fingerprint leaves them out at
+#: that value, and `differences` reads one that lacks them as holding it
+LATER_DEFAULTS = {"init_weights": "", "sparsity": None, "whiten": None}
+
+
+def _later_default(key, value) -> bool:
+    return key in LATER_DEFAULTS and value == LATER_DEFAULTS[key]
 
 
 def digest(value) -> str:
@@ -243,6 +250,8 @@ def differences(old, new, prefix: str = "") -> list[str]:
     if isinstance(old, dict) and isinstance(new, dict):
         out = []
         for key in sorted(set(old) | set(new), key=str):
+            if (key not in old and _later_default(key, new[key])) or (key not in new and _later_default(key, old[key])):
+                continue
             out += differences(old.get(key, "<absent>"), new.get(key, "<absent>"), f"{prefix}{key}.")
         return out
     return [] if old == new else [f"{prefix[:-1]}: {old!r} -> {new!r}"]

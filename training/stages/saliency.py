@@ -62,7 +62,7 @@ def run_saliency(cfg: TrainConfig, ctx: DistContext, run: RunFolder, data: ScanD
         state = None
         if state_path.is_file():
             state = json.loads(state_path.read_text())
-        if state is None or state.get("fingerprint") != fp or state.get("chunk_scans") != cs:
+        if state is None or differences(state.get("fingerprint", {}), fp) or state.get("chunk_scans") != cs:
             if state is not None:
                 why = "; ".join(differences(state.get("fingerprint", {}), fp)[:3]) or "chunk size changed"
                 log(f"saliency: inputs changed ({why}); recomputing every map")
@@ -75,7 +75,7 @@ def run_saliency(cfg: TrainConfig, ctx: DistContext, run: RunFolder, data: ScanD
         log(f"saliency: {n_chunks - len(todo)}/{n_chunks} chunks already computed")
     previous = run.read_done("saliency") if ctx.is_main else None
     todo, previous = broadcast_object((todo, previous), ctx)
-    if not todo and previous is not None and previous.get("fingerprint") == fp:
+    if not todo and previous is not None and not differences(previous.get("fingerprint", {}), fp):
         log("saliency: every map is up to date")
         return previous
 
