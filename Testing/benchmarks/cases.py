@@ -48,7 +48,7 @@ class CaseSpec:
 def case_specs(quick: bool) -> list[CaseSpec]:
     if quick:
         return [CaseSpec("head12", "brain_phantom", 128, 12, 5.0, "brain-stroke-phantom"),
-                CaseSpec("head40thin", "brain_phantom", 128, 40, None, "brain-stroke-phantom"),
+                CaseSpec("head24thin", "brain_phantom", 128, 24, None, "brain-stroke-phantom"),
                 CaseSpec("chest", "ctchest", 128, None, None, "lung-covid-phantom")]
     return [CaseSpec("head40", "brain_phantom", 512, 40, 5.0, "brain-stroke-phantom"),
             CaseSpec("head300", "brain_phantom", 512, 300, None, "brain-stroke-phantom"),

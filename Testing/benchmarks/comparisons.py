@@ -7,6 +7,7 @@ falls on both; the tables show the median and the range.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -60,10 +61,15 @@ def reproduction_quality(path: Path = REPRODUCTION) -> dict:
 
 
 def run_comparisons(case: dict, bundle_path: Path, *, repeats: int, steps: Optional[int],
-                    log: Callable[[str], None] = print) -> dict:
+                    log: Callable[[str], None] = print, with_acat: bool = True) -> dict:
+    """``with_acat=False`` (``--quick``) leaves the bundle's ACAT classifier out, so that no explain computes its
+    class-agnostic input (the paper's 4 targets x 20 steps, whatever ``steps`` says): the methods' rows then
+    time the baseline's prediction and the method alone."""
     all_threads = os.cpu_count() or 1
     volume = read_volume(case["path"])
     bundle = load_bundle(bundle_path)
+    if not with_acat and "acat" in bundle.models:
+        bundle = dataclasses.replace(bundle, models={k: m for k, m in bundle.models.items() if k != "acat"})
     explainer = Explainer(bundle, device="cpu", threads=all_threads)
     steps = int(steps if steps is not None else bundle.explanation_defaults["steps"])
     x = prepare(volume, bundle.spec).images
@@ -79,7 +85,8 @@ def run_comparisons(case: dict, bundle_path: Path, *, repeats: int, steps: Optio
                                              step_size=method.step_size, optimizer=method.optimizer,
                                              reference=method.reference, start=method.start) for t in targets]
     out: dict = {"case": case["name"], "bundle": bundle.id, "steps": steps, "chunks": int(x.shape[0]),
-                 "targets": len(targets), "counterfactual_flops": flops}
+                 "targets": len(targets), "counterfactual_flops": flops,
+                 "classifier": "acat" if explainer.acat is not None else "baseline"}
 
     # ---- batched targets (the implementation) vs one target at a time
     log(f"bench: batched vs one-target-at-a-time counterfactuals on {case['name']} ({repeats} runs each)")

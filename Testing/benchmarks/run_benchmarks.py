@@ -136,7 +136,10 @@ def compare_tables(c: dict, peaks: dict) -> str:
     src = c.get("quality_source") or {}
     rows = [[m, fmt_range(v["explain_s"]), fmt(v["hit_score"], 3), fmt(v["reproduction_time_per_scan_s"])]
             for m, v in c["methods"].items()]
-    parts.append(f"### Methods ({c['case']}, {c['bundle']}; time: the whole `Explainer.explain` call)\n\n"
+    parts.append(f"### Methods ({c['case']}, {c['bundle']}; time: the whole `Explainer.explain` call"
+                 + ("" if c.get("classifier", "acat") == "acat" else
+                    ", predicting with the baseline: --quick leaves the ACAT classifier and its input out")
+                 + ")\n\n"
                  + table(["method", "explain s", "hit score", "reproduction s/scan"], rows)
                  + (f"\n\nQuality: hit score on the phantom test set (n={src.get('n_test')}) from "
                     f"`{src.get('source')}` (command: `{src.get('command')}`)." if src else
@@ -202,7 +205,7 @@ def targets(report: dict) -> list[dict]:
     out = []
     explain = {r["case"]: r for r in report.get("explain", {}).get("cases", [])}
     head = explain.get("head40") or explain.get("head12")
-    thin = explain.get("head300") or explain.get("head40thin")
+    thin = explain.get("head300") or explain.get("head24thin")
 
     def add(name, value, goal, met, unit=""):
         out.append({"target": name, "value": value, "goal": goal, "unit": unit,
@@ -314,7 +317,7 @@ def main(argv=None) -> int:
         from comparisons import run_comparisons
 
         result = run_comparisons({**head, "name": names[0]}, REPO / "Resources" / "Models" / head["bundle"],
-                                 repeats=repeats, steps=steps, log=log)
+                                 repeats=repeats, steps=steps, log=log, with_acat=not args.quick)
         texts.append(compare_tables(result, {k: v["gflops"] for k, v in peaks.items()}))
         return result
 
