@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import time
 from pathlib import Path
 from typing import Callable, Optional
@@ -17,7 +16,7 @@ from typing import Callable, Optional
 import torch
 
 from ACATLogic.bundle import load_bundle
-from ACATLogic.explain import Explainer, default_batch_chunks
+from ACATLogic.explain import Explainer, cpu_threads, default_batch_chunks
 from ACATLogic.io import read_volume
 from ACATLogic.options import ExplainOptions
 from ACATLogic.preprocess import prepare
@@ -65,7 +64,7 @@ def run_comparisons(case: dict, bundle_path: Path, *, repeats: int, steps: Optio
     """``with_acat=False`` (``--quick``) leaves the bundle's ACAT classifier out, so that no explain computes its
     class-agnostic input (the paper's 4 targets x 20 steps, whatever ``steps`` says): the methods' rows then
     time the baseline's prediction and the method alone."""
-    all_threads = os.cpu_count() or 1
+    all_threads = cpu_threads()  # OMP_NUM_THREADS when set (make test shares the CPUs), else the CPUs we may use
     volume = read_volume(case["path"])
     bundle = load_bundle(bundle_path)
     if not with_acat and "acat" in bundle.models:

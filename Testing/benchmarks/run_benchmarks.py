@@ -270,12 +270,13 @@ def main(argv=None) -> int:
 
     import torch
 
+    from ACATLogic.explain import cpu_threads
     from ACATLogic.io.atomic import atomic_path
     from cases import ensure_cases
     from machine import machine_info, machine_line, matmul_peak
 
     started = time.perf_counter()
-    all_threads = os.cpu_count() or 1
+    all_threads = cpu_threads()  # OMP_NUM_THREADS when set (make test shares the CPUs), else the CPUs we may use
     torch.set_num_threads(all_threads)
     info = machine_info()
     log("bench: measuring the fp32 matmul peak")
