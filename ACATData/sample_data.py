@@ -28,22 +28,12 @@ from pathlib import Path
 
 import numpy as np
 
+from ACATLogic.cache import cache_dir
 from ACATLogic.errors import ACATInputError
 from ACATLogic.volume import CTVolume, to_canonical
 
 CRANIUM_PACKAGE = "invesalius-examples"
 CRANIUM_MEMBER = "usr/share/doc/invesalius-examples/examples/Cranium.inv3"
-
-
-def cache_dir() -> Path:
-    """The user cache folder for fetched data (created on demand)."""
-    root = os.environ.get("ACAT_CACHE_DIR")
-    if root:
-        path = Path(root)
-    else:
-        path = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "acat"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 class SampleDataUnavailable(RuntimeError):

@@ -12,12 +12,23 @@ milliseconds and without allocating:
    more than `MAX_PARAMETER_BYTES` (or the memory budget, if lower) is refused;
 3. a forward pass on the meta device with the card's input size (``input.slices`` x ``input.size``)
    must give one output per label: a zero stride or an input too small for the network fails here.
+
+Steps 2-3 cost about 3 s of CPU in a fresh process, nearly all of it PyTorch importing its compiler and
+sympy for the meta device's Python kernels, for a check whose answer depends only on the config, the input
+size, the model code and the PyTorch version. So a passing measurement (the weights' bytes and the output
+shape) is kept in the user's cache (`ACATLogic.cache`, ``model-checks/``), keyed by all of those - the
+source of every file of ``ACATLogic/models`` and this module included - and every later load compares the
+kept numbers with this load's memory budget and labels. Failures are never kept, nor are architectures
+from installed packages (their code is not in the key); a cache that cannot be read or written is skipped.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import warnings
+from pathlib import Path
 from typing import Optional
 
 #: bounds on the sizes a config may give (generous: the shipped models use 6 to 128 channels)
@@ -65,10 +76,6 @@ def _forward(model, role: str, x):
 def architecture_problem(role: str, architecture: object, config: object, *, slices: int, size: tuple[int, int],
                          n_labels: Optional[int] = None, budget_bytes: Optional[int] = None) -> str:
     """Why the card's ``role`` model cannot be built and run on the card's input, or "" (module docstring)."""
-    import torch
-
-    from .models import create_model
-
     where = f"models.{role}.config"
     if not isinstance(architecture, str):
         return f"models.{role}.architecture must be a name"
@@ -76,29 +83,121 @@ def architecture_problem(role: str, architecture: object, config: object, *, sli
     if problem:
         return problem
     limit = MAX_PARAMETER_BYTES if budget_bytes is None else min(MAX_PARAMETER_BYTES, budget_bytes)
+    cache = _cache_file(role, architecture, config, slices, size)
+    measured = _read_measurement(cache)
+    if measured is None:
+        problem, measured = _measure(role, architecture, config, slices=slices, size=size, limit=limit)
+        if problem or measured is None:
+            return problem
+        _write_measurement(cache, measured)
+    n_bytes, out_shape = measured["n_bytes"], measured["out_shape"]
+    if n_bytes > limit:
+        return _too_big(role, architecture, n_bytes, limit)
+    if role != "autoencoder" and n_labels is not None and out_shape is not None and tuple(out_shape) != (1, n_labels):
+        return f"the {role} model gives outputs of shape {tuple(out_shape)}, not one per label ({n_labels})"
+    return ""
+
+
+def _too_big(role: str, architecture: str, n_bytes: int, limit: int) -> str:
+    return (f"the {role} architecture {architecture!r} would have {n_bytes / 2**30:.1f} GiB of weights (at most "
+            f"{limit / 2**30:.1f} GiB); the card's config is damaged")
+
+
+def _measure(role: str, architecture: str, config: dict, *, slices: int, size: tuple[int, int],
+             limit: int) -> tuple[str, Optional[dict]]:
+    """(problem, measurement): the model built and run on the meta device (steps 2-3); the measurement
+    ({"n_bytes", "out_shape"}) only when both ran, None when the meta device lacks an operation."""
+    import torch
+
+    from .models import create_model
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "Initializing zero-element tensors is a no-op" and such
         try:
             with torch.device("meta"):
                 model = create_model(architecture, **config)
         except NotImplementedError:
-            return ""  # an operation the meta device lacks: the real build will say what is wrong
+            return "", None  # an operation the meta device lacks: the real build will say what is wrong
         except (TypeError, ValueError, RuntimeError, KeyError, IndexError, OverflowError) as exc:
-            return f"cannot build the {role} architecture {architecture!r} ({' '.join(str(exc).split())[:160]})"
+            return f"cannot build the {role} architecture {architecture!r} ({' '.join(str(exc).split())[:160]})", None
         n_bytes = sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
         if n_bytes > limit:
-            return (f"the {role} architecture {architecture!r} would have {n_bytes / 2**30:.1f} GiB of weights (at most "
-                    f"{limit / 2**30:.1f} GiB); the card's config is damaged")
+            return _too_big(role, architecture, n_bytes, limit), None
         x = torch.empty((1, slices, 1, size[0], size[1]), device="meta")
         try:
             with torch.no_grad():
                 out = _forward(model.eval(), role, x)
         except NotImplementedError:
-            return ""
+            return "", None
         except (TypeError, ValueError, RuntimeError, IndexError, ZeroDivisionError, OverflowError) as exc:
             return (f"the {role} architecture {architecture!r} does not run on the card's input of {slices} x "
-                    f"{size[0]} x {size[1]} ({' '.join(str(exc).split())[:160]})")
-    if role != "autoencoder" and n_labels is not None and isinstance(out, torch.Tensor) \
-            and tuple(out.shape) != (1, n_labels):
-        return f"the {role} model gives outputs of shape {tuple(out.shape)}, not one per label ({n_labels})"
-    return ""
+                    f"{size[0]} x {size[1]} ({' '.join(str(exc).split())[:160]})"), None
+    out_shape = [int(n) for n in out.shape] if isinstance(out, torch.Tensor) else None
+    return "", {"n_bytes": int(n_bytes), "out_shape": out_shape}
+
+
+# -- the cache of passing measurements (module docstring) -------------------------------------------
+_CACHE_FORMAT = 1
+_code_digest: Optional[str] = None
+
+
+def _model_code_digest() -> str:
+    """sha256 of this module and every file of ACATLogic/models (computed once per process)."""
+    global _code_digest
+    if _code_digest is None:
+        h = hashlib.sha256()
+        here = Path(__file__).resolve()
+        for path in [here, *sorted((here.parent / "models").glob("*.py"))]:
+            h.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+        _code_digest = h.hexdigest()
+    return _code_digest
+
+
+def _cache_file(role: str, architecture: str, config: dict, slices: int, size) -> Optional[Path]:
+    """Where the measurement of this exact check is kept, or None (not cacheable, or no cache)."""
+    try:
+        import torch
+
+        from .cache import cache_dir
+        from .models.registry import _REGISTRY, create_model  # noqa: F401 - importing registers the built-ins
+
+        factory = _REGISTRY.get(architecture)
+        if factory is None or not getattr(factory, "__module__", "").startswith("ACATLogic.models"):
+            return None  # an installed package's architecture: its code is not part of the key
+        key = json.dumps([_CACHE_FORMAT, role, architecture, config, int(slices), [int(n) for n in size],
+                          torch.__version__, _model_code_digest()], sort_keys=True)
+        return cache_dir(create=False) / "model-checks" / f"{hashlib.sha256(key.encode()).hexdigest()[:40]}.json"
+    except (OSError, RuntimeError, TypeError, ValueError):
+        return None
+
+
+def _read_measurement(path: Optional[Path]) -> Optional[dict]:
+    """The kept measurement, or None when absent or not exactly what `_measure` writes."""
+    if path is None:
+        return None
+    try:
+        with open(path, "rb") as fh:
+            data = json.loads(fh.read(4096))
+        n_bytes, out_shape = data["n_bytes"], data["out_shape"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    def whole(v) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+    if not whole(n_bytes) or not (out_shape is None or (isinstance(out_shape, list) and len(out_shape) <= 8
+                                                         and all(whole(n) for n in out_shape))):
+        return None
+    return {"n_bytes": n_bytes, "out_shape": out_shape}
+
+
+def _write_measurement(path: Optional[Path], measured: dict) -> None:
+    """Keep ``measured`` at ``path`` (atomically: written beside, then renamed); any failure is ignored."""
+    if path is None:
+        return
+    try:
+        from .io.atomic import atomic_path
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path, overwrite=True) as tmp:
+            tmp.write_text(json.dumps(measured), encoding="utf-8")
+    except OSError:
+        pass

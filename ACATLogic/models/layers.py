@@ -17,7 +17,11 @@ def init_weights(module: nn.Module) -> None:
 
     Kaiming fan-out keeps activation variance stable through deep ReLU stacks trained from scratch,
     which is the situation of every model here (1-channel CT: no ImageNet weights apply as they are).
+    A model built on PyTorch's "meta" device (shapes only: `ACATLogic.model_check`) is left as it is: its
+    tensors hold no values, and a normal draw on meta imports torch's compiler (about 2 s of every load).
     """
+    if any(p.is_meta for p in module.parameters()):
+        return
     for m in module.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
