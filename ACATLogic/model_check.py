@@ -13,9 +13,9 @@ milliseconds and without allocating:
 3. a forward pass on the meta device with the card's input size (``input.slices`` x ``input.size``)
    must give one output per label: a zero stride or an input too small for the network fails here.
 
-Steps 2-3 cost about 3 s of CPU in a fresh process, nearly all of it PyTorch importing its compiler and
-sympy for the meta device's Python kernels, for a check whose answer depends only on the config, the input
-size, the model code and the PyTorch version. So a passing measurement (the weights' bytes and the output
+Steps 2-3 cost a fresh process 1.3-1.9 s (measured: README, Model bundles), nearly all of it PyTorch
+importing its compiler and sympy for the meta device's Python kernels, for a check whose answer depends only
+on the config, the input size, the model code and the PyTorch version. So a passing measurement (the weights' bytes and the output
 shape) is kept in the user's cache (`ACATLogic.cache`, ``model-checks/``), keyed by all of those - the
 source of every file of ``ACATLogic/models`` and this module included - and every later load compares the
 kept numbers with this load's memory budget and labels. Failures are never kept, nor are architectures

@@ -1,6 +1,6 @@
 """`ACATLogic.model_check`'s cache: a passing architecture check measured once, reused by every later load.
 
-The meta-device check costs a fresh process about 3 s of CPU (PyTorch imports its compiler and sympy for the
+The meta-device check costs a fresh process 1.3-1.9 s (PyTorch imports its compiler and sympy for the
 meta kernels); what it finds depends only on the config, the input size, the model code and PyTorch. The
 numbers kept must still meet each load's own budget and labels, a damaged entry must be measured again, and a
 failure or an architecture from an installed package must never be kept.
