@@ -16,10 +16,14 @@ milliseconds and without allocating:
 Steps 2-3 cost a fresh process 1.3-1.9 s (measured: README, Model bundles), nearly all of it PyTorch
 importing its compiler and sympy for the meta device's Python kernels, for a check whose answer depends only
 on the config, the input size, the model code and the PyTorch version. So a passing measurement (the weights' bytes and the output
-shape) is kept in the user's cache (`ACATLogic.cache`, ``model-checks/``), keyed by all of those - the
-source of every file of ``ACATLogic/models`` and this module included - and every later load compares the
-kept numbers with this load's memory budget and labels. Failures are never kept, nor are architectures
-from installed packages (their code is not in the key); a cache that cannot be read or written is skipped.
+shape) is kept in the user's cache (`ACATLogic.cache`, ``model-checks/torch-VERSION-CODE/``, or
+``$ACAT_MODEL_CHECK_DIR``), keyed by all of those - the source of every file of ``ACATLogic/models`` and of
+this module included - and every later load compares the kept numbers with its own memory budget and labels.
+Never kept: failures, and architectures whose code is not all in ACATLogic/models (an installed package's,
+or a built-in one whose config names one, such as an ACAT backbone). Trusted only from a regular file and a
+folder that this user owns and nobody else may write (whoever can write there could switch the check off);
+a cache that cannot be read or written is skipped; a new code version's first write removes the older
+versions' folders.
 """
 
 from __future__ import annotations
@@ -27,6 +31,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
+import shutil
+import stat
 import warnings
 from pathlib import Path
 from typing import Optional
@@ -138,51 +145,91 @@ def _measure(role: str, architecture: str, config: dict, *, slices: int, size: t
 
 # -- the cache of passing measurements (module docstring) -------------------------------------------
 _CACHE_FORMAT = 1
-_code_digest: Optional[str] = None
+#: the folder of kept checks instead of ``<cache>/model-checks`` (``make test`` gives each run its own)
+CHECK_DIR_ENV = "ACAT_MODEL_CHECK_DIR"
 
 
 def _model_code_digest() -> str:
-    """sha256 of this module and every file of ACATLogic/models (computed once per process)."""
-    global _code_digest
-    if _code_digest is None:
-        h = hashlib.sha256()
-        here = Path(__file__).resolve()
-        for path in [here, *sorted((here.parent / "models").glob("*.py"))]:
-            h.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
-        _code_digest = h.hexdigest()
-    return _code_digest
+    """sha256 of this module and every file under ACATLogic/models, read when this module is imported."""
+    h = hashlib.sha256()
+    here = Path(__file__).resolve()
+    for path in [here, *sorted((here.parent / "models").rglob("*.py"))]:
+        h.update(str(path.relative_to(here.parent)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+_code_digest = _model_code_digest()
+
+
+def _built_in(name: str) -> bool:
+    from .models.registry import _REGISTRY
+
+    factory = _REGISTRY.get(name)
+    return factory is not None and getattr(factory, "__module__", "").startswith("ACATLogic.models.")
+
+
+def _checks_dir() -> Path:
+    """This code's folder of kept checks: one per PyTorch version and model code."""
+    import torch
+
+    from .cache import cache_dir
+
+    root = os.environ.get(CHECK_DIR_ENV)
+    base = Path(root) if root else cache_dir(create=False) / "model-checks"
+    return base / f"torch-{torch.__version__.replace('+', '-')}-{_code_digest[:16]}"
 
 
 def _cache_file(role: str, architecture: str, config: dict, slices: int, size) -> Optional[Path]:
-    """Where the measurement of this exact check is kept, or None (not cacheable, or no cache)."""
+    """Where the measurement of this exact check is kept, or None: an architecture whose code is not all in
+    ACATLogic/models (one from an installed package, or a config naming one, such as an ACAT backbone)."""
     try:
-        import torch
+        from . import models  # noqa: F401 - importing the package registers the built-in architectures
+        from .models.registry import list_models
 
-        from .cache import cache_dir
-        from .models.registry import _REGISTRY, create_model  # noqa: F401 - importing registers the built-ins
-
-        factory = _REGISTRY.get(architecture)
-        if factory is None or not getattr(factory, "__module__", "").startswith("ACATLogic.models"):
-            return None  # an installed package's architecture: its code is not part of the key
-        key = json.dumps([_CACHE_FORMAT, role, architecture, config, int(slices), [int(n) for n in size],
-                          torch.__version__, _model_code_digest()], sort_keys=True)
-        return cache_dir(create=False) / "model-checks" / f"{hashlib.sha256(key.encode()).hexdigest()[:40]}.json"
+        names = set(list_models())
+        named = [architecture] + [v for v in config.values() if isinstance(v, str) and v in names]
+        if not all(_built_in(name) for name in named):
+            return None
+        key = json.dumps([_CACHE_FORMAT, role, architecture, config, int(slices), [int(n) for n in size]],
+                         sort_keys=True)
+        return _checks_dir() / f"{hashlib.sha256(key.encode()).hexdigest()[:40]}.json"
     except (OSError, RuntimeError, TypeError, ValueError):
         return None
 
 
+def _private(st: os.stat_result) -> bool:
+    """Owned by this user and writable by nobody else: a kept check is trusted only then (Windows has no
+    such owner and mode bits: there the user's own profile folder, which holds the cache, is what keeps
+    others out)."""
+    if not hasattr(os, "geteuid"):
+        return True
+    return st.st_uid == os.geteuid() and not st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+
+
 def _read_measurement(path: Optional[Path]) -> Optional[dict]:
-    """The kept measurement, or None when absent or not exactly what `_measure` writes."""
+    """The kept measurement, or None when absent, not a private regular file in a private folder (another
+    user could plant one there), or not exactly what `_measure` writes."""
     if path is None:
         return None
     try:
-        with open(path, "rb") as fh:
-            data = json.loads(fh.read(4096))
+        folder = os.lstat(path.parent)
+        if not stat.S_ISDIR(folder.st_mode) or not _private(folder):
+            return None
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or not _private(st) or st.st_size > 4096:
+                return None
+            data = json.loads(os.read(fd, 4096))
+        finally:
+            os.close(fd)
         n_bytes, out_shape = data["n_bytes"], data["out_shape"]
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
         return None
+
     def whole(v) -> bool:
         return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
     if not whole(n_bytes) or not (out_shape is None or (isinstance(out_shape, list) and len(out_shape) <= 8
                                                          and all(whole(n) for n in out_shape))):
         return None
@@ -190,13 +237,19 @@ def _read_measurement(path: Optional[Path]) -> Optional[dict]:
 
 
 def _write_measurement(path: Optional[Path], measured: dict) -> None:
-    """Keep ``measured`` at ``path`` (atomically: written beside, then renamed); any failure is ignored."""
+    """Keep ``measured`` at ``path`` (atomically: written beside, then renamed), in a folder only this user
+    may write; the first write of a new code version removes the folders of older ones. Failures are ignored."""
     if path is None:
         return
     try:
         from .io.atomic import atomic_path
 
-        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.parent.is_dir():
+            path.parent.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            path.parent.mkdir(mode=0o700, exist_ok=True)
+            for old in path.parent.parent.glob("torch-*"):
+                if old != path.parent and old.is_dir() and not old.is_symlink():
+                    shutil.rmtree(old, ignore_errors=True)
         with atomic_path(path, overwrite=True) as tmp:
             tmp.write_text(json.dumps(measured), encoding="utf-8")
     except OSError:

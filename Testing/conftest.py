@@ -185,7 +185,35 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.slow)
 
 
+_MADE_CHECK_DIR: list[str] = []
+
+
+def _own_model_check_dir() -> None:
+    """The architecture checks this run keeps (`ACATLogic.model_check`) go to a folder of its own, shared by
+    its workers and their child processes (made before the workers start, which inherit the variable), so a
+    run neither reads nor fills the user's ~/.cache/acat/model-checks; removed when the run ends."""
+    if os.environ.get("PYTEST_XDIST_WORKER") or "ACAT_MODEL_CHECK_DIR" in os.environ:
+        return
+    import tempfile
+
+    folder = tempfile.mkdtemp(prefix="acat-test-model-checks-")
+    os.environ["ACAT_MODEL_CHECK_DIR"] = folder
+    _MADE_CHECK_DIR.append(folder)
+
+
+def pytest_unconfigure(config):
+    import shutil
+
+    for folder in _MADE_CHECK_DIR:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def pytest_configure(config):
+    _own_model_check_dir()
+    _share_the_cpus()
+
+
+def _share_the_cpus() -> None:
     """Under pytest-xdist (``make test`` runs one worker per CPU, up to 4) each worker and the processes its
     tests start share the CPUs instead of each taking all of them: OMP_NUM_THREADS = CPUs // workers, which
     torch, the Explainer (`ACATLogic.explain.cpu_threads`) and every child process read."""

@@ -18,7 +18,7 @@ def init_weights(module: nn.Module) -> None:
     Kaiming fan-out keeps activation variance stable through deep ReLU stacks trained from scratch,
     which is the situation of every model here (1-channel CT: no ImageNet weights apply as they are).
     A model built on PyTorch's "meta" device (shapes only: `ACATLogic.model_check`) is left as it is: its
-    tensors hold no values, and a normal draw on meta imports torch's compiler (about 2 s of every load).
+    tensors hold no values, and a normal draw on meta imports torch's compiler (1-2 s of a fresh process).
     """
     if any(p.is_meta for p in module.parameters()):
         return

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -251,7 +250,7 @@ def targets_table(items: list[dict], quick: bool) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=REPO / "bench-output")
-    parser.add_argument("--quick", action="store_true", help="tiny cases, 2 steps, 1 run: for the test")
+    parser.add_argument("--quick", action="store_true", help="tiny cases, 2 steps, 1 run, the methods timed without the ACAT classifier: for the test")
     parser.add_argument("--repeats", type=int, default=None, help="runs per measurement (default 3; --quick 1)")
     parser.add_argument("--big-repeats", type=int, default=1,
                         help="runs of the 300-slice case (default 1: it is there for its peak memory)")
