@@ -43,6 +43,7 @@ def test_prints_markdown_tables_with_a_machine_line(bench):
                     "### GPU", "### Training throughput", "### Reading a DICOM series", "### Targets"):
         assert heading in stdout, heading
     assert "| case | bundle | read s |" in stdout
+    assert "(--quick: the bundles' ACAT classifiers and their input are left out; the baseline predicts.)" in stdout
     assert (out / "bench.md").read_text().strip() == stdout.strip()
     assert not list(out.glob(".bench.json.*")), "the JSON is written atomically: no temporary left"
 
@@ -60,6 +61,8 @@ def test_explain_cases_have_every_stage_memory_and_flops(bench):
     _, _, report = bench
     cases = report["explain"]["cases"]
     assert [c["bundle"] for c in cases] == ["brain-stroke-phantom", "brain-stroke-phantom", "lung-covid-phantom"]
+    # --quick leaves the ACAT classifiers out (the baseline predicts) and says so under the table
+    assert all(c["classifier"] == "baseline" for c in cases)
     for c in cases:
         for stage in ("read_s", "preprocess_s", "classify_s", "counterfactual_s", "map_back_s", "write_s",
                       "explain_s", "end_to_end_s"):

@@ -12,6 +12,7 @@ device, `flops.py`).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import resource
 import sys
@@ -48,6 +49,8 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=None, help="counterfactual steps (default: the bundle's)")
     parser.add_argument("--method", default="counterfactual")
     parser.add_argument("--flops", action="store_true", help="count the counterfactual loop's FLOPs afterwards")
+    parser.add_argument("--without-acat", action="store_true",
+                        help="leave the bundle's ACAT classifier out (predict with the baseline): --quick's runs")
     args = parser.parse_args(argv)
 
     import torch
@@ -60,6 +63,8 @@ def main(argv=None) -> int:
     result = {"rss_after_imports_mb": round(peak_rss_mb(), 1)}
     t0 = time.perf_counter()
     bundle = load_bundle(args.bundle)
+    if args.without_acat and "acat" in bundle.models:
+        bundle = dataclasses.replace(bundle, models={k: m for k, m in bundle.models.items() if k != "acat"})
     explainer = Explainer(bundle, device="cpu", threads=args.threads)
     result["load_s"] = time.perf_counter() - t0
     result["threads"] = torch.get_num_threads()
