@@ -26,7 +26,7 @@ import json
 import math
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Optional
 
@@ -237,6 +237,14 @@ def check_architectures(card: dict, card_path: Path) -> None:
                                        size=spec.size, n_labels=len(card["labels"]), budget_bytes=memory_budget_bytes())
         if problem:
             raise _fail(f"invalid architecture in the model card: {problem}", card_path)
+
+
+def without_acat(bundle: "ModelBundle") -> "ModelBundle":
+    """The same bundle less its ACAT classifier: the baseline predicts (the comparison methods' evaluation,
+    the benchmark's --quick runs)."""
+    if "acat" not in bundle.models:
+        return bundle
+    return replace(bundle, models={k: m for k, m in bundle.models.items() if k != "acat"})
 
 
 def load_bundle(folder, *, device: str | torch.device = "cpu") -> ModelBundle:

@@ -65,7 +65,7 @@ import numpy as np
 import torch
 
 from ACATLogic import __version__ as acat_version
-from ACATLogic.bundle import ModelBundle, load_bundle, resolve_model, sha256_file
+from ACATLogic.bundle import ModelBundle, load_bundle, resolve_model, sha256_file, without_acat
 from ACATLogic.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_OK, ACATInputError
 from ACATLogic.explain import Explainer, Explanation
 from ACATLogic.io.atomic import atomic_path
@@ -542,13 +542,6 @@ def render_markdown(report: dict) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------------
-def without_acat(bundle: ModelBundle) -> ModelBundle:
-    """The same bundle less its ACAT classifier (the comparison methods explain the baseline)."""
-    if "acat" not in bundle.models:
-        return bundle
-    return dataclasses.replace(bundle, models={k: m for k, m in bundle.models.items() if k != "acat"})
-
-
 def evaluate(bundle_path, manifest_path, methods: Union[str, Sequence[str]] = DEFAULT_METHODS, out_dir=".",
              split: str = "test", limit: Optional[int] = None, device: str = "auto", coverage: str = "all",
              steps: Optional[int] = None, *, overwrite: bool = False, command: Optional[str] = None,

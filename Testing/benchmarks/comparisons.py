@@ -7,7 +7,6 @@ falls on both; the tables show the median and the range.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 from pathlib import Path
@@ -15,7 +14,7 @@ from typing import Callable, Optional
 
 import torch
 
-from ACATLogic.bundle import load_bundle
+from ACATLogic.bundle import load_bundle, without_acat
 from ACATLogic.explain import Explainer, cpu_threads, default_batch_chunks
 from ACATLogic.io import read_volume
 from ACATLogic.options import ExplainOptions
@@ -67,8 +66,8 @@ def run_comparisons(case: dict, bundle_path: Path, *, repeats: int, steps: Optio
     all_threads = cpu_threads()  # OMP_NUM_THREADS when set (make test shares the CPUs), else the CPUs we may use
     volume = read_volume(case["path"])
     bundle = load_bundle(bundle_path)
-    if not with_acat and "acat" in bundle.models:
-        bundle = dataclasses.replace(bundle, models={k: m for k, m in bundle.models.items() if k != "acat"})
+    if not with_acat:
+        bundle = without_acat(bundle)
     explainer = Explainer(bundle, device="cpu", threads=all_threads)
     steps = int(steps if steps is not None else bundle.explanation_defaults["steps"])
     x = prepare(volume, bundle.spec).images

@@ -12,7 +12,6 @@ device, `flops.py`).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import resource
 import sys
@@ -55,7 +54,7 @@ def main(argv=None) -> int:
 
     import torch
 
-    from ACATLogic.bundle import load_bundle
+    from ACATLogic.bundle import load_bundle, without_acat
     from ACATLogic.explain import Explainer
     from ACATLogic.io import read_volume
     from ACATLogic.outputs import write_explanation
@@ -63,8 +62,8 @@ def main(argv=None) -> int:
     result = {"rss_after_imports_mb": round(peak_rss_mb(), 1)}
     t0 = time.perf_counter()
     bundle = load_bundle(args.bundle)
-    if args.without_acat and "acat" in bundle.models:
-        bundle = dataclasses.replace(bundle, models={k: m for k, m in bundle.models.items() if k != "acat"})
+    if args.without_acat:
+        bundle = without_acat(bundle)
     explainer = Explainer(bundle, device="cpu", threads=args.threads)
     result["load_s"] = time.perf_counter() - t0
     result["threads"] = torch.get_num_threads()
