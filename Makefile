@@ -47,15 +47,16 @@ system-deps:
 
 # pytest's exit code 5 ("no tests collected") is a failure here. The tests run in TEST_WORKERS processes
 # (pytest-xdist; default: one per CPU this process may use, at most 4), each test file in one worker (its
-# module fixtures are built once); `make test TEST_WORKERS=0` runs them in this one process.
+# module fixtures are built once), the longest files first (Testing/conftest.py, order_by_expected_time);
+# `make test TEST_WORKERS=0` runs them in this one process.
 TEST_WORKERS ?= $(shell $(PYTHON) -c "import os; print(min(4, len(os.sched_getaffinity(0))) if hasattr(os, 'sched_getaffinity') else 1)")
 test: system-deps data
-	@$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile; rc=$$?; \
+	@$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
 # The edit loop: every test but the ones marked slow (Testing/conftest.py says which and why); CI runs `make test`.
 test-fast: venv data
-	@$(PY) -m pytest -m "not slow" -q -n $(TEST_WORKERS) --dist loadfile; rc=$$?; \
+	@$(PY) -m pytest -m "not slow" -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test-fast: pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
 # The demo case (the real head CT with a simulated left MCA infarct, as a DICOM series), explained with the

@@ -295,7 +295,7 @@ def test_make_test_runs_everything_and_make_test_fast_leaves_out_the_slow_tests(
     test = re.search(r"^test: .*?\n((?:\t.*\n)+)", makefile, re.M).group(1)
     fast = re.search(r"^test-fast: .*?\n((?:\t.*\n)+)", makefile, re.M).group(1)
     # CI's make test: the full suite (in parallel workers), no marker or keyword selection
-    assert "-m pytest -n $(TEST_WORKERS) --dist loadfile;" in test
+    assert "-m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder;" in test
     assert "-m " not in test.replace("-m pytest", "") and " -k " not in test
     assert '-m pytest -m "not slow"' in fast and "rc -eq 5" in fast
     assert re.search(r"^TEST_WORKERS \?= ", makefile, re.M)
@@ -318,6 +318,48 @@ def test_the_slow_list_names_real_tests_and_fixtures():
     assert not is_slow("test_cli.py::test_info_on_ctchest") and not is_slow("test_cli.py::test_info_on_ctchest_x")
     assert is_slow("test_counterfactual.py::test_x", ["tmp_path", "blob_model"])
     assert not is_slow("test_other.py::test_x", ["blob_model"])
+
+
+def test_make_test_gives_its_workers_the_longest_files_first():
+    """The collection is ordered by each file's expected seconds (conftest's "~N s"), longest first, each
+    file's tests staying together and in their order, and every slow entry states its seconds."""
+    from conftest import SLOW, SLOW_FIXTURES, expected_seconds, order_by_expected_time
+
+    assert all(re.search(r"~\d+ s", why) for why in list(SLOW.values()) + list(SLOW_FIXTURES.values()))
+
+    class Item:
+        def __init__(self, nodeid, fixtures=(), slow=False):
+            self.nodeid, self.fixturenames, self.slow = nodeid, fixtures, slow
+
+        def get_closest_marker(self, name):
+            return object() if name == "slow" and self.slow else None
+
+        def __repr__(self):
+            return self.nodeid
+
+    items = [Item("Testing/test_models.py::test_a"), Item("Testing/test_models.py::test_b"),
+             Item("Testing/test_cli.py::test_usage_errors_exit_2"), Item("Testing/test_cli.py::test_help"),
+             Item("Testing/test_bad_input_corpus.py::test_input[x]", slow=True),
+             Item("Testing/test_counterfactual.py::test_one", ["blob_model"]),
+             Item("Testing/test_counterfactual.py::test_two", ["blob_model"]),
+             Item("Testing/test_web_browser.py::test_explain_in_the_browser"),
+             Item("Testing/test_web_browser.py::test_second")]
+    seconds = expected_seconds(items)
+    browser = float(re.search(r"~(\d+) s", SLOW["test_web_browser.py"]).group(1))
+    blob = float(re.search(r"~(\d+) s", SLOW_FIXTURES["test_counterfactual.py::blob_model"]).group(1))
+    usage = float(re.search(r"~(\d+) s", SLOW["test_cli.py::test_usage_errors_exit_2"]).group(1))
+    assert seconds["test_web_browser.py"] == browser  # a file entry counts once, not per test
+    assert seconds["test_counterfactual.py"] == blob  # so does a module fixture
+    assert seconds["test_cli.py"] == pytest.approx(usage + 0.05)
+    assert seconds["test_bad_input_corpus.py"] == 1.0 and seconds["test_models.py"] == pytest.approx(0.1)
+    order_by_expected_time(items)
+    files = [item.nodeid.split("::")[0] for item in items]
+    runs = [f for i, f in enumerate(files) if i == 0 or files[i - 1] != f]
+    assert len(runs) == len(set(runs))  # each file's tests together
+    assert [seconds[f.split("/")[-1]] for f in runs] == sorted((seconds[f.split("/")[-1]] for f in runs), reverse=True)
+    assert runs[0] == "Testing/test_web_browser.py" and runs[-1] == "Testing/test_models.py"
+    assert [i.nodeid for i in items if "models" in i.nodeid] == ["Testing/test_models.py::test_a",
+                                                                 "Testing/test_models.py::test_b"]
 
 
 # -- the before-stop hook's checks, mirrored (shared/hooks/before-stop) ----------------------------------
