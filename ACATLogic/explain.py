@@ -292,11 +292,15 @@ class Explainer:
                                                  run.cf_progress, run.cancel)
             if self.acat is not None:
                 trained = self.parameters(self.trained_options)
-                same = run.shown is not None and all(run.params[k] == trained[k] for k in trained if k != "method")
+                # neither whitening (the map only, not the counterfactuals: an unwhitened input comes from
+                # either) nor the coverage (what is written; run.x is the same) changes the optimisation
+                same = run.shown is not None and all(run.params[k] == trained[k] for k in trained
+                                                     if k not in ("method", "whiten", "coverage")) and \
+                    (not trained["whiten"] or run.params["whiten"])
                 source = run.shown if same else self._counterfactual(
                     self.fast_baseline, run.x, trained, run.organ if trained["organ_mask"] else None,
                     run.batch_chunks, run.cf_progress if run.shown is None else no_progress, run.cancel)
-                run.acat_input = source.class_agnostic("per_scan")
+                run.acat_input = source.class_agnostic("per_scan", whiten=bool(trained["whiten"]))
         run.check_cancel()
 
     def _classify(self, run: "_Run") -> None:

@@ -313,3 +313,9 @@ def test_whitening_takes_the_decoders_gain_out_of_the_map(blob_model):
     # the same scan gives the same whitened map (the probes have a fixed seed)
     again = CounterfactualSaliency(blob_model, ae, whiten=True, **kwargs).explain(x, targets=[0])
     torch.testing.assert_close(again.maps, white.maps)
+    # the unwhitened class-agnostic map (an ACAT classifier's input) comes back from the whitened run
+    torch.testing.assert_close(white.class_agnostic(whiten=False), plain.class_agnostic(), rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(white.class_agnostic(), plain.class_agnostic(), atol=1e-3)
+    assert plain.gain is None and white.gain.shape == x.shape
+    with pytest.raises(ValueError, match="not whitened"):
+        plain.class_agnostic(whiten=True)

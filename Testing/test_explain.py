@@ -30,6 +30,29 @@ def _same_grid(a, b):
     np.testing.assert_array_equal(a.direction, b.direction)
 
 
+def test_a_whitened_map_and_the_acat_input_come_from_one_optimisation(brain_bundle, cranium, monkeypatch):
+    """An ACAT bundle trained on unwhitened maps: ``whiten`` changes the map shown, not the counterfactuals,
+    so the same optimisation also gives ACAT its input - one run, the same prediction as without whiten."""
+    explainer = Explainer(load_bundle(brain_bundle), device="cpu")
+    assert explainer.parameters(explainer.trained_options)["whiten"] is False
+    runs = []
+    original = Explainer._counterfactual
+
+    def counted(self, *args, **kwargs):
+        runs.append(args[2]["whiten"])
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Explainer, "_counterfactual", counted)
+    plain = explainer.explain(cranium, coverage="sampled")  # the card's parameters, as ACAT was trained
+    white = explainer.explain(cranium, coverage="sampled", whiten=True)
+    assert runs == [False, True]  # one optimisation each
+    assert white.classifier == plain.classifier == "acat"
+    for label in plain.probabilities:
+        assert white.probabilities[label] == pytest.approx(plain.probabilities[label], abs=1e-5)
+    assert white.parameters["whiten"] is True
+    assert not np.allclose(white.saliency.voxels_hu, plain.saliency.voxels_hu, atol=1e-3)
+
+
 def test_explainer_on_real_head_ct(brain_bundle, cranium_series):
     volume = read_volume(cranium_series)
     bundle = load_bundle(brain_bundle)

@@ -112,6 +112,7 @@ class CounterfactualResult:
         targets: the T targets.
         losses: (T, B, steps) the objective before each update (nan after the pair stopped).
         latent_l1: (T, B) mean |z' - z0| over the latent's elements at the end.
+        gain: (B, S, 1, H, W) the decoder's gain the differences were divided by (``whiten``), else None.
     """
 
     saliency: torch.Tensor
@@ -126,11 +127,20 @@ class CounterfactualResult:
     targets: list
     losses: Optional[torch.Tensor] = None
     latent_l1: Optional[torch.Tensor] = None
+    gain: Optional[torch.Tensor] = None
 
-    def class_agnostic(self, normalise: Literal["per_scan", "joint"] = "per_scan") -> torch.Tensor:
+    def class_agnostic(self, normalise: Literal["per_scan", "joint"] = "per_scan",
+                       whiten: Optional[bool] = None) -> torch.Tensor:
         """(B, S, 1, H, W) the class-agnostic map with its own normalisation (ACAT's saliency input is
-        normalised per scan in training, whatever the Explainer shows)."""
-        return class_agnostic(self.differences, self.targets, normalise)
+        normalised per scan in training, whatever the Explainer shows). ``whiten=False`` gives the map of
+        the same optimisation without the decoder's gain taken out (whitening changes the map only, not the
+        counterfactuals); None: as the differences are."""
+        differences = self.differences
+        if whiten is False and self.gain is not None:
+            differences = differences * self.gain.unsqueeze(0)
+        elif whiten and self.gain is None:
+            raise ValueError("these differences were not whitened: the decoder's gain was not measured")
+        return class_agnostic(differences, self.targets, normalise)
 
 
 def class_agnostic(differences: torch.Tensor, targets: Sequence[int],
@@ -259,7 +269,7 @@ class CounterfactualSaliency:
                               torch.full(hit.shape[:2], -1.0, device=hit.device)).long()
         progress(1.0, "counterfactuals done")
         return CounterfactualResult(saliency, maps, cfs, ref, diffs, traj, p_target, reached, stopped, targets,
-                                    losses, latent_l1)
+                                    losses, latent_l1, gain if self.whiten else None)
 
     # ---------------------------------------------------------------------------------------------
     def _autocast(self, device: torch.device):
