@@ -118,6 +118,9 @@ def explain_tables(results: list[dict], peak: dict, without_acat: bool = False) 
                f"% of matmul peak ({peak['gflops']:.0f})"]
     note = ("\n\n(--quick: the bundles' ACAT classifiers and their input are left out; the baseline predicts.)"
             if without_acat else "")
+    if any(r["counterfactual_flops"] is None for r in results):
+        note += ("\n\n(cf GFLOP: \"-\" where the counterfactuals stop early, the default: a FLOP count assumes every "
+                 "step; the CPU threads table runs every step and gives the loop's rate.)")
     return "### Explain, per case (median (min-max) of runs)\n\n" + table(headers, rows) + note
 
 
@@ -126,7 +129,7 @@ def compare_tables(c: dict, peaks: dict) -> str:
     tb = c["targets_batched"]
     parts.append(f"### Batched targets vs one target at a time ({c['case']}, {c['bundle']}, {c['targets']} targets, "
                  f"{c['steps']} steps)\n\n" + table(
-                     ["variant", "cf loop s", "GFLOP", "speed-up"],
+                     ["variant", "cf loop s", "GFLOP (every step)", "speed-up"],
                      [["batched (implementation)", fmt_range(tb["batched_s"]), fmt(c["counterfactual_flops"] / 1e9, 1),
                        fmt_range(tb["speedup"])],
                       ["one target at a time", fmt_range(tb["sequential_s"]), fmt(tb["sequential_flops"] / 1e9, 1),
@@ -135,7 +138,7 @@ def compare_tables(c: dict, peaks: dict) -> str:
                    f"{tb['max_abs_counterfactual_difference']:.2e}")
     rows = [[f"{v['images']}" + (" (CPU default)" if k == "default" else ""), fmt_range(v["counterfactual_s"]),
              fmt_range(v["gflops"], 1)] for k, v in c["batch_images"].items()]
-    parts.append(f"### Images per batch in the counterfactual loop ({c['case']})\n\n"
+    parts.append(f"### Images per batch in the counterfactual loop ({c['case']}; every step run, no early stop)\n\n"
                  + table(["images per batch", "cf loop s", "GFLOP/s"], rows))
     src = c.get("quality_source") or {}
     rows = [[m, fmt_range(v["explain_s"]), fmt(v["hit_score"], 3), fmt(v["reproduction_time_per_scan_s"])]
@@ -154,7 +157,7 @@ def compare_tables(c: dict, peaks: dict) -> str:
         g = median(v["gflops"])
         rows.append([n, fmt_range(v["counterfactual_s"]), fmt_range(v["gflops"], 1),
                      fmt(peak, 0) if peak else "-", fmt(100 * g / peak if g and peak else None, 0)])
-    parts.append("### CPU threads (counterfactual loop)\n\n"
+    parts.append("### CPU threads (counterfactual loop; every step run, no early stop)\n\n"
                  + table(["threads", "cf loop s", "GFLOP/s", "matmul peak GFLOP/s", "% of peak"], rows))
     return "\n\n".join(parts)
 
@@ -215,8 +218,16 @@ def targets(report: dict) -> list[dict]:
         out.append({"target": name, "value": value, "goal": goal, "unit": unit,
                     "met": None if value is None else bool(met(value))})
 
+    comp = report.get("compare")
     if head:
-        add("counterfactual loop >= 40% of the measured matmul peak", head["fraction_of_matmul_peak"],
+        fraction = head["fraction_of_matmul_peak"]
+        if fraction is None and comp and "threads" in comp:  # early stop: the loop's rate from the threads table
+            peaks = report.get("matmul_peak") or {}
+            best = max(comp["threads"], key=int)
+            peak_gflops = (peaks.get(best) or {}).get("gflops")
+            rate = median(comp["threads"][best]["gflops"])
+            fraction = rate / peak_gflops if rate and peak_gflops else None
+        add("counterfactual loop >= 40% of the measured matmul peak", fraction,
             TARGETS["flops_fraction"], lambda v: v >= TARGETS["flops_fraction"])
         add(f"{head['case']} end to end (read + explain + write) <= 10 s", median(head["stages_s"]["end_to_end_s"]),
             TARGETS["head_end_to_end_s"], lambda v: v <= TARGETS["head_end_to_end_s"], "s")
@@ -226,7 +237,6 @@ def targets(report: dict) -> list[dict]:
     if thin:
         add(f"{thin['case']} peak memory <= 3 GiB", median(thin["peak_rss_mb"]) / GIB, TARGETS["thin_peak_rss_gib"],
             lambda v: v <= TARGETS["thin_peak_rss_gib"], "GiB")
-    comp = report.get("compare")
     if comp and "targets_batched" in comp:
         add("batched targets >= 1.5x one target at a time", median(comp["targets_batched"]["speedup"]),
             TARGETS["batched_speedup"], lambda v: v >= TARGETS["batched_speedup"], "x")
