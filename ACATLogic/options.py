@@ -29,6 +29,9 @@ from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
 METHODS = ("counterfactual", "latent_shift", "gradient", "gradcam", "integrated_gradients")
+#: the saliency overlay's default threshold in every front end (overview.png, Slicer, web viewer): only the
+#: voxels above this percentile of the map are coloured (95: the top 5 %)
+OVERLAY_PERCENTILE = 95.0
 VARIANTS = ("residual", "paper")
 OPTIMIZERS = ("sgd", "adam", "normalised")
 STARTS = ("image", "reconstruction")

@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from .io.atomic import atomic_path
+from .options import OVERLAY_PERCENTILE
 from .volume import CTVolume, to_canonical
 
 TILE = 220
@@ -57,9 +58,11 @@ def tile(rgb: np.ndarray, spacing_ji: tuple[float, float], caption: str = "", *,
 
 
 def pick_slices(saliency: np.ndarray, n: int = 3) -> list[int]:
-    """The n slices with the most saliency, at least a few slices apart (canonical k indices)."""
+    """The slice through the map's maximum, then the slices with the most saliency, at least a few slices
+    apart (n in all; canonical k indices)."""
     mass = saliency.reshape(saliency.shape[0], -1).sum(axis=1)
-    order = np.argsort(-mass)
+    peak = int(np.unravel_index(int(np.argmax(saliency)), saliency.shape)[0])
+    order = [peak] + [int(k) for k in np.argsort(-mass, kind="stable") if int(k) != peak]
     gap = max(1, saliency.shape[0] // (3 * n))
     chosen: list[int] = []
     for k in order:
@@ -68,6 +71,16 @@ def pick_slices(saliency: np.ndarray, n: int = 3) -> list[int]:
         if len(chosen) == n:
             break
     return sorted(chosen)
+
+
+def overlay_range(saliency: np.ndarray, percentile: float = OVERLAY_PERCENTILE) -> tuple[float, float]:
+    """(threshold, maximum) of the overlay: voxels above the ``percentile`` of the map are coloured, as the
+    Slicer module and the web viewer colour them by default (a zero voxel never is)."""
+    high = float(np.max(saliency)) if saliency.size else 0.0
+    low = max(float(np.percentile(saliency, percentile)) if saliency.size else 0.0, 0.0)
+    if not high > low:  # a flat or empty map: nothing above the threshold
+        return high, high + 1.0
+    return low, high
 
 
 def write_overview(path: Path, ct: CTVolume, saliency: CTVolume, counterfactual: Optional[CTVolume],
@@ -88,11 +101,12 @@ def write_overview(path: Path, ct: CTVolume, saliency: CTVolume, counterfactual:
               fill=(200, 200, 200), font=font)
     for c, name in enumerate(columns):
         draw.text((c * TILE + 6, header), name, fill=(255, 255, 255), font=font)
+    low, high = overlay_range(sal_c.voxels_hu)
     for r, k in enumerate(slices):
         base = _grey(ct_c.voxels_hu[k], window)
-        s = sal_c.voxels_hu[k]
-        alpha = np.clip((s - 0.2) / 0.8, 0, 1)[..., None] * 0.8
-        tiles = [base, base * (1 - alpha) + hot(s) * alpha]
+        s = np.clip((sal_c.voxels_hu[k] - low) / (high - low), 0, 1)  # 0 at the threshold, 1 at the maximum
+        alpha = np.where(sal_c.voxels_hu[k] > low, 0.3 + 0.55 * s, 0.0)[..., None]
+        tiles = [base, base * (1 - alpha) + hot(0.4 + 0.6 * s) * alpha]  # red at the threshold, white at the top
         if cf_c is not None:
             tiles.append(_grey(cf_c.voxels_hu[k], window))
             tiles.append(_diverging(cf_c.voxels_hu[k] - ct_c.voxels_hu[k], max(window[1] / 4, 1.0)))

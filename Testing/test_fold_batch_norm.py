@@ -55,12 +55,16 @@ def test_counterfactuals_through_folded_models_match(bundle):
     folded = CounterfactualSaliency(fold_batch_norm(bundle.models["baseline"]),
                                     fold_batch_norm(bundle.models["autoencoder"]), **kwargs).explain(x)
     # Float rounding only, but 4 gradient steps through ReLUs and max-pools (ties in flat regions) carry it
-    # on: the same size as switching the models to channels-last memory (measured: saliency max 8e-3,
-    # mean 6e-5 there; 8e-3 and 5e-5 here). 5e-3 is 0.4 HU in the brain window.
+    # on: the size of switching the models to channels-last memory (measured on the shipped brain bundle
+    # 0.2.0, one thread / two: saliency max 1.2e-2 / 1.2e-2, mean 6.8e-4 there; 2.4e-2 / 1.1e-2 and 8.7e-4 /
+    # 8.5e-4 here, correlation 0.9997 - its full-resolution latent spreads the map over more pixels than the
+    # 0.1.0 bundle's H/4 latent, whose numbers were 8e-3 and 5e-5). 5e-3 is 0.4 HU in the brain window.
     torch.testing.assert_close(folded.counterfactuals, original.counterfactuals, atol=5e-3, rtol=0)
     torch.testing.assert_close(folded.trajectory, original.trajectory, atol=1e-4, rtol=0)
     difference = (folded.saliency - original.saliency).abs()
-    assert float(difference.max()) < 2e-2 and float(difference.mean()) < 2e-4
+    assert float(difference.max()) < 5e-2 and float(difference.mean()) < 2e-3
+    maps = torch.stack([folded.saliency.flatten(), original.saliency.flatten()])
+    assert float(torch.corrcoef(maps)[0, 1]) > 0.999  # the same map, not merely a close one
 
 
 def test_explainer_loops_use_the_folded_copies(bundle):

@@ -427,3 +427,11 @@ def test_export_copies_the_childs_folder_and_adds_the_localisation(slicer_scene,
     assert not [p for p in tmp_path.iterdir() if "partial" in p.name]
     with pytest.raises(ValueError, match="not an empty folder"):
         export.exportResults(result, tmp_path / "export")
+
+
+def test_the_module_colours_the_same_top_share_as_overview_png():
+    """One default threshold for every front end: the module's (kept free of ACATLogic imports, see
+    ACATSlicerLib's docstring) equals ACATLogic's, which overview.png and the web viewer use."""
+    from ACATLogic.options import OVERLAY_PERCENTILE
+
+    assert display.DEFAULT_PERCENTILE == OVERLAY_PERCENTILE

@@ -453,8 +453,8 @@ def render_markdown(report: dict) -> str:
              f"| Versions | acat {v['acat']}, torch {v['torch']}, python {v['python']}, numpy {v['numpy']} |",
              f"| Bundle | `{_md(b['id'])}` {b['version']} (task {b['task']}) |" if not b.get("run") else
              f"| Bundle | the run `{_md(b['run'])}` evaluated before export (task {b['task']}); autoencoder gate "
-             f"{'passed' if not b['gate_problems'] else 'FAILED: ' + _md('; '.join(b['gate_problems']))} "
-             "(`training.export` refuses such a bundle) |",
+             + ("passed (`training.export` would export it) |" if not b["gate_problems"] else
+                "FAILED: " + _md("; ".join(b["gate_problems"])) + " (`training.export` refuses such a bundle) |"),
              f"| Bundle sha256 | {hashes} |",
              f"| Dataset | `{_md(d['manifest'])}` (sha256 `{d['manifest_sha256']}`), split `{d['split']}`, "
              f"{d['n_cases']} cases, {d['n_lesion_cases']} with a lesion |",

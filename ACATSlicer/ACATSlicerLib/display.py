@@ -17,7 +17,7 @@ import slicer
 
 HEAT_COLORS = ("PET-Heat", "Warm1", "Iron")  # the first one present in the scene is used
 DIVERGING_COLORS = ("DivergingBlueRed", "fMRI")  # for difference maps: negative blue, positive red
-DEFAULT_PERCENTILE = 95.0
+DEFAULT_PERCENTILE = 95.0  # = ACATLogic.options.OVERLAY_PERCENTILE (tested), not imported: see the package docstring
 DEFAULT_OPACITY = 0.5
 
 
