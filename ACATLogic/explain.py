@@ -172,7 +172,8 @@ class _Run:
         self.timings: dict[str, float] = {}
         self.prepared: Optional[PreparedScan] = None
         self.x: Optional[torch.Tensor] = None
-        self.organ: Optional[torch.Tensor] = None
+        self.organ: Optional[torch.Tensor] = None  # the organ mask of the map shown (None: not restricted)
+        self.acat_organ: Optional[torch.Tensor] = None  # the one ACAT's input is made with, as in its training
         self.shown: Optional[CounterfactualResult] = None  # the counterfactuals whose maps are shown
         self.acat_input: Optional[torch.Tensor] = None
         self.attention: dict = {}
@@ -276,8 +277,13 @@ class Explainer:
             run.progress(0.0, "preparing the scan")
             run.prepared = prepare(run.volume, self.bundle.spec, coverage=run.options.coverage)
             run.x = run.prepared.images.to(self.device)
-            if run.params["organ_mask"]:
-                run.organ = organ_mask(run.x, self.bundle.spec.organ, self.bundle.spec.hu_window)
+            # the map shown asks for it, or an ACAT classifier was trained on masked maps (its input is made as
+            # in training whatever the options say: a --no-organ-mask map still gives ACAT a masked one)
+            acat_masked = self.acat is not None and self.parameters(self.trained_options)["organ_mask"]
+            if run.params["organ_mask"] or acat_masked:
+                mask = organ_mask(run.x, self.bundle.spec.organ, self.bundle.spec.hu_window)
+                run.organ = mask if run.params["organ_mask"] else None
+                run.acat_organ = mask if acat_masked else None
         run.check_cancel()
 
     def _counterfactuals_and_acat_input(self, run: "_Run") -> None:
@@ -298,7 +304,7 @@ class Explainer:
                                                      if k not in ("method", "whiten", "coverage")) and \
                     (not trained["whiten"] or run.params["whiten"])
                 source = run.shown if same else self._counterfactual(
-                    self.fast_baseline, run.x, trained, run.organ if trained["organ_mask"] else None,
+                    self.fast_baseline, run.x, trained, run.acat_organ,
                     run.batch_chunks, run.cf_progress if run.shown is None else no_progress, run.cancel)
                 run.acat_input = source.class_agnostic("per_scan", whiten=bool(trained["whiten"]))
         run.check_cancel()

@@ -74,13 +74,18 @@ def pick_slices(saliency: np.ndarray, n: int = 3) -> list[int]:
 
 
 def overlay_range(saliency: np.ndarray, percentile: float = OVERLAY_PERCENTILE) -> tuple[float, float]:
-    """(threshold, maximum) of the overlay: voxels above the ``percentile`` of the map are coloured, as the
-    Slicer module and the web viewer colour them by default (a zero voxel never is)."""
-    high = float(np.max(saliency)) if saliency.size else 0.0
-    low = max(float(np.percentile(saliency, percentile)) if saliency.size else 0.0, 0.0)
-    if not high > low:  # a flat or empty map: nothing above the threshold
-        return high, high + 1.0
-    return low, high
+    """(threshold, maximum) of the overlay: the voxels at or above the ``percentile`` of the map are coloured,
+    as the Slicer module and the web viewer colour them by default, but never a voxel of value 0 (`shown`)."""
+    if not saliency.size:
+        return 0.0, 0.0
+    return float(np.percentile(saliency, percentile)), float(np.max(saliency))
+
+
+def shown(values: np.ndarray, low: float, high: float) -> tuple[np.ndarray, np.ndarray]:
+    """(coloured?, strength in [0, 1]: 0 at the threshold, 1 at the maximum) of a slice of the map."""
+    coloured = (values >= low) & (values > 0)
+    strength = np.clip((values - low) / (high - low), 0, 1) if high > low else np.ones_like(values)
+    return coloured, strength
 
 
 def write_overview(path: Path, ct: CTVolume, saliency: CTVolume, counterfactual: Optional[CTVolume],
@@ -88,6 +93,7 @@ def write_overview(path: Path, ct: CTVolume, saliency: CTVolume, counterfactual:
     """Render the overview; returns the canonical slice indices shown."""
     ct_c, _ = to_canonical(ct)
     sal_c, _ = to_canonical(saliency)
+    sal_c = sal_c.with_voxels(np.nan_to_num(sal_c.voxels_hu, nan=0.0, posinf=0.0, neginf=0.0))
     cf_c = to_canonical(counterfactual)[0] if counterfactual is not None else None
     slices = pick_slices(sal_c.voxels_hu)
     spacing_ji = (float(ct_c.spacing_mm[1]), float(ct_c.spacing_mm[0]))
@@ -104,8 +110,8 @@ def write_overview(path: Path, ct: CTVolume, saliency: CTVolume, counterfactual:
     low, high = overlay_range(sal_c.voxels_hu)
     for r, k in enumerate(slices):
         base = _grey(ct_c.voxels_hu[k], window)
-        s = np.clip((sal_c.voxels_hu[k] - low) / (high - low), 0, 1)  # 0 at the threshold, 1 at the maximum
-        alpha = np.where(sal_c.voxels_hu[k] > low, 0.3 + 0.55 * s, 0.0)[..., None]
+        coloured, s = shown(sal_c.voxels_hu[k], low, high)
+        alpha = np.where(coloured, 0.3 + 0.55 * s, 0.0)[..., None]
         tiles = [base, base * (1 - alpha) + hot(0.4 + 0.6 * s) * alpha]  # red at the threshold, white at the top
         if cf_c is not None:
             tiles.append(_grey(cf_c.voxels_hu[k], window))

@@ -319,3 +319,15 @@ def test_whitening_takes_the_decoders_gain_out_of_the_map(blob_model):
     assert plain.gain is None and white.gain.shape == x.shape
     with pytest.raises(ValueError, match="not whitened"):
         plain.class_agnostic(whiten=True)
+
+
+def test_a_whitened_map_does_not_depend_on_the_batching(blob_model):
+    """The decoder's gain is measured with the same probes for every chunk, so a scan's whitened map is the
+    same whether it is optimised alone or beside others (CPU, GPU and training batch differently)."""
+    x, _, _ = blob_scans(3, seed=7)
+    kwargs = dict(start="image", optimizer="normalised", step_size=0.2, alpha=1.0, steps=3, whiten=True)
+    method = CounterfactualSaliency(blob_model, _GainAutoencoder(slice(0, 6)), **kwargs)
+    together = method.explain(x, targets=[0], batch_scans=3)
+    alone = method.explain(x, targets=[0], batch_scans=1)
+    torch.testing.assert_close(together.gain, alone.gain)
+    torch.testing.assert_close(together.maps, alone.maps, rtol=1e-5, atol=1e-6)

@@ -53,6 +53,19 @@ def test_a_whitened_map_and_the_acat_input_come_from_one_optimisation(brain_bund
     assert not np.allclose(white.saliency.voxels_hu, plain.saliency.voxels_hu, atol=1e-3)
 
 
+def test_acat_reads_a_masked_map_as_trained_even_when_the_shown_map_is_not_masked(brain_bundle, cranium):
+    """``--no-organ-mask`` changes the map shown, not the input of an ACAT classifier trained on masked maps."""
+    explainer = Explainer(load_bundle(brain_bundle), device="cpu")
+    assert explainer.parameters(explainer.trained_options)["organ_mask"] is True
+    masked = explainer.explain(cranium, coverage="sampled")
+    unmasked = explainer.explain(cranium, coverage="sampled", organ_mask=False)
+    assert unmasked.parameters["organ_mask"] is False and unmasked.classifier == "acat"
+    for label in masked.probabilities:
+        assert unmasked.probabilities[label] == pytest.approx(masked.probabilities[label], abs=1e-5)
+    outside = masked.saliency.voxels_hu == 0
+    assert outside.any() and (unmasked.saliency.voxels_hu[outside] > 0).any()  # the shown map is not masked
+
+
 def test_explainer_on_real_head_ct(brain_bundle, cranium_series):
     volume = read_volume(cranium_series)
     bundle = load_bundle(brain_bundle)

@@ -44,7 +44,8 @@ map averages and whose negative half its localisation score uses (Sec. 3.2, 4.4)
   by ``J dz`` (J the decoder's Jacobian), and a step along the classifier's gradient g moves it by about
   ``J J^T g``: the decoder's own gain, highest at sharp edges (skull, ventricles), decides where the change
   shows as much as the classifier does. The diagonal of ``J J^T`` is estimated from `WHITEN_PROBES` random
-  latent steps of size `WHITEN_STEP` (fixed seed: the same scan gives the same map), per voxel as the square
+  latent steps of size `WHITEN_STEP` (fixed seed, the same probes for every chunk: the same scan gives the same
+  map however the chunks are batched), per voxel as the square
   of the mean absolute response relative to the scan's mean (floored at `WHITEN_FLOOR` of it), and the
   change is divided by it. The counterfactual images are not changed, only the map. Off = the paper's map.
 * ``mask`` (B, S, 1, H, W) bool restricts the maps to an organ.
@@ -283,9 +284,13 @@ class CounterfactualSaliency:
         z0: (B*S, ...) latents, d0: (B, S, 1, H, W) their decoding."""
         generator = torch.Generator(device="cpu").manual_seed(0)
         response = torch.zeros_like(d0)
+        b, s = d0.shape[:2]
         with torch.no_grad(), self._autocast(d0.device):
             for _ in range(WHITEN_PROBES):
-                probe = torch.randn(z0.shape, generator=generator).to(device=z0.device, dtype=z0.dtype)
+                # one chunk's probes, the same for every chunk: a chunk's map does not depend on which chunks
+                # share its batch (CPU, GPU and training batch differently)
+                probe = torch.randn((s, *z0.shape[1:]), generator=generator).repeat(b, *([1] * (z0.dim() - 1)))
+                probe = probe.to(device=z0.device, dtype=z0.dtype)
                 response += (self.autoencoder.decode(z0 + WHITEN_STEP * probe).reshape(d0.shape).float() - d0).abs()
         mean = response.mean(dim=(1, 2, 3, 4), keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
         return (response / mean).clamp_min(WHITEN_FLOOR) ** 2

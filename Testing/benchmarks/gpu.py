@@ -92,7 +92,7 @@ def run_gpu(case: dict, bundle_path: Path, *, repeats: int, steps: Optional[int]
     x = prepare(volume, bundle.spec).images.to("cuda")
     targets = explainer.counterfactual_targets(explainer.parameters(ExplainOptions(steps=steps)))
     batch = _batch_chunks(len(targets), x.shape[1], "cuda")
-    method = _method(explainer, steps)
+    method = _method(explainer, steps, every_step=True)  # the rate tables: every step, as the FLOP count
     flops = counterfactual_flops(explainer.fast_baseline, explainer.fast_autoencoder, x.shape, targets,
                                  len(bundle.labels), steps=steps, alpha=method.alpha, step_size=method.step_size,
                                  optimizer=method.optimizer, reference=method.reference, start=method.start)
@@ -133,7 +133,7 @@ def run_gpu(case: dict, bundle_path: Path, *, repeats: int, steps: Optional[int]
     # ---- torch.compile on vs off
     log("bench: GPU torch.compile on vs off")
     try:
-        compiled = _method(explainer, steps)
+        compiled = _method(explainer, steps, every_step=True)
         compiled.classifier = torch.compile(explainer.fast_baseline)
         compiled.autoencoder = CompiledAutoencoder(explainer.fast_autoencoder)
         t0 = time.perf_counter()
