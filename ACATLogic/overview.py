@@ -6,6 +6,7 @@ image's left, anterior at the top; every tile is labelled R / L so nobody has to
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Optional
 
@@ -60,8 +61,9 @@ def tile(rgb: np.ndarray, spacing_ji: tuple[float, float], caption: str = "", *,
 def pick_slices(saliency: np.ndarray, n: int = 3) -> list[int]:
     """The slice through the map's maximum, then the slices with the most saliency, at least a few slices
     apart (n in all; canonical k indices)."""
-    mass = saliency.reshape(saliency.shape[0], -1).sum(axis=1)
-    peak = int(np.unravel_index(int(np.argmax(saliency)), saliency.shape)[0])
+    flat = saliency.reshape(saliency.shape[0], -1)
+    mass = np.nansum(flat, axis=1)  # NaN counts as 0
+    peak = int(np.argmax(np.nan_to_num(np.fmax.reduce(flat, axis=1), nan=0.0)))  # fmax skips NaN, copies nothing
     order = [peak] + [int(k) for k in np.argsort(-mass, kind="stable") if int(k) != peak]
     gap = max(1, saliency.shape[0] // (3 * n))
     chosen: list[int] = []
@@ -76,9 +78,10 @@ def pick_slices(saliency: np.ndarray, n: int = 3) -> list[int]:
 def overlay_range(saliency: np.ndarray, percentile: float = OVERLAY_PERCENTILE) -> tuple[float, float]:
     """(threshold, maximum) of the overlay: the voxels at or above the ``percentile`` of the map are coloured,
     as the Slicer module and the web viewer colour them by default, but never a voxel of value 0 (`shown`)."""
-    if not saliency.size:
+    high = float(np.fmax.reduce(saliency, axis=None)) if saliency.size else math.nan  # NaN left out
+    if math.isnan(high):  # empty, or nothing but NaN
         return 0.0, 0.0
-    return float(np.percentile(saliency, percentile)), float(np.max(saliency))
+    return float(np.nanpercentile(saliency, percentile)), high
 
 
 def shown(values: np.ndarray, low: float, high: float) -> tuple[np.ndarray, np.ndarray]:
@@ -93,7 +96,6 @@ def write_overview(path: Path, ct: CTVolume, saliency: CTVolume, counterfactual:
     """Render the overview; returns the canonical slice indices shown."""
     ct_c, _ = to_canonical(ct)
     sal_c, _ = to_canonical(saliency)
-    sal_c = sal_c.with_voxels(np.nan_to_num(sal_c.voxels_hu, nan=0.0, posinf=0.0, neginf=0.0))
     cf_c = to_canonical(counterfactual)[0] if counterfactual is not None else None
     slices = pick_slices(sal_c.voxels_hu)
     spacing_ji = (float(ct_c.spacing_mm[1]), float(ct_c.spacing_mm[0]))
@@ -110,7 +112,7 @@ def write_overview(path: Path, ct: CTVolume, saliency: CTVolume, counterfactual:
     low, high = overlay_range(sal_c.voxels_hu)
     for r, k in enumerate(slices):
         base = _grey(ct_c.voxels_hu[k], window)
-        coloured, s = shown(sal_c.voxels_hu[k], low, high)
+        coloured, s = shown(np.nan_to_num(sal_c.voxels_hu[k], nan=0.0), low, high)  # one slice, not a volume copy
         alpha = np.where(coloured, 0.3 + 0.55 * s, 0.0)[..., None]
         tiles = [base, base * (1 - alpha) + hot(0.4 + 0.6 * s) * alpha]  # red at the threshold, white at the top
         if cf_c is not None:

@@ -29,6 +29,7 @@ def test_the_overlay_colours_the_top_five_percent_like_the_viewers():
     assert abs(float((saliency > low).mean()) - 0.05) < 0.002 and high == float(saliency.max())
     zero = np.zeros((4, 5, 5), np.float32)
     assert not shown(zero, *overlay_range(zero))[0].any()  # an all-zero map colours nothing
+    assert overlay_range(np.full((2, 3, 3), np.nan, np.float32)) == (0.0, 0.0)  # nothing but NaN: nothing to show
     top = np.zeros((10, 10, 10), np.float32)
     top[:2] = 1.0  # 20 % of the voxels at the maximum: the 95th percentile is the maximum itself
     coloured, strength = shown(top, *overlay_range(top))
