@@ -14,7 +14,7 @@ import slicer  # noqa: E402
 from slicer_scene import slicer_scene_fixture  # noqa: E402
 
 from ACATLogic.options import ExplainOptions  # noqa: E402
-from ACATSlicerLib.loading import levelCounts, percentileLevel, quantise, toInputType  # noqa: E402
+from ACATSlicerLib.loading import LOG_FLOOR, levelCounts, levelValue, percentileLevel, quantise, toInputType  # noqa: E402
 from ACATSlicerLib.parameters import NodeParameter, Parameter, ParameterNode, explainOptionParameters  # noqa: E402
 from ACATSlicerLib.request import MODEL_DEFAULT, ExplainRequest, panelName  # noqa: E402
 from ACATSlicerLib.results import shownCounterfactualKey  # noqa: E402
@@ -94,7 +94,16 @@ def test_display_copies_and_percentiles_from_the_level_counts():
     voxels = rng.random((20, 30, 40), dtype=np.float32) ** 3
     voxels[:5] = 0
     levels = quantise(voxels)
-    assert levels.dtype == np.uint8 and np.abs(levels / 255.0 - voxels).max() <= 0.5 / 255 + 1e-7
+    assert levels.dtype == np.uint8
+    # logarithmic levels: 0 is 0, 1 is 255; increasing; half a level off at most: 0.9 % of the value above
+    # LOG_FLOOR (0.01), 0.00009 below
+    edges = quantise(np.array([[[0.0, 1.0, -0.5, 2.0]]], np.float32))
+    np.testing.assert_array_equal(edges, [[[0, 255, 0, 255]]])
+    order = np.argsort(voxels, axis=None)
+    assert np.all(np.diff(levels.reshape(-1)[order].astype(int)) >= 0)
+    half_level = np.expm1(0.5 * np.log1p(1 / LOG_FLOOR) / 255)
+    assert np.all(np.abs(levelValue(levels) - voxels) <= (voxels + LOG_FLOOR) * half_level + 1e-6)
+    assert half_level < 0.0091 and LOG_FLOOR * half_level < 0.0001
     histogram = np.bincount(levels.reshape(-1), minlength=256)
     np.testing.assert_array_equal(levelCounts(levels), histogram)  # counted slab by slab (20 slices: several slabs)
     for p in (0, 25, 50, 95, 99.9, 100):

@@ -352,7 +352,7 @@ def test_the_real_acat_explain_child_through_the_widget_lands_its_results_in_mrm
     bundle, the CPU); its progress reaches the panel and its results folder lands in MRML as the stand-in's does."""
     from bundles import make_random_bundle
 
-    from ACATSlicerLib.loading import LEVELS
+    from ACATSlicerLib.loading import quantise
     from ACATSlicerLib.runner import ExplainProcess
 
     bundle = make_random_bundle(tmp_path / "tiny", size=32, slices=3, steps=3)
@@ -384,11 +384,11 @@ def test_the_real_acat_explain_child_through_the_widget_lands_its_results_in_mrm
     shown = result.shownCounterfactualKey()
     assert yellow.GetBackgroundVolumeID() == result.counterfactuals[shown].GetID()
     assert ui.besideSelector.currentData == f"counterfactual:{shown}"
-    # the nodes hold the child's files, on the CT's grid (display copies: the map as 0..255, HU as int16)
+    # the nodes hold the child's files, on the CT's grid (display copies: the map as 0..255 on `loading`'s logarithmic scale, HU as int16)
     saliency = read_itk_file(result.outDir / "saliency.nrrd").voxels_hu
     shownSaliency = slicer.util.arrayFromVolume(result.saliency)
     assert shownSaliency.shape == slicer.util.arrayFromVolume(head).shape == saliency.shape
-    assert np.abs(shownSaliency / LEVELS - np.clip(saliency, 0, 1)).max() <= 0.5 / LEVELS + 1e-6
+    np.testing.assert_array_equal(shownSaliency, quantise(saliency))
     counterfactual = read_itk_file(result.outDir / f"counterfactual_{shown}.nrrd").voxels_hu
     shownCounterfactual = slicer.util.arrayFromVolume(result.counterfactuals[shown])
     assert shownCounterfactual.dtype == np.int16

@@ -9,9 +9,14 @@ a time, through ``zlib`` with a bounded output) straight into the display copy, 
 display copy plus one slab. A file that is not the plain attached raw/gzip NRRD the child writes is read
 whole by ACATLogic's reader instead.
 
-* saliency and attention maps, values in [0, 1]: uint8, 0-255 (a quarter of the memory); the histogram
-  of those 256 levels is counted once, so every percentile threshold afterwards is a table look-up
-  (`percentileLevel`);
+* saliency and attention maps, values in [0, 1]: uint8, 0-255 (a quarter of the memory) on a logarithmic
+  scale (`quantise`: each level 1.8 % above the one below from 0.01 up, steps of 0.00018 below),
+  and the histogram of those 256 levels is counted once, so every percentile threshold afterwards is a
+  table look-up (`percentileLevel`). Linear levels were too coarse for a whitened map, which is peaky (its
+  95th percentile at 0.005 of its maximum on the demo): levels 0 and 1 held most of the brain, and the
+  default "top 5 %" coloured 8.7 % of the voxels (5.03 % now; a map's decision gradient 5.45 % then, 5.00 %
+  now; a level is as fine as a linear one up to 0.2, and 4.6 times coarser at the maximum). A percentile is the same on any increasing
+  scale, and the heat colours spread over the orders of magnitude that the shown part of such a map spans;
 * a counterfactual, in HU: the input's own integer type when the input is stored as integers (a CT
   loaded from DICOM is int16), rounded to the HU; else float32;
 * a difference map, counterfactual - input in HU: float32 (its changes are fractions of a HU), with its
@@ -35,7 +40,9 @@ from vtk.util import numpy_support
 from .volume_nodes import geometryFromIjkToRas, ijkToRasArray
 
 SALIENCY, COUNTERFACTUAL, DIFFERENCE, ATTENTION = "saliency", "counterfactual", "difference", "attention"
-LEVELS = 255  # a [0, 1] map is shown as 0..255
+LEVELS = 255  # a [0, 1] map is shown as 0..255, logarithmically:
+LOG_FLOOR = 1e-2  # level = LEVELS * log(1 + v / LOG_FLOOR) / log(1 + 1 / LOG_FLOOR)
+_LOG_RANGE = float(np.log1p(1.0 / LOG_FLOOR))
 
 
 @dataclass(frozen=True)
@@ -188,13 +195,23 @@ def _readBytes(fh, decoder, want: int) -> bytearray:
 
 
 def quantise(voxels: np.ndarray) -> np.ndarray:
-    """[0, 1] float -> uint8 0..255 (rounded; values outside clipped), slab by slab (no float temporary)."""
+    """[0, 1] float -> uint8 0..255 on the logarithmic scale above (rounded; values outside [0, 1] clipped;
+    0 stays 0, 1 is 255), slab by slab (no whole float temporary). Increasing: the order of voxels, so
+    every percentile and the maximum, is kept up to ties within a level."""
     out = np.empty(voxels.shape, np.uint8)
     for k in range(0, voxels.shape[0], 16):
-        slab = np.clip(voxels[k:k + 16], 0.0, 1.0) * LEVELS
+        slab = np.clip(voxels[k:k + 16], 0.0, 1.0, dtype=np.float32)
+        slab *= 1.0 / LOG_FLOOR
+        np.log1p(slab, out=slab)
+        slab *= LEVELS / _LOG_RANGE
         np.rint(slab, out=slab)
         out[k:k + 16] = slab
     return out
+
+
+def levelValue(levels) -> np.ndarray:
+    """The map value a level stands for (the inverse of `quantise`, before rounding)."""
+    return LOG_FLOOR * np.expm1(np.asarray(levels, dtype=np.float64) * (_LOG_RANGE / LEVELS))
 
 
 def levelCounts(levels: np.ndarray) -> np.ndarray:
