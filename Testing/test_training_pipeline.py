@@ -365,3 +365,66 @@ def test_settings_added_later_keep_older_runs_valid_and_real_changes_count():
     assert differences(made_with_none, {"config": {"saliency": {"alpha": 100.0, "sparsity": 0.3},
                                                    "autoencoder": {"lr": 1e-3}}}) == [
         "config.saliency.sparsity: None -> 0.3"]
+
+
+def test_the_two_phase_autoencoder_recipe_in_one_stage_and_its_resume(finished, tmp_path, monkeypatch):
+    """consistency_lr: the warm-up (reconstruction) anneals over its own epochs, then a fresh schedule starts
+    at consistency_lr with the consistency term; a run stopped at the restart, or in the first epoch after
+    it, resumes to the uninterrupted run's weights and metrics."""
+    cfg_path, original = finished
+    recipe = ["stage=autoencoder", "autoencoder.epochs=4", "autoencoder.consistency_warmup=2",
+              "autoencoder.consistency=0.5", "autoencoder.consistency_lr=5e-4", "autoencoder.lr=1e-3",
+              "autoencoder.min_lr=1e-5", "checkpoint_every_steps=1"]
+
+    def run_folder(name: str) -> Path:
+        run = tmp_path / name
+        run.mkdir()
+        shutil.copytree(original / "baseline", run / "baseline")  # the judge
+        return run
+
+    whole = run_folder("whole")
+    assert train.main(["--config", str(cfg_path), f"out_dir={whole}", *recipe]) == 0
+    rows = list(csv.DictReader((whole / "autoencoder" / "metrics.csv").open()))
+    lrs = [float(r["lr"]) for r in rows]
+    # phase 1: 1e-3 annealed over 2 epochs; phase 2: 5e-4 annealed over the other 2
+    assert lrs == pytest.approx([1e-3, 1e-5 + (1e-3 - 1e-5) / 2, 5e-4, 1e-5 + (5e-4 - 1e-5) / 2], rel=1e-6)
+    assert "warm-up over; the consistency term starts with a fresh schedule from lr 0.0005 over 2 epochs" in (
+        whole / "autoencoder" / "train.log").read_text()
+    done = read_done(whole, "autoencoder")
+    assert done["fingerprint"]["config"]["autoencoder"]["consistency_lr"] == 5e-4
+    # runs made before the option existed stay valid: the finished run's fingerprint has no such key
+    assert "consistency_lr" not in read_done(original, "autoencoder")["fingerprint"]["config"]["autoencoder"]
+
+    real_evaluate = train.evaluate_split
+    for stop_in_epoch in (3, 4):  # the epoch whose validation fails: at the restart / one epoch after it
+        run = run_folder(f"stopped{stop_in_epoch}")
+        calls = {"val": 0}
+
+        def failing(stage, model, data, split, *args, **kwargs):
+            if split == "val":
+                calls["val"] += 1
+                if calls["val"] == stop_in_epoch:
+                    raise KeyboardInterrupt("stopped")
+            return real_evaluate(stage, model, data, split, *args, **kwargs)
+
+        monkeypatch.setattr(train, "evaluate_split", failing)
+        with pytest.raises(KeyboardInterrupt):
+            train.main(["--config", str(cfg_path), f"out_dir={run}", *recipe])
+        at = load_checkpoint(run / "autoencoder" / "last.pt", CHECKPOINT_KIND)["progress"]
+        assert at["epoch"] == stop_in_epoch - 1 and at["batches_done"] > 0  # mid-epoch, after the last step
+        monkeypatch.setattr(train, "evaluate_split", real_evaluate)
+        assert train.main(["--config", str(cfg_path), f"out_dir={run}", *recipe]) == 0
+        assert (run / "autoencoder" / "metrics.csv").read_text() == (whole / "autoencoder" / "metrics.csv").read_text()
+        assert read_done(run, "autoencoder")["sha256"] == done["sha256"]
+
+
+def test_consistency_lr_needs_a_warm_up_and_the_term():
+    from ACATLogic.errors import ACATInputError
+
+    base = Path(__file__).resolve().parents[1] / "training" / "configs" / "brain_cpu.yaml"
+    for bad in (["autoencoder.consistency_lr=3e-4", "autoencoder.consistency=3.0", "autoencoder.consistency_warmup=0"],
+                ["autoencoder.consistency_lr=3e-4", "autoencoder.consistency=0.0", "autoencoder.consistency_warmup=4"],
+                ["autoencoder.consistency_lr=3e-4", "autoencoder.consistency=3.0", "autoencoder.consistency_warmup=60"],
+                ["autoencoder.consistency_lr=-1"], ["baseline.consistency_lr=3e-4"]):
+        with pytest.raises(ACATInputError, match="consistency_lr"):
+            load_config(base, bad)

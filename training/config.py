@@ -116,6 +116,10 @@ class OptimConfig:
     # the classifier reads a reconstruction as it reads the scan (training.autoencoder_fitness); 0 = off
     consistency: float = 0.0
     consistency_warmup: int = 0  # epochs of plain reconstruction before the consistency term starts
+    # > 0: when the warm-up ends, a fresh Adam and cosine schedule start at this rate for the remaining epochs,
+    # from the warm-up's last weights (the warm-up then anneals over its own epochs): reconstruction to
+    # convergence, then a gentle fine-tune with the term - the two-phase recipe as one stage; 0 = one schedule
+    consistency_lr: float = 0.0
     # fine-tuning: start from these weights instead of random ones - a model.safetensors written by training/
     # (e.g. another run's autoencoder/model.safetensors) of this stage's architecture and config; "" = random
     init_weights: str = ""
@@ -299,6 +303,15 @@ class TrainConfig:
                 bad(f"{name}.consistency and {name}.consistency_warmup are for the autoencoder only")
         if self.autoencoder.consistency < 0 or self.autoencoder.consistency_warmup < 0:
             bad("autoencoder.consistency and autoencoder.consistency_warmup must be >= 0")
+        for name in ("baseline", "acat"):
+            if getattr(self, name).consistency_lr:
+                bad(f"{name}.consistency_lr is for the autoencoder only")
+        ae = self.autoencoder
+        if ae.consistency_lr < 0:
+            bad("autoencoder.consistency_lr must be >= 0")
+        if ae.consistency_lr > 0 and not (0 < ae.consistency_warmup < ae.epochs and ae.consistency > 0):
+            bad("autoencoder.consistency_lr restarts the schedule when the warm-up ends: it needs "
+                "0 < autoencoder.consistency_warmup < autoencoder.epochs and autoencoder.consistency > 0")
         if self.checkpoint_every_steps < 0:
             bad("checkpoint_every_steps must be >= 0")
         if not self.seeds:

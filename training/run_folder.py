@@ -197,7 +197,7 @@ def stage_config(cfg: TrainConfig, stage: str) -> dict:
 
 #: settings added after runs existed, with the value that means "as before": a fingerprint leaves them out at
 #: that value, and `differences` reads one that lacks them as holding it
-LATER_DEFAULTS = {"init_weights": "", "sparsity": None, "whiten": None}
+LATER_DEFAULTS = {"init_weights": "", "sparsity": None, "whiten": None, "consistency_lr": 0.0}
 
 
 def _later_default(key, value) -> bool:

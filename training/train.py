@@ -285,14 +285,19 @@ def train_stage(cfg: TrainConfig, ctx: DistContext, run: RunFolder, data: ScanDa
             DistributedDataParallel.__init__).parameters else {"broadcast_buffers": sync})  # torch < 2.13
         step_fn = DistributedDataParallel(loss_fn, device_ids=[ctx.local_rank] if ctx.device.type == "cuda" else None,
                                           **buffers)
-    optimizer = torch.optim.Adam(model.parameters(), lr=optim_cfg.lr, weight_decay=optim_cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, optim_cfg.epochs),
-                                                           eta_min=optim_cfg.min_lr)
+    def schedule(lr: float, epochs: int):
+        opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=optim_cfg.weight_decay)
+        return opt, torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs), eta_min=optim_cfg.min_lr)
+
+    # the autoencoder's two phases (consistency_lr > 0): reconstruction annealed over the warm-up, then a
+    # fresh schedule with the consistency term from the warm-up's last weights
+    restart = optim_cfg.consistency_warmup if optim_cfg.consistency_lr > 0 else 0
+    optimizer, scheduler = schedule(optim_cfg.lr, restart or optim_cfg.epochs)
     progress = {"epoch": 0, "batches_done": 0, "global_step": 0, "loss_sum": 0.0, "loss_count": 0}
     history: list[dict] = []
     best = {"metric": optim_cfg.best_metric, "value": None, "epoch": 0}
     mode = BEST_METRICS[optim_cfg.best_metric]
-    if ckpt is not None:
+    if ckpt is not None:  # the state of either phase's schedule (rate, T_max, step) comes back whole
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         progress, history, best = dict(ckpt["progress"]), list(ckpt["history"]), dict(ckpt["best"])
@@ -332,6 +337,10 @@ def train_stage(cfg: TrainConfig, ctx: DistContext, run: RunFolder, data: ScanDa
             log.info(f"{cfg.stage}: stopping early: no better {best['metric']} in the last "
                      f"{optim_cfg.patience} epochs (best: epoch {best['epoch']})")
             break
+        if restart and epoch == restart and progress["batches_done"] == 0:
+            optimizer, scheduler = schedule(optim_cfg.consistency_lr, optim_cfg.epochs - restart)
+            log.info(f"{cfg.stage}: warm-up over; the consistency term starts with a fresh schedule from "
+                     f"lr {optim_cfg.consistency_lr:g} over {optim_cfg.epochs - restart} epochs")
         sampler.set_epoch(epoch, progress["batches_done"])
         loss_fn.train()
         lr = optimizer.param_groups[0]["lr"]

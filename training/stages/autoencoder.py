@@ -10,7 +10,10 @@ With ``autoencoder.consistency`` > 0 the trained baseline f is the judge: each s
 ``consistency_warmup`` epochs: from the start it pulls an untrained decoder towards a constant image the
 classifier reads with confidence (measured: a collapse at weight 0.05 from epoch 1, and a reconstruction
 error stuck at 0.04 with a 15-epoch ramp), so the autoencoder first learns to reconstruct, then to keep
-what the classifier reads. The validation loss always carries the full weight, so the best epoch is
+what the classifier reads. With ``consistency_lr`` > 0 the two phases get a schedule each: the warm-up's
+cosine anneals to ``min_lr`` over its own epochs, then a fresh Adam starts at ``consistency_lr`` from the
+warm-up's last weights (the recipe that first passed the gate, `runs/brain_n9` then `runs/brain_n10` in
+docs/RESULTS.md, as one stage). The validation loss always carries the full weight, so the best epoch is
 chosen on one objective, and ``patience`` counts only from the end of the warm-up. The judge is frozen
 and in eval mode throughout; the stage then depends on the baseline (its sha256 is part of the
 fingerprint). Validation reports the KL and the share of scans whose predicted class is the same on x
