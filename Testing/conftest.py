@@ -223,10 +223,15 @@ def order_by_expected_time(items) -> None:
     items.sort(key=lambda item: -seconds[_file_and_nodeid(item.nodeid)[0]])  # stable: files stay whole
 
 
+def pytest_itemcollected(item):
+    # marked as collected, so that ``-m "not slow"`` (pytest's own modifyitems hook) sees the mark
+    if is_slow(item.nodeid, getattr(item, "fixturenames", ())):
+        item.add_marker(pytest.mark.slow)
+
+
+@pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(config, items):
-    for item in items:
-        if is_slow(item.nodeid, getattr(item, "fixturenames", ())):
-            item.add_marker(pytest.mark.slow)
+    # after the deselection: ``make test-fast`` ranks the files by the tests it runs
     order_by_expected_time(items)
 
 
