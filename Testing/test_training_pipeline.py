@@ -395,9 +395,16 @@ def test_the_two_phase_autoencoder_recipe_in_one_stage_and_its_resume(finished, 
     # runs made before the option existed stay valid: the finished run's fingerprint has no such key
     assert "consistency_lr" not in read_done(original, "autoencoder")["fingerprint"]["config"]["autoencoder"]
 
+    assert done["best"]["epoch"] >= 3  # chosen among the epochs trained with the term
+
     real_evaluate = train.evaluate_split
-    for stop_in_epoch in (3, 4):  # the epoch whose validation fails: at the restart / one epoch after it
-        run = run_folder(f"stopped{stop_in_epoch}")
+    # the epoch whose validation fails, and whether a checkpoint follows every step: stopped in the first
+    # epoch after the restart (resumed mid-epoch, with the new schedule's state), in the one after it, and
+    # with the end of the warm-up as the last checkpoint (the restart happens again on resume)
+    for stop_in_epoch, every_step in ((3, True), (4, True), (3, False)):
+        run = run_folder(f"stopped{stop_in_epoch}{every_step}")
+        argv = ["--config", str(cfg_path), f"out_dir={run}", *recipe[:-1],
+                f"checkpoint_every_steps={int(every_step)}"]
         calls = {"val": 0}
 
         def failing(stage, model, data, split, *args, **kwargs):
@@ -409,13 +416,37 @@ def test_the_two_phase_autoencoder_recipe_in_one_stage_and_its_resume(finished, 
 
         monkeypatch.setattr(train, "evaluate_split", failing)
         with pytest.raises(KeyboardInterrupt):
-            train.main(["--config", str(cfg_path), f"out_dir={run}", *recipe])
+            train.main(argv)
         at = load_checkpoint(run / "autoencoder" / "last.pt", CHECKPOINT_KIND)["progress"]
-        assert at["epoch"] == stop_in_epoch - 1 and at["batches_done"] > 0  # mid-epoch, after the last step
+        if every_step:  # mid-epoch, after the epoch's last step
+            assert at["epoch"] == stop_in_epoch - 1 and at["batches_done"] > 0
+        else:  # the end of the epoch before
+            assert at["epoch"] == stop_in_epoch - 1 and at["batches_done"] == 0
         monkeypatch.setattr(train, "evaluate_split", real_evaluate)
-        assert train.main(["--config", str(cfg_path), f"out_dir={run}", *recipe]) == 0
+        assert train.main(argv) == 0
         assert (run / "autoencoder" / "metrics.csv").read_text() == (whole / "autoencoder" / "metrics.csv").read_text()
         assert read_done(run, "autoencoder")["sha256"] == done["sha256"]
+
+
+def test_a_config_built_on_a_base_file(tmp_path):
+    from ACATLogic.errors import ACATInputError
+
+    configs = Path(__file__).resolve().parents[1] / "training" / "configs"
+    gated, plain = load_config(configs / "brain_cpu_gated.yaml"), load_config(configs / "brain_cpu.yaml")
+    # the gated recipe: its own autoencoder and schedule; the rest of each section from brain_cpu.yaml
+    assert gated.model.autoencoder_config == {"channels": [8, 12, 16], "strides": [1, 1, 1]}
+    assert (gated.autoencoder.epochs, gated.autoencoder.consistency_warmup, gated.autoencoder.consistency_lr) == (
+        24, 12, 3e-4)
+    assert gated.autoencoder.lr == plain.autoencoder.lr and gated.model.baseline_config == plain.model.baseline_config
+    assert (gated.baseline.blur_sigma_px, gated.baseline.epochs) == (1.5, plain.baseline.epochs)
+    assert gated.saliency.whiten is True and plain.saliency.whiten is None and gated.input == plain.input
+    (tmp_path / "a.yaml").write_text("base: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\n")
+    with pytest.raises(ACATInputError, match="includes itself"):
+        load_config(tmp_path / "a.yaml")
+    (tmp_path / "c.yaml").write_text("base: missing.yaml\n")
+    with pytest.raises(ACATInputError, match="no such config file"):
+        load_config(tmp_path / "c.yaml")
 
 
 def test_consistency_lr_needs_a_warm_up_and_the_term():
@@ -428,3 +459,24 @@ def test_consistency_lr_needs_a_warm_up_and_the_term():
                 ["autoencoder.consistency_lr=-1"], ["baseline.consistency_lr=3e-4"]):
         with pytest.raises(ACATInputError, match="consistency_lr"):
             load_config(base, bad)
+
+
+def test_the_two_phase_recipe_keeps_the_best_epoch_trained_with_the_term(finished, tmp_path, monkeypatch):
+    """A warm-up epoch with a lower validation loss than every later one is not kept: the exported
+    autoencoder is one that trained with the consistency term (validation losses set by the test)."""
+    cfg_path, original = finished
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copytree(original / "baseline", run / "baseline")
+    losses = iter([0.5, 0.1, 0.4, 0.3])  # epochs 1-2: the warm-up (2 the lowest); 3-4: with the term
+    real_evaluate = train.evaluate_split
+
+    def evaluate(stage, model, data, split, *args, **kwargs):
+        out = real_evaluate(stage, model, data, split, *args, **kwargs)
+        return {**out, "loss": next(losses)} if split == "val" else out
+
+    monkeypatch.setattr(train, "evaluate_split", evaluate)
+    assert train.main(["--config", str(cfg_path), f"out_dir={run}", "stage=autoencoder", "autoencoder.epochs=4",
+                       "autoencoder.consistency_warmup=2", "autoencoder.consistency=0.5",
+                       "autoencoder.consistency_lr=5e-4"]) == 0
+    assert read_done(run, "autoencoder")["best"]["epoch"] == 4

@@ -311,7 +311,8 @@ class TrainConfig:
             bad("autoencoder.consistency_lr must be >= 0")
         if ae.consistency_lr > 0 and not (0 < ae.consistency_warmup < ae.epochs and ae.consistency > 0):
             bad("autoencoder.consistency_lr restarts the schedule when the warm-up ends: it needs "
-                "0 < autoencoder.consistency_warmup < autoencoder.epochs and autoencoder.consistency > 0")
+                "0 < autoencoder.consistency_warmup < autoencoder.epochs and autoencoder.consistency > 0 "
+                "(or set autoencoder.consistency_lr=0 for one schedule)")
         if self.checkpoint_every_steps < 0:
             bad("checkpoint_every_steps must be >= 0")
         if not self.seeds:
@@ -424,19 +425,37 @@ def apply_override(cfg: TrainConfig, item: str) -> None:
             target = getattr(target, part)
 
 
+def _read_yaml(path: Path, seen: tuple = ()) -> dict:
+    """A config file's values; ``base: OTHER.yaml`` (relative to the file) is read first and each section of
+    this file updates that file's (a section's keys, not the whole section; other keys replace)."""
+    if not path.is_file():
+        raise ACATInputError("no such config file", path)
+    if path.resolve() in seen:
+        raise ACATInputError("config: a base file includes itself", path)
+    try:
+        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ACATInputError(f"not valid YAML ({' '.join(str(exc).split())[:160]})", path) from None
+    if not isinstance(values, dict):
+        raise ACATInputError("a config file holds a mapping of keys to values", path)
+    base = values.pop("base", None)
+    if base is None:
+        return values
+    if not isinstance(base, str) or not base:
+        raise ACATInputError("config: base must name another config file", path)
+    merged = _read_yaml(path.parent / base, seen + (path.resolve(),))
+    for key, value in values.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = {**merged[key], **value}
+        else:
+            merged[key] = value
+    return merged
+
+
 def load_config(path: Optional[str | Path] = None, overrides: Sequence[str] = ()) -> TrainConfig:
-    """Defaults, then the YAML file at ``path`` (if any), then ``overrides``; validated."""
-    values: dict = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ACATInputError("no such config file", path)
-        try:
-            values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as exc:
-            raise ACATInputError(f"not valid YAML ({' '.join(str(exc).split())[:160]})", path) from None
-        if not isinstance(values, dict):
-            raise ACATInputError("a config file holds a mapping of keys to values", path)
+    """Defaults, then the YAML file at ``path`` (if any; and the file it names as ``base`` before it), then
+    ``overrides``; validated."""
+    values = _read_yaml(Path(path)) if path is not None else {}
     cfg = _from_dict(TrainConfig, values)
     for item in overrides:
         apply_override(cfg, item)

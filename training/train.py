@@ -338,7 +338,9 @@ def train_stage(cfg: TrainConfig, ctx: DistContext, run: RunFolder, data: ScanDa
                      f"{optim_cfg.patience} epochs (best: epoch {best['epoch']})")
             break
         if restart and epoch == restart and progress["batches_done"] == 0:
+            # a fresh schedule, and the best epoch is chosen among those trained with the term
             optimizer, scheduler = schedule(optim_cfg.consistency_lr, optim_cfg.epochs - restart)
+            best = {"metric": optim_cfg.best_metric, "value": None, "epoch": 0}
             log.info(f"{cfg.stage}: warm-up over; the consistency term starts with a fresh schedule from "
                      f"lr {optim_cfg.consistency_lr:g} over {optim_cfg.epochs - restart} epochs")
         sampler.set_epoch(epoch, progress["batches_done"])

@@ -88,7 +88,6 @@ def run_training(work: Path, *, quick: bool, log: Callable[[str], None] = print)
     cfg["data"].update({"path": str(manifest), "cache_dir": str(work / "cache"), "prepare_workers": 1})
     for stage in ("baseline", "autoencoder", "acat"):
         cfg[stage].update({"epochs": 2, "batch_size": 4 if quick else 8})
-    cfg["autoencoder"]["consistency_warmup"] = 1  # the config's two phases, one epoch each
     cfg["saliency"].update({"steps": 2 if quick else 5, "batch_size": 4 if quick else 8})
     if quick:  # the training tests' tiny models (Testing/toy_training.py)
         cfg["input"].update({"slices": 4, "size": [32, 32]})

@@ -12,8 +12,9 @@ classifier reads with confidence (measured: a collapse at weight 0.05 from epoch
 error stuck at 0.04 with a 15-epoch ramp), so the autoencoder first learns to reconstruct, then to keep
 what the classifier reads. With ``consistency_lr`` > 0 the two phases get a schedule each: the warm-up's
 cosine anneals to ``min_lr`` over its own epochs, then a fresh Adam starts at ``consistency_lr`` from the
-warm-up's last weights (the recipe that first passed the gate, `runs/brain_n9` then `runs/brain_n10` in
-docs/RESULTS.md, as one stage). The validation loss always carries the full weight, so the best epoch is
+warm-up's last weights, and the best epoch is chosen among the epochs trained with the term (the recipe
+that first passed the gate, `runs/brain_n9` then `runs/brain_n10` in docs/RESULTS.md, as one stage; there
+the second run started from the first's best weights). The validation loss always carries the full weight, so the best epoch is
 chosen on one objective, and ``patience`` counts only from the end of the warm-up. The judge is frozen
 and in eval mode throughout; the stage then depends on the baseline (its sha256 is part of the
 fingerprint). Validation reports the KL and the share of scans whose predicted class is the same on x
