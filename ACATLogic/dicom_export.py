@@ -293,13 +293,14 @@ def _burn_text(rgb: np.ndarray, text: str) -> np.ndarray:
 def overlay_images(source: DicomSource, volume: CTVolume, saliency: CTVolume, *, window: tuple,
                    bundle_id: str, series_description: str) -> list[pydicom.Dataset]:
     """One RGB secondary capture per slice: the CT in ``window`` (level, width) with the saliency burned in
-    (the overview's colours), in the slice's own storage orientation, with its position and orientation
+    (the overview's colours and threshold: the top 5 % coloured, as the Slicer module and the web viewer
+    show it), in the slice's own storage orientation, with its position and orientation
     (Image Plane attributes, for viewers that link series by position) and its source image."""
     import highdicom as hd
     from pydicom.sequence import Sequence as DicomSequence
     from pydicom.valuerep import format_number_as_ds
 
-    from .overview import hot
+    from .overview import overlay_range, overlay_rgb
 
     level, width = float(window[0]), float(window[1])
     series_uid = hd.UID()
@@ -308,11 +309,10 @@ def overlay_images(source: DicomSource, volume: CTVolume, saliency: CTVolume, *,
     iop = [format_number_as_ds(float(v)) for v in np.concatenate([row_dir, col_dir])]
     spacing = (float(volume.spacing_mm[1]), float(volume.spacing_mm[0]))  # (row, column) spacing
     out = []
+    low, high = overlay_range(saliency.voxels_hu)
     for k in range(volume.voxels_hu.shape[0]):
         grey = np.clip((volume.voxels_hu[k] - (level - width / 2)) / width, 0, 1)[..., None]
-        s = saliency.voxels_hu[k]
-        alpha = np.clip((s - 0.2) / 0.8, 0, 1)[..., None] * 0.8
-        rgb = ((grey * (1 - alpha) + hot(s) * alpha) * 255 + 0.5).astype(np.uint8)
+        rgb = (overlay_rgb(grey, saliency.voxels_hu[k], low, high) * 255 + 0.5).astype(np.uint8)
         rgb = _burn_text(rgb, "ACAT saliency - research use only")
         match = source.slices[k] if k < len(source.slices) else None
         reference = match[0] if match is not None else source.first

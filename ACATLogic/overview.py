@@ -91,6 +91,14 @@ def shown(values: np.ndarray, low: float, high: float) -> tuple[np.ndarray, np.n
     return coloured, strength
 
 
+def overlay_rgb(grey: np.ndarray, values: np.ndarray, low: float, high: float) -> np.ndarray:
+    """A slice of the map over a grey slice ((H, W, 1) or (H, W, 3) in [0, 1]) as RGB in [0, 1]: the voxels at
+    or above ``low`` (`overlay_range`) coloured, red at the threshold to white at ``high``; NaN not coloured."""
+    coloured, s = shown(np.nan_to_num(values, nan=0.0), low, high)  # one slice, not a volume copy
+    alpha = np.where(coloured, 0.3 + 0.55 * s, 0.0)[..., None]
+    return grey * (1 - alpha) + hot(0.4 + 0.6 * s) * alpha
+
+
 def write_overview(path: Path, ct: CTVolume, saliency: CTVolume, counterfactual: Optional[CTVolume],
                    title: str, window: tuple[float, float], *, overwrite: bool = True) -> list[int]:
     """Render the overview; returns the canonical slice indices shown."""
@@ -112,9 +120,7 @@ def write_overview(path: Path, ct: CTVolume, saliency: CTVolume, counterfactual:
     low, high = overlay_range(sal_c.voxels_hu)
     for r, k in enumerate(slices):
         base = _grey(ct_c.voxels_hu[k], window)
-        coloured, s = shown(np.nan_to_num(sal_c.voxels_hu[k], nan=0.0), low, high)  # one slice, not a volume copy
-        alpha = np.where(coloured, 0.3 + 0.55 * s, 0.0)[..., None]
-        tiles = [base, base * (1 - alpha) + hot(0.4 + 0.6 * s) * alpha]  # red at the threshold, white at the top
+        tiles = [base, overlay_rgb(base, sal_c.voxels_hu[k], low, high)]
         if cf_c is not None:
             tiles.append(_grey(cf_c.voxels_hu[k], window))
             tiles.append(_diverging(cf_c.voxels_hu[k] - ct_c.voxels_hu[k], max(window[1] / 4, 1.0)))

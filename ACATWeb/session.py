@@ -21,7 +21,7 @@ import numpy as np
 
 import slicer
 from ACATLogic.options import ExplainOptions
-from ACATSlicerLib import display, hierarchy, layout
+from ACATSlicerLib import display, hierarchy, layout, loading
 from ACATSlicerLib.controller import ExplainController
 from ACATSlicerLib.layout import ViewOptions
 from ACATSlicerLib.request import DicomResults, ExplainRequest
@@ -220,7 +220,11 @@ class ViewerSession:
         voxels = slicer.util.arrayFromVolume(node)  # (K, J, I)
         threshold = display.percentileThreshold(voxels, self.percentile)
         body = slicer.util.arrayFromVolume(self.result.inputNode) > BODY_HU
-        weights = np.where((voxels >= threshold) & body, voxels, 0.0).astype(np.float64)
+        values = voxels
+        if voxels.dtype == np.uint8:  # a display copy: weigh by the map values its levels stand for
+            kind = loading.ATTENTION if self.overlay.startswith("attention") else loading.SALIENCY
+            values = loading.levelValue(np.arange(256), loading.logarithmic(kind)).astype(np.float32)[voxels]
+        weights = np.where((voxels >= threshold) & body, values, 0.0).astype(np.float64)
         per_slice = weights.sum(axis=(1, 2))
         if not np.any(per_slice > 0):
             return None

@@ -256,3 +256,26 @@ def test_dicom_results_need_a_dicom_input_said_in_one_line(tmp_path, ctchest_pat
     assert "is NRRD, not DICOM" in done.stderr and not out.exists()
     done = run_acat("explain", str(ctchest_path), "--out", str(out), "--deidentify")
     assert done.returncode == 2 and "add --dicom" in done.stderr and not out.exists()
+
+
+def test_the_overlay_images_colour_the_top_5_percent_as_the_viewers_do(demo_results):
+    """The secondary captures colour the voxels at or above the map's 95th percentile, as overview.png, the
+    Slicer module and the web viewer do (not a fixed share of the maximum, which showed almost nothing of a
+    whitened map): each pixel that is not grey, the caption aside, is a voxel above that threshold, and the
+    other way round."""
+    from ACATLogic.overview import overlay_range
+
+    saliency = read_itk_file(demo_results / "saliency.nrrd").voxels_hu
+    low, high = overlay_range(saliency)
+    expected = (saliency >= low) & (saliency > 0)
+    got = np.zeros(saliency.shape, bool)
+    for path in sorted((demo_results / OVERLAY_FOLDER).iterdir()):
+        sc = pydicom.dcmread(path)
+        rgb = sc.pixel_array.astype(int)
+        got[int(sc.InstanceNumber) - 1] = (rgb[..., 0] != rgb[..., 1]) | (rgb[..., 1] != rgb[..., 2])
+    assert np.mean(expected) == pytest.approx(0.05, abs=0.01)
+    caption = np.zeros(saliency.shape[1:], bool)
+    caption[:16] = True  # the burned-in yellow caption's band
+    differ = (got != expected) & ~caption
+    # the maximum is white over white bone at most: the top of the heat colours
+    assert np.all(saliency[differ] == high) and differ.sum() <= 1

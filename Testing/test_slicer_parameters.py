@@ -104,6 +104,8 @@ def test_display_copies_and_percentiles_from_the_level_counts():
     half_level = np.expm1(0.5 * np.log1p(1 / LOG_FLOOR) / 255)
     assert np.all(np.abs(levelValue(levels) - voxels) <= (voxels + LOG_FLOOR) * half_level + 1e-6)
     assert half_level < 0.0091 and LOG_FLOOR * half_level < 0.0001
+    linear = quantise(voxels, logarithmic=False)  # attention masks: linear levels
+    assert np.abs(levelValue(linear, logarithmic=False) - voxels).max() <= 0.5 / 255 + 1e-7
     histogram = np.bincount(levels.reshape(-1), minlength=256)
     np.testing.assert_array_equal(levelCounts(levels), histogram)  # counted slab by slab (20 slices: several slabs)
     for p in (0, 25, 50, 95, 99.9, 100):

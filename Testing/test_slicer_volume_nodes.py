@@ -145,6 +145,12 @@ def test_result_maps_are_read_slab_by_slab_exactly_as_acatlogic_reads_them(tmp_p
     shown = loading.readMap(tmp_path, loading.SALIENCY, "", grid)
     np.testing.assert_array_equal(shown.voxels, loading.quantise(saliency))
     np.testing.assert_array_equal(shown.histogram, np.bincount(loading.quantise(saliency).ravel(), minlength=256))
+    # an attention mask: the same values on linear levels
+    write_itk_file(CTVolume(saliency, SPACING, ORIGIN_LPS, ROTATION), tmp_path / "attention_fused.nrrd",
+                   compress=compress)
+    attention = loading.readMap(tmp_path, loading.ATTENTION, "fused", grid)
+    np.testing.assert_array_equal(attention.voxels, loading.quantise(saliency, logarithmic=False))
+    assert not np.array_equal(attention.voxels, shown.voxels)
     hu = (saliency * 2000 - 1000).astype(np.float32)
     write_itk_file(CTVolume(hu, SPACING, ORIGIN_LPS, ROTATION), tmp_path / "counterfactual_none.nrrd",
                    compress=compress)

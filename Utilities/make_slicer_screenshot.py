@@ -57,13 +57,14 @@ def _focus_point(result, percentile: float) -> np.ndarray:
     """RAS point of the axial slice with most supra-threshold saliency inside the body, at its weighted
     centre there (ACATWeb/session.py focus_on_overlay)."""
     import slicer
-    from ACATSlicerLib import display
+    from ACATSlicerLib import display, loading
     from ACATSlicerLib.volume_nodes import ijkToRasArray
 
-    voxels = slicer.util.arrayFromVolume(result.saliency)  # (K, J, I)
+    voxels = slicer.util.arrayFromVolume(result.saliency)  # (K, J, I) display levels (loading.quantise)
     threshold = display.percentileThreshold(voxels, percentile)
     body = slicer.util.arrayFromVolume(result.inputNode) > BODY_HU
-    weights = np.where((voxels >= threshold) & body, voxels, 0.0).astype(np.float64)
+    values = loading.levelValue(voxels)  # the map values the levels stand for
+    weights = np.where((voxels >= threshold) & body, values, 0.0).astype(np.float64)
     per_slice = weights.sum(axis=(1, 2))
     if not np.any(per_slice > 0):
         raise RuntimeError("the saliency map is empty inside the body: nothing to show")

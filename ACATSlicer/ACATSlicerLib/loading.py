@@ -9,14 +9,17 @@ a time, through ``zlib`` with a bounded output) straight into the display copy, 
 display copy plus one slab. A file that is not the plain attached raw/gzip NRRD the child writes is read
 whole by ACATLogic's reader instead.
 
-* saliency and attention maps, values in [0, 1]: uint8, 0-255 (a quarter of the memory) on a logarithmic
-  scale (`quantise`: each level 1.8 % above the one below from 0.01 up, steps of 0.00018 below),
-  and the histogram of those 256 levels is counted once, so every percentile threshold afterwards is a
-  table look-up (`percentileLevel`). Linear levels were too coarse for a whitened map, which is peaky (its
-  95th percentile at 0.005 of its maximum on the demo): levels 0 and 1 held most of the brain, and the
-  default "top 5 %" coloured 8.7 % of the voxels (5.03 % now; a map's decision gradient 5.45 % then, 5.00 %
-  now; a level is as fine as a linear one up to 0.2, and 4.6 times coarser at the maximum). A percentile is the same on any increasing
-  scale, and the heat colours spread over the orders of magnitude that the shown part of such a map spans;
+* saliency and attention maps, values in [0, 1]: uint8, 0-255 (a quarter of the memory), and the
+  histogram of those 256 levels is counted once, so every percentile threshold afterwards is a table
+  look-up (`percentileLevel`). A saliency map's levels are logarithmic (`quantise`: each level 1.8 % above
+  the one below from 0.01 up, steps of 0.00018 below): linear levels were too coarse for a whitened map,
+  which is peaky (its 95th percentile at 0.005 of its maximum on the demo): levels 0 and 1 held most of the
+  brain, and the default "top 5 %" coloured 8.7 % of the voxels (5.03 % now; a map's decision gradient
+  5.45 % then, 5.00 % now; a log level is as fine as a linear one up to 0.2, and 4.6 times coarser at the
+  maximum). A percentile is the same on any increasing scale, and the heat colours spread over the orders
+  of magnitude that the shown part of such a map spans. An attention mask (a sigmoid, 0.4 to 1 on the demo,
+  not peaky) keeps linear levels, which are the finer ones there (its top 5 % coloured 6.2 % with linear
+  levels, 11.4 % with log ones); `levelValue` turns either back into map values;
 * a counterfactual, in HU: the input's own integer type when the input is stored as integers (a CT
   loaded from DICOM is int16), rounded to the HU; else float32;
 * a difference map, counterfactual - input in HU: float32 (its changes are fractions of a HU), with its
@@ -194,24 +197,35 @@ def _readBytes(fh, decoder, want: int) -> bytearray:
     return out
 
 
-def quantise(voxels: np.ndarray) -> np.ndarray:
-    """[0, 1] float -> uint8 0..255 on the logarithmic scale above (rounded; values outside [0, 1] clipped;
-    0 stays 0, 1 is 255), slab by slab (no whole float temporary). Increasing: the order of voxels, so
-    every percentile and the maximum, is kept up to ties within a level."""
+def logarithmic(kind: str) -> bool:
+    """Whether a map of this kind is shown on logarithmic levels (saliency) or linear ones (attention)."""
+    return kind == SALIENCY
+
+
+def quantise(voxels: np.ndarray, logarithmic: bool = True) -> np.ndarray:
+    """[0, 1] float -> uint8 0..255 on the logarithmic scale above, or linear (rounded; values outside [0, 1]
+    clipped; 0 stays 0, 1 is 255), slab by slab (no whole float temporary). Increasing: the order of voxels,
+    so every percentile and the maximum, is kept up to ties within a level."""
     out = np.empty(voxels.shape, np.uint8)
     for k in range(0, voxels.shape[0], 16):
         slab = np.clip(voxels[k:k + 16], 0.0, 1.0, dtype=np.float32)
-        slab *= 1.0 / LOG_FLOOR
-        np.log1p(slab, out=slab)
-        slab *= LEVELS / _LOG_RANGE
+        if logarithmic:
+            slab *= 1.0 / LOG_FLOOR
+            np.log1p(slab, out=slab)
+            slab *= LEVELS / _LOG_RANGE
+        else:
+            slab *= LEVELS
         np.rint(slab, out=slab)
         out[k:k + 16] = slab
     return out
 
 
-def levelValue(levels) -> np.ndarray:
+def levelValue(levels, logarithmic: bool = True) -> np.ndarray:
     """The map value a level stands for (the inverse of `quantise`, before rounding)."""
-    return LOG_FLOOR * np.expm1(np.asarray(levels, dtype=np.float64) * (_LOG_RANGE / LEVELS))
+    levels = np.asarray(levels, dtype=np.float64)
+    if not logarithmic:
+        return levels / LEVELS
+    return LOG_FLOOR * np.expm1(levels * (_LOG_RANGE / LEVELS))
 
 
 def levelCounts(levels: np.ndarray) -> np.ndarray:
@@ -274,7 +288,7 @@ def readMap(outDir, kind: str, key: str, grid: Grid, inputVoxels: Optional[np.nd
     for k, slab in resultSlabs(mapPath(outDir, kind, key), grid):
         n = slab.shape[0]
         if kind in (SALIENCY, ATTENTION):
-            shown[k:k + n] = quantise(slab)
+            shown[k:k + n] = quantise(slab, logarithmic(kind))
         elif kind == COUNTERFACTUAL:
             shown[k:k + n] = toInputType(slab, dtype)
         else:

@@ -13,7 +13,7 @@ exported as it is. From it:
 * the rest on demand (`ExplanationNodes.addMap`, from `loading.readMap`): the other counterfactuals, the
   difference maps (counterfactual - input, HU) and the ACAT attention masks.
 
-Volumes are display copies (`loading`): [0, 1] maps as uint8 0..255, counterfactuals in the input's voxel
+Volumes are display copies (`loading`): [0, 1] maps as uint8 0..255 (saliency on logarithmic levels), counterfactuals in the input's voxel
 type. Every volume gets the input node's exact IJK-to-RAS matrix and parent transform: the files are first
 checked to lie on the input's grid. Nodes are named after the input node, the model id and the method.
 """
