@@ -21,11 +21,11 @@ import numpy as np
 
 import slicer
 from ACATLogic.options import ExplainOptions
-from ACATSlicerLib import display, hierarchy, layout, loading
+from ACATSlicerLib import display, hierarchy, layout
 from ACATSlicerLib.controller import ExplainController
 from ACATSlicerLib.layout import ViewOptions
 from ACATSlicerLib.request import DicomResults, ExplainRequest
-from ACATSlicerLib.volume_nodes import addVolumeNodeFromCTVolume, ijkToRasArray
+from ACATSlicerLib.volume_nodes import addVolumeNodeFromCTVolume
 
 from . import download, summary
 from .linked_slices import SliceMirror
@@ -36,7 +36,6 @@ INPUT_VIEWS = (AXIAL_VIEW, CORONAL_VIEW, SAGITTAL_VIEW)
 #: CT display windows as (level, width) in HU; "auto" lets Slicer pick from the histogram
 WINDOWS = {"brain": (40.0, 80.0), "soft tissue": (40.0, 400.0), "lung": (-600.0, 1500.0), "bone": (500.0, 3000.0)}
 DEFAULT_WINDOW = "brain"
-BODY_HU = -500.0  # above this, a voxel is tissue, not air
 
 
 def read_ct(path):
@@ -212,27 +211,15 @@ class ViewerSession:
     def focus_on_overlay(self) -> Optional[np.ndarray]:
         """Move every slice view through the strongest part of the shown overlay inside the body; returns
         that point (RAS mm), or None for an empty map. The axial slice is the one holding most of the map
-        above the percentile threshold within the body (CT above `BODY_HU`: a map's weight in the air
+        above the percentile threshold within the body (CT above `display.BODY_HU`: a map's weight in the air
         around the head says nothing to look at), the point its weighted centre there."""
         node = self.overlay_node()
         if node is None:
             return None
-        voxels = slicer.util.arrayFromVolume(node)  # (K, J, I)
-        threshold = display.percentileThreshold(voxels, self.percentile)
-        body = slicer.util.arrayFromVolume(self.result.inputNode) > BODY_HU
-        values = voxels
-        if voxels.dtype == np.uint8:  # a display copy: weigh by the map values its levels stand for
-            kind = loading.ATTENTION if self.overlay.startswith("attention") else loading.SALIENCY
-            values = loading.levelValue(np.arange(256), loading.logarithmic(kind)).astype(np.float32)[voxels]
-        weights = np.where((voxels >= threshold) & body, values, 0.0).astype(np.float64)
-        per_slice = weights.sum(axis=(1, 2))
-        if not np.any(per_slice > 0):
+        ras = display.overlayFocus(node, self.result.inputNode, self.percentile,
+                                   logarithmic=not self.overlay.startswith("attention"))
+        if ras is None:
             return None
-        k = int(np.argmax(per_slice))
-        j_idx, i_idx = np.indices(weights.shape[1:])
-        w = weights[k] / per_slice[k]
-        ijk = np.array([float((w * i_idx).sum()), float((w * j_idx).sum()), float(k), 1.0])
-        ras = (ijkToRasArray(node) @ ijk)[:3]
         for n in range(self.scene.GetNumberOfNodesByClass("vtkMRMLSliceNode")):
             self.scene.GetNthNodeByClass(n, "vtkMRMLSliceNode").JumpSliceByOffsetting(*ras)
         return ras

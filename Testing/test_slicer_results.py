@@ -371,6 +371,27 @@ def test_the_top_5_percent_of_a_peaky_map_is_5_percent_of_the_voxels(slicer_scen
     assert np.all(coloured[exact]) and np.mean(coloured & ~exact) < 0.005
 
 
+def test_the_overlay_focus_weighs_the_map_values_of_the_display_levels(slicer_scene, case, tmp_path):
+    """The focus point (web viewer, docs picture) from the uint8 display copy is the weighted centre that the
+    file's exact values give, on the slice holding most of the top 5 % inside the body."""
+    folder = write_output(tmp_path / "out", case)
+    result = results.loadExplanationResults(slicer_scene.scene, case["node"], folder)
+    ras = display.overlayFocus(result.saliency, case["node"], 95.0)
+    exact = read_itk_file(folder / "saliency.nrrd").voxels_hu.astype(np.float64)
+    levels = slicer.util.arrayFromVolume(result.saliency)
+    top = (levels >= np.percentile(levels, 95)) & (case["voxels"] > display.BODY_HU)
+    weights = np.where(top, exact, 0.0)
+    k = int(np.argmax(weights.sum(axis=(1, 2))))
+    j, i = np.indices(weights.shape[1:])
+    w = weights[k] / weights[k].sum()
+    expected = (case["ijk_to_ras"] @ [float((w * i).sum()), float((w * j).sum()), k, 1.0])[:3]
+    np.testing.assert_allclose(ras, expected, atol=0.05)  # mm: half a level's error in the weights at most
+    assert display.overlayFocus(result.saliency, case["node"], 95.0) is not None
+    empty = addVolumeNode(slicer_scene.scene, np.zeros(case["voxels"].shape, np.uint8), "empty",
+                          referenceNode=case["node"])
+    assert display.overlayFocus(empty, case["node"]) is None
+
+
 def test_side_by_side_layout_links_original_and_counterfactual(slicer_scene, case, tmp_path):
     scene = slicer_scene.scene
     result = results.loadExplanationResults(scene, case["node"], write_output(tmp_path / "out", case))

@@ -444,6 +444,9 @@ def test_a_config_built_on_a_base_file(tmp_path):
     (tmp_path / "b.yaml").write_text("base: a.yaml\n")
     with pytest.raises(ACATInputError, match="includes itself"):
         load_config(tmp_path / "a.yaml")
+    (tmp_path / "d.yaml").write_text("base: 3\n")
+    with pytest.raises(ACATInputError, match="base must name another config file"):
+        load_config(tmp_path / "d.yaml")
     (tmp_path / "c.yaml").write_text("base: missing.yaml\n")
     with pytest.raises(ACATInputError, match="no such config file"):
         load_config(tmp_path / "c.yaml")

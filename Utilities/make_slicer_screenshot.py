@@ -36,7 +36,6 @@ for path in (ROOT / "Testing", ROOT / "ACATSlicer", ROOT):
 CAPTION = "Slicer slice views (headless render): CT + saliency | counterfactual \u2014 research use only"
 BRAIN_WINDOW = (40.0, 80.0)  # level, width (HU)
 FONT = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"  # Debian's fonts-dejavu-core
-BODY_HU = -500.0  # above this a voxel is tissue, not air (as ACATWeb/session.py)
 
 
 def _slice_image(logic) -> np.ndarray:
@@ -55,24 +54,13 @@ def _slice_image(logic) -> np.ndarray:
 
 def _focus_point(result, percentile: float) -> np.ndarray:
     """RAS point of the axial slice with most supra-threshold saliency inside the body, at its weighted
-    centre there (ACATWeb/session.py focus_on_overlay)."""
-    import slicer
-    from ACATSlicerLib import display, loading
-    from ACATSlicerLib.volume_nodes import ijkToRasArray
+    centre there (as the web viewer focuses: `display.overlayFocus`)."""
+    from ACATSlicerLib import display
 
-    voxels = slicer.util.arrayFromVolume(result.saliency)  # (K, J, I) display levels (loading.quantise)
-    threshold = display.percentileThreshold(voxels, percentile)
-    body = slicer.util.arrayFromVolume(result.inputNode) > BODY_HU
-    values = loading.levelValue(voxels)  # the map values the levels stand for
-    weights = np.where((voxels >= threshold) & body, values, 0.0).astype(np.float64)
-    per_slice = weights.sum(axis=(1, 2))
-    if not np.any(per_slice > 0):
+    focus = display.overlayFocus(result.saliency, result.inputNode, percentile)
+    if focus is None:
         raise RuntimeError("the saliency map is empty inside the body: nothing to show")
-    k = int(np.argmax(per_slice))
-    j_idx, i_idx = np.indices(weights.shape[1:])
-    w = weights[k] / per_slice[k]
-    ijk = np.array([float((w * i_idx).sum()), float((w * j_idx).sum()), float(k), 1.0])
-    return (ijkToRasArray(result.saliency) @ ijk)[:3]
+    return focus
 
 
 def _compose(left: np.ndarray, right: np.ndarray, caption: str, labels: tuple[str, str]):

@@ -76,6 +76,35 @@ def applySaliencyThreshold(saliencyNode, percentile: float = DEFAULT_PERCENTILE,
     return setLevelThreshold(saliencyNode.GetDisplayNode(), histogram, percentile)
 
 
+BODY_HU = -500.0  # above this, a voxel is tissue, not air
+
+
+def overlayFocus(overlayNode, inputNode, percentile: float = DEFAULT_PERCENTILE, logarithmic: bool = True):
+    """RAS point (mm) of the strongest part of an overlay inside the body, or None for a map empty there: the
+    axial slice holding most of the map above the percentile threshold within the body (CT above
+    `BODY_HU`: a map's weight in the air around the head says nothing to look at), at its weighted centre.
+    A display copy (uint8, `loading`) is weighed by the map values its levels stand for (``logarithmic``:
+    a saliency map's levels, else an attention mask's)."""
+    from .loading import levelValue
+    from .volume_nodes import ijkToRasArray
+
+    voxels = slicer.util.arrayFromVolume(overlayNode)  # (K, J, I)
+    threshold = percentileThreshold(voxels, percentile)
+    body = slicer.util.arrayFromVolume(inputNode) > BODY_HU
+    values = voxels
+    if voxels.dtype == np.uint8:  # one look-up per level, not a float copy of the volume per voxel
+        values = levelValue(np.arange(256), logarithmic).astype(np.float32)[voxels]
+    weights = np.where((voxels >= threshold) & body, values, 0.0).astype(np.float64)
+    per_slice = weights.sum(axis=(1, 2))
+    if not np.any(per_slice > 0):
+        return None
+    k = int(np.argmax(per_slice))
+    j_idx, i_idx = np.indices(weights.shape[1:])
+    w = weights[k] / per_slice[k]
+    ijk = np.array([float((w * i_idx).sum()), float((w * j_idx).sum()), float(k), 1.0])
+    return (ijkToRasArray(overlayNode) @ ijk)[:3]
+
+
 def _setThreshold(display, threshold: float, top: float) -> float:
     """The window reaches half the shown range below the threshold and above the maximum: with a heat
     table (black -> orange -> yellow -> white) the weakest shown voxels are orange, never black (which

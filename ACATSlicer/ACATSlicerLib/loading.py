@@ -43,7 +43,7 @@ from vtk.util import numpy_support
 from .volume_nodes import geometryFromIjkToRas, ijkToRasArray
 
 SALIENCY, COUNTERFACTUAL, DIFFERENCE, ATTENTION = "saliency", "counterfactual", "difference", "attention"
-LEVELS = 255  # a [0, 1] map is shown as 0..255, logarithmically:
+LEVELS = 255  # a [0, 1] map is shown as 0..255; a saliency map logarithmically (`quantise`):
 LOG_FLOOR = 1e-2  # level = LEVELS * log(1 + v / LOG_FLOOR) / log(1 + 1 / LOG_FLOOR)
 _LOG_RANGE = float(np.log1p(1.0 / LOG_FLOOR))
 
