@@ -286,6 +286,21 @@ def chance_iou_dice(lesion_voxels: int, organ_voxels: int) -> tuple[float, float
     return overlap / (2 * n - overlap), overlap / n
 
 
+def contrast_map(hu: np.ndarray, organ_mask: np.ndarray) -> np.ndarray:
+    """A map that needs no model: how far each organ voxel's HU lies from the organ's median (0 outside it).
+
+    A reference line next to chance: where lesions differ from the tissue around them by their density alone
+    (ground glass in aerated lung), this scores well without any classifier, and a map that scores no better
+    than it has shown nothing a window setting would not. ``hu`` and ``organ_mask`` on the same grid; an
+    empty organ gives an all-zero map."""
+    values = np.asarray(hu, dtype=np.float32)
+    organ = np.asarray(organ_mask) != 0
+    _same_shape(values, organ, "volume vs organ mask")
+    if not organ.any():
+        return np.zeros(values.shape, np.float32)
+    return np.where(organ, np.abs(values - np.median(values[organ])), 0.0).astype(np.float32)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Paired comparison of two methods on the same cases
 # ---------------------------------------------------------------------------------------------------------

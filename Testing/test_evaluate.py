@@ -13,7 +13,7 @@ import pytest
 from ACATLogic.bundle import load_bundle
 from ACATLogic.volume import CTVolume
 from ACATLogic.explain import Explainer
-from ACATLogic.metrics import counterfactual_success, iou_dice, saliency_hit
+from ACATLogic.metrics import contrast_map, counterfactual_success, iou_dice, saliency_hit
 from training.evaluate import (DISPLAY_NAMES, HIT_RULE, NOTICE, OVERLAP_RULE, SUCCESS_RULE, counterfactual_quality,
                                evaluate, main, parse_methods)
 from ACATData.phantom.common import BRAIN_LABELS, TERRITORIES, PhantomCase
@@ -115,6 +115,14 @@ def test_metrics_json_is_the_report_and_self_consistent(report, dataset, bundle)
     assert [c["case_id"] for c in cases] == ["case-a", "case-b", "case-c"]  # the train case is left out
     assert [c["has_lesion"] for c in cases] == [True, True, False]
     assert cases[2]["lesion_voxels"] == 0 and cases[0]["lesion_voxels"] > 10
+    # the line no model needs: each lesion case's organ voxels ranked by their distance from the organ median
+    for c in cases[:2]:
+        loaded = load_case(dataset, next(r for r in read_manifest(dataset) if r["case_id"] == c["case_id"]))
+        contrast = contrast_map(loaded.volume.voxels_hu, loaded.organ_mask)
+        assert c["contrast"]["iou"] == pytest.approx(iou_dice(contrast, loaded.lesion_mask, loaded.organ_mask)[0])
+    assert "contrast" not in cases[2]
+    assert result["contrast"]["n"] == 2
+    assert result["contrast"]["mean_iou"] == pytest.approx(np.mean([c["contrast"]["iou"] for c in cases[:2]]))
 
     for method, row in result["methods"].items():
         per_case = [c["methods"][method] for c in cases]
@@ -208,6 +216,8 @@ def test_metrics_md_header_and_tables(report, dataset, bundle):
     for method in result["methods"]:
         assert sum(line.startswith(f"| {DISPLAY_NAMES[method]} |") for line in localisation) == 1
     assert any(line.startswith("| Chance") for line in localisation)
+    contrast = next(line for line in localisation if line.startswith("| No model:")).split("|")
+    assert contrast[3].strip() == f"{result['contrast']['mean_iou']:.3f}"
     cf_row = next(line for line in localisation if line.startswith(f"| {DISPLAY_NAMES['counterfactual']} |"))
     assert cf_row.split("|")[-2].strip() != "-"  # the success rate is filled for the counterfactual only
     assert "## Classification" in md and "| IS-1 | 1 |" in md and "## Counterfactual quality" in md

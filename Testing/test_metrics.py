@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from ACATLogic.metrics import (CounterfactualOutcome, argmax_voxel, binary_iou_dice, chance_hit, chance_iou_dice,
-                               classification_metrics, counterfactual_success, counterfactual_summary, hit_score,
+                               classification_metrics, contrast_map, counterfactual_success, counterfactual_summary, hit_score,
                                iou_dice, mean_abs_change_outside_lesion, mean_and_sem, paired_comparison,
                                saliency_hit, top_p_mask)
 
@@ -250,6 +250,19 @@ def test_chance_lines():
     assert dice == pytest.approx(0.01) and iou == pytest.approx(0.1 / 19.9)
     assert chance_iou_dice(50, 50) == (1.0, 1.0)
     assert all(math.isnan(v) for v in chance_iou_dice(0, 10))
+
+
+def test_contrast_line_ranks_organ_voxels_by_their_distance_from_the_organ_median():
+    hu = np.array([[[-850.0, -840.0, -600.0, 400.0], [-860.0, -500.0, -850.0, 900.0]]])
+    organ = np.array([[[1, 1, 1, 0], [0, 1, 1, 0]]])  # the bright column is bone, outside the organ
+    # the organ median of -850, -850, -840, -600, -500 is -840
+    expected = np.array([[[10.0, 0.0, 240.0, 0.0], [0.0, 340.0, 10.0, 0.0]]], np.float32)
+    assert np.array_equal(contrast_map(hu, organ), expected)
+    lesion = np.array([[[0, 0, 1, 0], [0, 1, 0, 0]]])  # two dense voxels: found without a model
+    assert iou_dice(contrast_map(hu, organ), lesion, organ) == (1.0, 1.0)
+    assert not contrast_map(hu, np.zeros_like(organ)).any()
+    with pytest.raises(ValueError, match="shapes differ"):
+        contrast_map(hu, organ[:, :1])
 
 
 def test_paired_comparison_counts_and_interval():

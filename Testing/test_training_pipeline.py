@@ -440,6 +440,14 @@ def test_a_config_built_on_a_base_file(tmp_path):
     assert gated.autoencoder.lr == plain.autoencoder.lr and gated.model.baseline_config == plain.model.baseline_config
     assert (gated.baseline.blur_sigma_px, gated.baseline.epochs) == (1.5, plain.baseline.epochs)
     assert gated.saliency.whiten is True and plain.saliency.whiten is None and gated.input == plain.input
+    lung, lung_plain = load_config(configs / "lung_cpu_gated.yaml"), load_config(configs / "lung_cpu.yaml")
+    assert lung.model.autoencoder_config == gated.model.autoencoder_config
+    assert (lung.baseline.epochs, lung.baseline.patience, lung.baseline.blur_sigma_px, lung.baseline.noise_std) == (
+        30, 10, 1.5, 0.08)
+    assert (lung.autoencoder.epochs, lung.autoencoder.consistency_warmup, lung.autoencoder.consistency,
+            lung.autoencoder.consistency_lr) == (20, 12, 3.0, 3e-4)
+    assert lung.input == lung_plain.input and lung.model.baseline == lung_plain.model.baseline == "lung_resnet_small"
+    assert lung.saliency.whiten is None and lung.data.task == "lung"
     (tmp_path / "a.yaml").write_text("base: b.yaml\n")
     (tmp_path / "b.yaml").write_text("base: a.yaml\n")
     with pytest.raises(ACATInputError, match="includes itself"):

@@ -17,7 +17,9 @@ keeps the first N in manifest order) it records (`ACATLogic.metrics`):
 * IoU / Dice (Appendix H): the top-n voxels of the map *inside the organ* (brain parenchyma, lungs; the
   dataset's organ mask) against the lesion, n = lesion voxel count - like the hit score, which also
   looks only where a lesion can be;
-* the chance line: what a uniformly random organ voxel scores (`chance_hit`, `chance_iou_dice`);
+* the chance line: what a uniformly random organ voxel scores (`chance_hit`, `chance_iou_dice`), and the
+  contrast line: what a map that needs no model scores, the organ voxels farthest from the organ's median HU
+  (`contrast_map`; where lesions stand out by density alone, a window setting finds them);
 * counterfactual quality (Fig. 5; counterfactual methods): towards the healthy class, for scans with a
   lesion that the *explained* classifier reads as not healthy on the real image; success when that
   classifier's probability of its original prediction falls below 0.2 at an optimisation step >= 1 -
@@ -70,8 +72,8 @@ from ACATLogic.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_OK, ACATInputEr
 from ACATLogic.explain import Explainer, Explanation
 from ACATLogic.io.atomic import atomic_path
 from ACATLogic.metrics import (SUCCESS_PROBABILITY, CounterfactualOutcome, chance_hit, chance_iou_dice,
-                               classification_metrics, counterfactual_success, counterfactual_summary, hit_score,
-                               iou_dice, mean_abs_change_outside_lesion, paired_comparison, saliency_hit)
+                               classification_metrics, contrast_map, counterfactual_success, counterfactual_summary,
+                               hit_score, iou_dice, mean_abs_change_outside_lesion, paired_comparison, saliency_hit)
 from ACATLogic.options import ExplainOptions
 
 from ACATData.phantom.common import TERRITORIES
@@ -336,6 +338,11 @@ def evaluate_case(explainers: tuple, case: LoadedCase, methods: Sequence[str], *
         iou, dice = chance_iou_dice(inside, organ_voxels)
         record["chance"] = {"hit": chance_hit(case.territory_map, territories) if territories else math.nan,
                             "iou": iou, "dice": dice}
+        if case.organ_mask is not None and case.lesion_mask is not None:
+            contrast = contrast_map(case.volume.voxels_hu, case.organ_mask)
+            iou, dice = iou_dice(contrast, case.lesion_mask, case.organ_mask)
+            record["contrast"] = {"hit": saliency_hit(contrast, case.territory_map, territories)
+                                  if territories else None, "iou": iou, "dice": dice}
     for n, method in enumerate(methods):
         options = method_options(method, coverage=coverage, steps=steps, saliency_classifier=saliency_classifier,
                                  specs=specs)
@@ -402,6 +409,11 @@ def aggregate(cases: list[dict], methods: Sequence[str], class_names: Sequence[s
     chance = {"hit_score": _nanmean(c["chance"]["hit"] for c in lesion_cases),
               "mean_iou": _nanmean(c["chance"]["iou"] for c in lesion_cases),
               "mean_dice": _nanmean(c["chance"]["dice"] for c in lesion_cases), "n": len(lesion_cases)}
+    contrast_cases = [c for c in cases if c["has_lesion"] and "contrast" in c]
+    hits = [c["contrast"]["hit"] for c in contrast_cases if c["contrast"]["hit"] is not None]
+    contrast = {"hit_score": hit_score(sum(hits), len(hits) - sum(hits)) if hits else math.nan,
+                "mean_iou": _nanmean(c["contrast"]["iou"] for c in contrast_cases),
+                "mean_dice": _nanmean(c["contrast"]["dice"] for c in contrast_cases), "n": len(contrast_cases)}
     reference = methods[0]
     paired = {}
     for other in methods[1:]:
@@ -411,7 +423,7 @@ def aggregate(cases: list[dict], methods: Sequence[str], class_names: Sequence[s
             b = [_as_score(c["methods"][other][key]) for c in cases if c["has_lesion"]]
             pair[key] = paired_comparison(a, b)
         paired[other] = pair
-    return {"classification": classification, "methods": per_method, "chance": chance,
+    return {"classification": classification, "methods": per_method, "chance": chance, "contrast": contrast,
             "paired": {"reference": reference, "against": paired}}
 
 
@@ -476,6 +488,10 @@ def render_markdown(report: dict) -> str:
     ch = report["chance"]
     lines.append(f"| Chance (a uniformly random organ voxel) | {_fmt(ch['hit_score'])} | {_fmt(ch['mean_iou'])} | "
                  f"{_fmt(ch['mean_dice'])} | - | - | - |")
+    co = report.get("contrast")
+    if co and co["n"]:
+        lines.append(f"| No model: the organ voxels farthest from its median HU | {_fmt(co['hit_score'])} | "
+                     f"{_fmt(co['mean_iou'])} | {_fmt(co['mean_dice'])} | - | - | - |")
     lines += ["", "Hit score over scans with a lesion and a territory map (the maximum over the six territories); "
               "IoU/Dice over scans with a lesion: the top-n map voxels inside the organ mask, n = lesion voxels. "
               f"CF success: {SUCCESS_RULE}, over scans with a lesion that the explained classifier reads as "
