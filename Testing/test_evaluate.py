@@ -120,6 +120,8 @@ def test_metrics_json_is_the_report_and_self_consistent(report, dataset, bundle)
         loaded = load_case(dataset, next(r for r in read_manifest(dataset) if r["case_id"] == c["case_id"]))
         contrast = contrast_map(loaded.volume.voxels_hu, loaded.organ_mask)
         assert c["contrast"]["iou"] == pytest.approx(iou_dice(contrast, loaded.lesion_mask, loaded.organ_mask)[0])
+        ids = [k for k, name in TERRITORIES.items() if name in loaded.row["lesion_territories"].split(";")]
+        assert c["contrast"]["hit"] == saliency_hit(contrast, loaded.territory_map, ids)
     assert "contrast" not in cases[2]
     assert result["contrast"]["n"] == 2
     assert result["contrast"]["mean_iou"] == pytest.approx(np.mean([c["contrast"]["iou"] for c in cases[:2]]))

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from ACATLogic.metrics import (CounterfactualOutcome, argmax_voxel, binary_iou_dice, chance_hit, chance_iou_dice,
-                               classification_metrics, contrast_map, counterfactual_success, counterfactual_summary, hit_score,
-                               iou_dice, mean_abs_change_outside_lesion, mean_and_sem, paired_comparison,
+                               classification_metrics, contrast_map, counterfactual_success, counterfactual_summary,
+                               hit_score, iou_dice, mean_abs_change_outside_lesion, mean_and_sem, paired_comparison,
                                saliency_hit, top_p_mask)
 
 BRAIN = ["none", "left", "right", "both"]
