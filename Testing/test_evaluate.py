@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ACATLogic.errors import ACATInputError
 from ACATLogic.bundle import load_bundle
 from ACATLogic.volume import CTVolume
 from ACATLogic.explain import Explainer
@@ -317,3 +318,26 @@ def test_settings_are_named_explain_options_and_bad_ones_are_one_line_errors(dat
     assert "alpha='much'" in errors[0] and "built-in method" in errors[1]
     assert "sparsity must be in [0, 1)" in errors[2] and "unknown method 'w'" in errors[3]
     assert not (tmp_path / "out").exists()
+
+
+def test_times_input_scores_the_map_multiplied_by_the_windowed_input(dataset, bundle, tmp_path):
+    """The diagnostic key: the same gradient map, scored once as it is and once times the windowed input."""
+    from training.evaluate import parse_setting
+
+    assert parse_setting("gx:method=gradient,times_input=true") == (
+        "gx", ("gx: method=gradient, times_input=true", {"method": "gradient", "times_input": True}))
+    with pytest.raises(ACATInputError, match="times_input='yes'"):
+        parse_setting("gx:times_input=yes")
+    result = evaluate(bundle, dataset, ["gradient", "gx"], tmp_path / "out", device="cpu", coverage="sampled",
+                      settings=["gx:method=gradient,times_input=true"], progress=False)
+    assert result["settings"]["options"]["gx"]["method"] == "gradient"
+    loaded_bundle = load_bundle(bundle)
+    case = load_case(dataset, read_manifest(dataset)[0])
+    plain = Explainer(loaded_bundle, device="cpu").explain(case.volume, method="gradient", coverage="sampled")
+    weighted = plain.saliency.voxels_hu * loaded_bundle.spec.window(case.volume.voxels_hu)
+    recorded = result["cases"][0]["methods"]
+    assert recorded["gradient"]["iou"] == pytest.approx(
+        iou_dice(plain.saliency.voxels_hu, case.lesion_mask, case.organ_mask)[0])
+    assert recorded["gx"]["iou"] == pytest.approx(iou_dice(weighted, case.lesion_mask, case.organ_mask)[0])
+    assert recorded["gx"]["hit"] == saliency_hit(weighted, case.territory_map, [1])
+    assert not np.allclose(weighted, plain.saliency.voxels_hu)  # the weighting changed the map it scores

@@ -28,7 +28,11 @@ keeps the first N in manifest order) it records (`ACATLogic.metrics`):
   method's map. One untimed warm-up run per method on the first scan keeps start-up costs out.
 
 More settings to compare: ``--setting NAME:key=value,...`` (any `ExplainOptions` field, e.g.
-``nostop:early_stop=false``), then NAME in ``--methods``. ``--run RUN`` instead of ``--bundle`` evaluates a
+``nostop:early_stop=false``), then NAME in ``--methods``. One key is the evaluation's own, a diagnostic
+rather than an explanation: ``times_input=true`` scores the method's map multiplied by the windowed input
+(the scan in the model's HU window, [0, 1], on the input grid), as integrated gradients multiply their
+averaged gradient by the input's distance from a black baseline - so that how much of a score comes from
+following density, and how much from the model, can be measured (``cfx:times_input=true``). ``--run RUN`` instead of ``--bundle`` evaluates a
 training run's models before export - also when the autoencoder fails the export's gate (research only:
 the report's header says so, and `training.export` still refuses that bundle).
 
@@ -109,6 +113,8 @@ TERRITORY_IDS = {name: tid for tid, name in TERRITORIES.items()}
 HIT_RULE = "the saliency maximum over the six territories lies in a lesion territory"
 #: how IoU / Dice are scored (recorded with the results)
 OVERLAP_RULE = "top-n map voxels inside the organ mask against the lesion, n = lesion voxels"
+#: setting keys the evaluation applies itself (not `ExplainOptions` fields): key -> (kind, what it does)
+EVALUATION_KEYS = {"times_input": (bool, "the map multiplied by the windowed input (a diagnostic)")}
 SUCCESS_RULE = ("the explained classifier's probability of its prediction on the real image falls below 0.2 "
                 "at an optimisation step >= 1")
 
@@ -145,10 +151,10 @@ def parse_setting(text: str) -> tuple[str, tuple[str, dict]]:
     for item in rest.split(","):
         key, eq, value = item.partition("=")
         key, value = key.strip().replace("-", "_"), value.strip()
-        if not eq or key not in fields or key in ("coverage", "device"):
-            usable = ", ".join(k for k in fields if k not in ("coverage", "device"))
+        if not eq or (key not in fields and key not in EVALUATION_KEYS) or key in ("coverage", "device"):
+            usable = ", ".join([*(k for k in fields if k not in ("coverage", "device")), *EVALUATION_KEYS])
             raise ACATInputError(f"--setting {text!r}: {item.strip()!r} is not key=value with a key from {usable}")
-        kind = fields[key].metadata["kind"]
+        kind = EVALUATION_KEYS[key][0] if key in EVALUATION_KEYS else fields[key].metadata["kind"]
         try:
             if kind is bool:
                 if value.lower() not in ("true", "false"):
@@ -163,7 +169,7 @@ def parse_setting(text: str) -> tuple[str, tuple[str, dict]]:
         except ValueError as exc:
             raise ACATInputError(f"--setting {text!r}: {key}={value!r}: {exc}") from None
     try:
-        ExplainOptions(**changes)
+        ExplainOptions(**{k: v for k, v in changes.items() if k not in EVALUATION_KEYS})
     except ValueError as exc:
         raise ACATInputError(f"--setting {text!r}: {exc}") from None
     label = ", ".join(f"{k}={_value(v)}" for k, v in changes.items())
@@ -174,7 +180,8 @@ def method_options(name: str, *, coverage: str, steps: Optional[int], saliency_c
                    specs: Optional[dict] = None) -> ExplainOptions:
     """The `ExplainOptions` of one method spec, with the run's coverage (and steps / classifier for the
     counterfactual methods)."""
-    changes = dict((METHOD_SPECS if specs is None else specs)[name][1])
+    changes = {k: v for k, v in (METHOD_SPECS if specs is None else specs)[name][1].items()
+               if k not in EVALUATION_KEYS}
     options = ExplainOptions(**changes, coverage=coverage)
     if options.method == "counterfactual":
         options = options.replace(steps=steps, saliency_classifier=saliency_classifier)
@@ -354,7 +361,10 @@ def evaluate_case(explainers: tuple, case: LoadedCase, methods: Sequence[str], *
             record.update(predicted=explanation.class_names.index(explanation.label),
                           predicted_name=explanation.label, probabilities=explanation.probabilities,
                           classifier=explanation.classifier, warnings=explanation.warnings)
-        result = {**score_map(explanation.saliency.voxels_hu, case, territories, has_lesion), "time_s": wall_s,
+        saliency = explanation.saliency.voxels_hu
+        if (METHOD_SPECS if specs is None else specs)[method][1].get("times_input"):
+            saliency = saliency * explainer.bundle.spec.window(case.volume.voxels_hu)
+        result = {**score_map(saliency, case, territories, has_lesion), "time_s": wall_s,
                   "map_time_s": _map_time_s(explanation), "timings": explanation.timings,
                   "map": explanation.parameters.get("saliency_map")}
         if options.method == "counterfactual":
