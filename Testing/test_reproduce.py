@@ -95,12 +95,20 @@ def test_tables_hold_the_per_seed_numbers(reproduced, manifest):
             ["acat"] * 2 if folder == "evaluation_acat_classifier" else ["baseline"] * 2)
     assert "success_rate" in methods["counterfactual"] and "success_rate" not in methods["gradient"]
     assert "success_rate" in methods["counterfactual_acat_classifier"]
+    per_seed = [json.loads((root / "runs" / f"seed_{s}" / "evaluation" / "metrics.json").read_text()) for s in (0, 1)]
+    for line in ("chance", "contrast"):  # the lines that are not explanations, over the seeds
+        assert report["summary"][line]["mean_iou"]["values"] == pytest.approx([p[line]["mean_iou"] for p in per_seed])
+        assert report["summary"][line]["mean_iou"]["mean"] == pytest.approx(np.mean([p[line]["mean_iou"]
+                                                                                     for p in per_seed]))
 
     text = (root / "table" / "reproduction.md").read_text()
     assert "SIMULATED" in text and "python -m training.reproduce" in text
     assert "| Baseline |" in text and "| ACAT |" in text and "| ACAT counterfactual (default: residual, towards healthy) |" in text
     assert "| ACAT counterfactual, explaining the ACAT classifier (Sec. 4.4) |" in text
     assert "acc. IS-3" in text
+    contrast_row = next(r for r in text.splitlines() if r.startswith("| No model: the organ voxels")).split("|")
+    assert contrast_row[3].strip() == reproduce._fmt(report["summary"]["contrast"]["mean_iou"])
+    assert any(r.startswith("| Chance (a uniformly random organ voxel) |") for r in text.splitlines())
 
 
 def test_a_second_run_recomputes_nothing(reproduced):

@@ -113,6 +113,9 @@ TERRITORY_IDS = {name: tid for tid, name in TERRITORIES.items()}
 HIT_RULE = "the saliency maximum over the six territories lies in a lesion territory"
 #: how IoU / Dice are scored (recorded with the results)
 OVERLAP_RULE = "top-n map voxels inside the organ mask against the lesion, n = lesion voxels"
+#: the lines of the localisation table that are not explanations: aggregate key -> row name
+REFERENCE_LINES = {"chance": "Chance (a uniformly random organ voxel)",
+                   "contrast": "No model: the organ voxels farthest from its median HU"}
 #: setting keys the evaluation applies itself (not `ExplainOptions` fields): key -> (kind, what it does)
 EVALUATION_KEYS = {"times_input": (bool, "the map multiplied by the windowed input (a diagnostic)")}
 SUCCESS_RULE = ("the explained classifier's probability of its prediction on the real image falls below 0.2 "
@@ -495,13 +498,11 @@ def render_markdown(report: dict) -> str:
                    ("n/a" if cf else "-"))
         lines.append(f"| {names[method]} | {hit} | {_fmt(row['mean_iou'])} | {_fmt(row['mean_dice'])} | "
                      f"{success} | {_fmt(row['time_per_scan_s'], 2)} | {_fmt(row['map_time_per_scan_s'], 2)} |")
-    ch = report["chance"]
-    lines.append(f"| Chance (a uniformly random organ voxel) | {_fmt(ch['hit_score'])} | {_fmt(ch['mean_iou'])} | "
-                 f"{_fmt(ch['mean_dice'])} | - | - | - |")
-    co = report.get("contrast")
-    if co and co["n"]:
-        lines.append(f"| No model: the organ voxels farthest from its median HU | {_fmt(co['hit_score'])} | "
-                     f"{_fmt(co['mean_iou'])} | {_fmt(co['mean_dice'])} | - | - | - |")
+    for line, name in REFERENCE_LINES.items():
+        row = report.get(line)
+        if row and row["n"]:
+            lines.append(f"| {name} | {_fmt(row['hit_score'])} | {_fmt(row['mean_iou'])} | {_fmt(row['mean_dice'])} "
+                         "| - | - | - |")
     lines += ["", "Hit score over scans with a lesion and a territory map (the maximum over the six territories); "
               "IoU/Dice over scans with a lesion: the top-n map voxels inside the organ mask, n = lesion voxels. "
               f"CF success: {SUCCESS_RULE}, over scans with a lesion that the explained classifier reads as "

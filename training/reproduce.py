@@ -151,10 +151,12 @@ def summarise(per_seed: list[dict], task: str) -> dict:
             entry["mean_steps"]["of_seeds"] = len(steps)
             entry["mean_abs_change_outside_lesion_hu"] = _stat([c["mean_abs_change_outside_lesion_hu"] for c in cf])
         methods[method] = entry
-    chance = {}
-    if evaluated and all(s.get("evaluation", {}).get("chance") for s in evaluated):
-        chance = {key: _stat([s["evaluation"]["chance"][key] for s in evaluated])
-                  for key in ("hit_score", "mean_iou", "mean_dice")}
+    lines = {}  # the chance line and the line no model needs, over the seeds whose evaluation has them
+    for line in evaluate_cli.REFERENCE_LINES:
+        lines[line] = {}
+        if evaluated and all(s.get("evaluation", {}).get(line) for s in evaluated):
+            lines[line] = {key: _stat([s["evaluation"][line][key] for s in evaluated])
+                           for key in ("hit_score", "mean_iou", "mean_dice")}
     paired: dict = {}
     if evaluated and all(s.get("evaluation", {}).get("paired") for s in evaluated):
         reference = evaluated[0]["evaluation"]["paired"]["reference"]
@@ -165,7 +167,7 @@ def summarise(per_seed: list[dict], task: str) -> dict:
                                                           and p[key]["ci95"][0] > 0),
                                    "of_seeds": len(pairs)} for key in ("hit", "iou", "dice")}
         paired = {"reference": reference, "against": paired}
-    return {"classification": classification, "methods": methods, "chance": chance, "paired": paired}
+    return {"classification": classification, "methods": methods, **lines, "paired": paired}
 
 
 def _fmt(stat: dict, digits: int = 3) -> str:
@@ -224,10 +226,11 @@ def render_markdown(report: dict) -> str:
                  _fmt_steps(row["mean_steps"]) if "mean_steps" in row else "–",
                  _fmt(row["time_per_scan_s"], 2)]
         lines.append("| " + " | ".join(cells) + " |")
-    if s.get("chance"):
-        c = s["chance"]
-        lines.append(f"| Chance (a uniformly random organ voxel) | {_fmt(c['hit_score'])} | {_fmt(c['mean_iou'])} | "
-                     f"{_fmt(c['mean_dice'])} | – | – | – |")
+    for line, name in evaluate_cli.REFERENCE_LINES.items():
+        if s.get(line):
+            c = s[line]
+            lines.append(f"| {name} | {_fmt(c['hit_score'])} | {_fmt(c['mean_iou'])} | {_fmt(c['mean_dice'])} "
+                         "| – | – | – |")
     lines += ["", "Hit: the territory (of six) that holds the map's maximum holds a lesion (paper Sec. 4.4; "
               "brain only). IoU / Dice: the top-n map voxels inside the organ, n = the lesion's size "
               f"(appendix H). Counterfactual success: {evaluate_cli.SUCCESS_RULE} (Fig. 5).", ""]
@@ -322,7 +325,8 @@ def reproduce(config: str, overrides: Sequence[str], seeds: Sequence[int], out: 
                              "classification": seed_classification(run, manifest, labels, group_column),
                              "evaluation": {"methods": evaluation["methods"],
                                             "n_cases": evaluation["dataset"]["n_cases"],
-                                            "chance": evaluation.get("chance"), "paired": evaluation.get("paired"),
+                                            "chance": evaluation.get("chance"),
+                                            "contrast": evaluation.get("contrast"), "paired": evaluation.get("paired"),
                                             "settings": evaluation["settings"]},
                              "evaluation_acat_classifier": {"methods": by_acat["methods"],
                                                             "n_cases": by_acat["dataset"]["n_cases"],
