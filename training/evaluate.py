@@ -32,9 +32,10 @@ More settings to compare: ``--setting NAME:key=value,...`` (any `ExplainOptions`
 rather than an explanation: ``times_input=true`` scores the method's map multiplied by the windowed input
 (the scan in the model's HU window, [0, 1], on the input grid), as integrated gradients multiply their
 averaged gradient by the input's distance from a black baseline - so that how much of a score comes from
-following density, and how much from the model, can be measured (``cfx:times_input=true``). ``--run RUN`` instead of ``--bundle`` evaluates a
-training run's models before export - also when the autoencoder fails the export's gate (research only:
-the report's header says so, and `training.export` still refuses that bundle).
+following density, and how much from the model, can be measured (``cfx:times_input=true``).
+``--run RUN`` instead of ``--bundle`` evaluates a training run's models before export - also when the
+autoencoder fails the export's gate (research only: the report's header says so, and `training.export` still
+refuses that bundle).
 
 Aggregates: per method (hit score, mean IoU/Dice, per lesion size class or severity), the chance row,
 and the reference method (the first of ``--methods``) against every other one case by case
@@ -116,8 +117,9 @@ OVERLAP_RULE = "top-n map voxels inside the organ mask against the lesion, n = l
 #: the lines of the localisation table that are not explanations: aggregate key -> row name
 REFERENCE_LINES = {"chance": "Chance (a uniformly random organ voxel)",
                    "contrast": "No model: the organ voxels farthest from its median HU"}
-#: setting keys the evaluation applies itself (not `ExplainOptions` fields): key -> (kind, what it does)
-EVALUATION_KEYS = {"times_input": (bool, "the map multiplied by the windowed input (a diagnostic)")}
+#: setting keys the evaluation applies itself (not `ExplainOptions` fields) -> their kind; ``times_input``: the map
+#: multiplied by the windowed input before it is scored (a diagnostic, module docstring)
+EVALUATION_KEYS = {"times_input": bool}
 SUCCESS_RULE = ("the explained classifier's probability of its prediction on the real image falls below 0.2 "
                 "at an optimisation step >= 1")
 
@@ -157,7 +159,7 @@ def parse_setting(text: str) -> tuple[str, tuple[str, dict]]:
         if not eq or (key not in fields and key not in EVALUATION_KEYS) or key in ("coverage", "device"):
             usable = ", ".join([*(k for k in fields if k not in ("coverage", "device")), *EVALUATION_KEYS])
             raise ACATInputError(f"--setting {text!r}: {item.strip()!r} is not key=value with a key from {usable}")
-        kind = EVALUATION_KEYS[key][0] if key in EVALUATION_KEYS else fields[key].metadata["kind"]
+        kind = EVALUATION_KEYS[key] if key in EVALUATION_KEYS else fields[key].metadata["kind"]
         try:
             if kind is bool:
                 if value.lower() not in ("true", "false"):
