@@ -355,6 +355,7 @@ def evaluate_case(explainers: tuple, case: LoadedCase, methods: Sequence[str], *
             iou, dice = iou_dice(contrast, case.lesion_mask, case.organ_mask)
             record["contrast"] = {"hit": saliency_hit(contrast, case.territory_map, territories)
                                   if territories else None, "iou": iou, "dice": dice}
+    specs = METHOD_SPECS if specs is None else specs
     for n, method in enumerate(methods):
         options = method_options(method, coverage=coverage, steps=steps, saliency_classifier=saliency_classifier,
                                  specs=specs)
@@ -367,7 +368,7 @@ def evaluate_case(explainers: tuple, case: LoadedCase, methods: Sequence[str], *
                           predicted_name=explanation.label, probabilities=explanation.probabilities,
                           classifier=explanation.classifier, warnings=explanation.warnings)
         saliency = explanation.saliency.voxels_hu
-        if (METHOD_SPECS if specs is None else specs)[method][1].get("times_input"):
+        if specs[method][1].get("times_input"):
             saliency = saliency * explainer.bundle.spec.window(case.volume.voxels_hu)
         result = {**score_map(saliency, case, territories, has_lesion), "time_s": wall_s,
                   "map_time_s": _map_time_s(explanation), "timings": explanation.timings,
