@@ -173,6 +173,53 @@ def test_gantry_tilt_is_corrected_onto_a_perpendicular_grid(cranium, tmp_path):
     np.testing.assert_array_equal(volume.voxels_hu, expected)
 
 
+def test_positions_rounded_in_the_header_are_a_uniform_grid(cranium, cranium_copy):
+    """Thin slices (0.625 mm) whose positions a header wrote to 0.01 or 0.1 mm: gaps of 0.62 / 0.63 or
+    0.6 / 0.7 mm, yet every slice lies within the rounding of one grid - read as it is, never resampled."""
+    z0 = float(cranium.origin_mm[2])
+    for decimals in (2, 1):
+        edit_series(cranium_copy, lambda ds, k: setattr(
+            ds, "ImagePositionPatient", [*ds.ImagePositionPatient[:2], f"{z0 + 0.625 * k:.{decimals}f}"]))
+        volume = read_volume(cranium_copy)
+        np.testing.assert_array_equal(volume.voxels_hu, cranium.voxels_hu)  # 108 slices, none interpolated
+        assert not any("resampled" in w for w in volume.warnings), volume.warnings
+        assert volume.spacing_mm[2] == pytest.approx(0.625, abs=1e-3)  # the grid from first to last
+
+
+def test_orientation_rounded_in_the_header_is_not_a_tilt(cranium, tmp_path):
+    """An oblique series (17 and 11 degrees) whose orientation cosines are written to 3 decimals: the slice
+    origins then drift ~0.02 degree off the rounded normal, which is rounding, not gantry tilt."""
+    a, b = np.radians(17), np.radians(11)
+    rx = np.array([[1, 0, 0], [0, np.cos(a), -np.sin(a)], [0, np.sin(a), np.cos(a)]])
+    rz = np.array([[np.cos(b), -np.sin(b), 0], [np.sin(b), np.cos(b), 0], [0, 0, 1]])
+    sub = CTVolume(cranium.voxels_hu[30:66], (0.9570312, 0.9570312, 4.5), (-122.4, -135.7, -41.3),
+                   rx @ rz, dict(cranium.metadata))
+    folder = tmp_path / "oblique"
+    write_dicom_series(sub, folder)
+    edit_series(folder, lambda ds, k: setattr(
+        ds, "ImageOrientationPatient", [f"{float(v):.3f}" for v in ds.ImageOrientationPatient]))
+    volume = read_volume(folder)
+    assert not any("tilt" in w for w in volume.warnings), volume.warnings
+    np.testing.assert_array_equal(volume.voxels_hu, sub.voxels_hu)
+
+
+def test_one_sop_instance_uid_at_two_positions_keeps_both_slices(cranium, cranium_copy):
+    """A damaged header gives slice 21 the SOPInstanceUID of slice 20: two slices, not one image twice."""
+    files = sorted_series_files(cranium_copy)
+    uid = pydicom.dcmread(files[20]).SOPInstanceUID
+    ds = pydicom.dcmread(files[21])
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = uid
+    ds.save_as(files[21])
+    volume = read_volume(cranium_copy)
+    np.testing.assert_array_equal(volume.voxels_hu, cranium.voxels_hu)
+    assert any("share their SOPInstanceUID" in w for w in volume.warnings), volume.warnings
+    assert not any("duplicate" in w or "resampled" in w for w in volume.warnings), volume.warnings
+    shutil.copy(files[21], cranium_copy / "copy_of_21")  # a true copy (same UID, same position): read once
+    volume = read_volume(cranium_copy)
+    np.testing.assert_array_equal(volume.voxels_hu, cranium.voxels_hu)
+    assert any("1 duplicate copies" in w for w in volume.warnings), volume.warnings
+
+
 def test_one_missing_slice_is_interpolated_with_a_warning(cranium, cranium_copy):
     files = sorted_series_files(cranium_copy)
     files[50].unlink()

@@ -6,11 +6,17 @@ are handled explicitly, each with a warning on the volume:
 
 * **Gantry tilt** (slice origins drift in-plane along the stack): every slice is shifted in-plane by
   bilinear interpolation onto a grid perpendicular to the slices, as 3D Slicer's "acquisition
-  geometry regularization" and dcm2niix do. Shifts smaller than 5% of a pixel are ignored.
-* **Non-uniform spacing**: when every gap is within 1% of the median gap the spacing is the exact
-  mean. Otherwise, when the gaps stay between 0.49x and 2.01x the median (at most one missing slice
-  in a row), slices are linearly resampled to the median spacing. Larger gaps mean an incomplete
-  series and are refused: interpolating many missing slices would invent anatomy.
+  geometry regularization" and dcm2niix do. Shifts smaller than 5% of a pixel, or a drift below
+  0.1 degree, are rounding in the header (positions and orientation cosines written to few decimals)
+  and are ignored.
+* **Non-uniform spacing**: when every slice lies on the uniform grid from the first to the last slice
+  (within 1% of the spacing, or within the 0.1 mm to which headers often round positions - at most a
+  quarter of the spacing), the spacing is that grid's, exactly the mean gap. Otherwise, when the gaps
+  stay between 0.49x and 2.01x the median (at most one missing slice in a row), slices are linearly
+  resampled to the median spacing. Larger gaps mean an incomplete series and are refused: interpolating
+  many missing slices would invent anatomy.
+* **Duplicates**: a copy of an image (the same SOPInstanceUID and frame at the same position) is read
+  once; two images at different positions that share a SOPInstanceUID (a damaged header) are both kept.
 """
 
 from __future__ import annotations
@@ -36,6 +42,10 @@ ORIENTATION_TOL = 1e-3  # difference between unit vectors still counted as "the 
 SPACING_REL_TOL = 0.01  # gaps within 1% of the median are uniform
 MIN_GAP_FACTOR, MAX_GAP_FACTOR = 0.49, 2.01  # beyond these (x median gap) the series is refused
 TILT_MIN_SHIFT_PX = 0.05  # in-plane drift below this (pixels) is rounding in the header, not tilt
+TILT_MIN_DEG = 0.1  # nor is a drift below this angle: orientation cosines written to 3 decimals are off by ~0.06
+# Header positions are often written to 0.1 or 0.01 mm: slice positions within this of a uniform grid (but never
+# more than a quarter of the spacing) are that grid - not an irregular series to resample
+POSITION_ROUNDING_MM = 0.1
 DUPLICATE_POSITION_MM = 1e-3
 
 
@@ -370,18 +380,35 @@ def _usable_images(records: Sequence[SliceRecord], notes: list[str]) -> list[Sli
     images = [r for r in records if not r.is_localizer]
     if len(images) < len(records):
         notes.append(f"{len(records) - len(images)} localizer (scout) images were left out")
-    unique: dict[tuple[str, Optional[int]], SliceRecord] = {}
+    # A copy = the same SOP instance (and frame) at the same position; one UID at two positions is a damaged
+    # or rewritten header, not a copy - both images are slices of the scan and both are kept.
+    kept: dict[tuple[str, Optional[int]], list[SliceRecord]] = {}
+    copies = shared = 0
     for r in images:
-        unique.setdefault((r.sop_instance_uid, r.frame), r)
-    if len(unique) < len(images):
-        notes.append(f"{len(images) - len(unique)} duplicate copies of the same image were ignored")
-    images = list(unique.values())
+        same_uid = kept.setdefault((r.sop_instance_uid, r.frame), [])
+        if any(_same_position(r, other) for other in same_uid):
+            copies += 1
+            continue
+        shared += bool(same_uid)
+        same_uid.append(r)
+    if copies:
+        notes.append(f"{copies} duplicate copies of the same image were ignored")
+    if shared:
+        notes.append(f"{shared} images share their SOPInstanceUID with an image at another slice position "
+                     "(a damaged or rewritten header); each was kept as its own slice")
+    images = [r for group in kept.values() for r in group]
     for r in images:
         if r.rows == 0 or r.columns == 0:
             raise ACATInputError("the file has no pixel data (no image rows/columns)", r.path)
         if r.is_colour or r.is_secondary_capture:
             raise ACATInputError("a colour or secondary capture image, not CT image data", r.path)
     return images
+
+
+def _same_position(a: SliceRecord, b: SliceRecord) -> bool:
+    if a.position is None or b.position is None:
+        return a.position is None and b.position is None
+    return bool(np.linalg.norm(np.asarray(a.position, float) - np.asarray(b.position, float)) < DUPLICATE_POSITION_MM)
 
 
 def _sorted_along(images: list[SliceRecord], normal: np.ndarray,
@@ -419,14 +446,13 @@ def _in_plane_drift(positions: np.ndarray, along: np.ndarray, normal: np.ndarray
     offsets = positions - positions[0] - np.outer(along - along[0], normal)
     shift_i = offsets @ row_dir / col_spacing  # along i (columns): DICOM column spacing
     shift_j = offsets @ col_dir / row_spacing
-    tilted = bool(max(np.abs(shift_i).max(), np.abs(shift_j).max()) > TILT_MIN_SHIFT_PX)
+    drift_mm = float(np.linalg.norm(offsets[-1]))
+    tilt_deg = float(np.degrees(np.arctan2(drift_mm, along[-1] - along[0]))) if len(along) > 1 else 0.0
+    tilted = bool(max(np.abs(shift_i).max(), np.abs(shift_j).max()) > TILT_MIN_SHIFT_PX and tilt_deg > TILT_MIN_DEG)
     # Header values carry ~1e-6 mm of rounding: a shift within 1e-3 pixel of a whole pixel is whole.
     shift_i = np.where(np.abs(shift_i - np.rint(shift_i)) < 1e-3, np.rint(shift_i), shift_i)
     shift_j = np.where(np.abs(shift_j - np.rint(shift_j)) < 1e-3, np.rint(shift_j), shift_j)
-    if not tilted:
-        return shift_i, shift_j, None
-    drift_mm = float(np.linalg.norm(offsets[-1]))
-    return shift_i, shift_j, float(np.degrees(np.arctan2(drift_mm, along[-1] - along[0])))
+    return shift_i, shift_j, (tilt_deg if tilted else None)
 
 
 def _check_rescale(images: list[SliceRecord], notes: list[str]) -> None:
@@ -505,8 +531,13 @@ def _slice_positions(along: np.ndarray, images: list[SliceRecord]) -> tuple[floa
             return 1.0, None
     gaps = np.diff(along)
     median = float(np.median(gaps))
-    if np.abs(gaps - median).max() <= max(SPACING_REL_TOL * median, 1e-3):
-        return float((along[-1] - along[0]) / (len(along) - 1)), None
+    # uniform: every position within the tolerance of the grid from the first to the last slice (rounding in
+    # the header moves single positions, not the grid; a missing slice moves the rest by a whole gap)
+    spacing = float((along[-1] - along[0]) / (len(along) - 1))
+    grid = along[0] + spacing * np.arange(len(along))
+    tolerance = max(SPACING_REL_TOL * spacing, min(POSITION_ROUNDING_MM, 0.25 * spacing), 1e-3)
+    if np.abs(along - grid).max() <= tolerance:
+        return spacing, None
     worst = int(np.argmax(np.abs(gaps - median)))
     if gaps.max() > MAX_GAP_FACTOR * median or gaps.min() < MIN_GAP_FACTOR * median:
         raise ACATInputError(
