@@ -273,6 +273,30 @@ class PreparedScan:
         return np.ascontiguousarray(self.reorientation.undo(canonical.numpy()))
 
 
+#: what a scan of the model's body part measures in its header's geometry (mm): the body's largest in-plane
+#: extent (the Cranium head CT: 246, the CTChest scan: 377) and the least coverage along the slices (162 / 340)
+#: that a whole-organ model can read. Outside these the spacing in the header or the scan itself is suspect.
+BODY_EXTENT_MM = {"brain": ("head", 120.0, 380.0, 60.0), "lungs": ("chest", 180.0, 700.0, 100.0)}
+
+
+def extent_notes(canonical: CTVolume, geometry: SliceGeometry, spec: InputSpec) -> list[str]:
+    """Warnings (one line each) when the scan's size is implausible for the model's body part: a wrong pixel
+    or slice spacing in the header, or a partial scan the model would read as a whole one."""
+    if spec.organ not in BODY_EXTENT_MM:
+        return []
+    part, low, high, min_z = BODY_EXTENT_MM[spec.organ]
+    notes = []
+    across = geometry.pixel_mm * (max(geometry.size) - 1) / spec.fov_margin
+    if not low <= across <= high:
+        notes.append(f"the {part} measures {across:.0f} mm across by the header's pixel spacing, where a {part} CT "
+                     f"measures {low:.0f}-{high:.0f} mm: check the pixel spacing; the result may be meaningless")
+    along = canonical.voxels_hu.shape[0] * float(canonical.spacing_mm[2])
+    if along < min_z:
+        notes.append(f"the scan covers only {along:.0f} mm along its slices; the model reads {spec.slices} slices "
+                     f"spread over a whole {part} (at least {min_z:.0f} mm): a partial scan may be misread")
+    return notes
+
+
 def prepare(volume: CTVolume, spec: InputSpec, coverage: str = "all") -> PreparedScan:
     """Canonicalise, place the model grid, window and resample every needed slice (module docstring)."""
     canonical, reorientation = to_canonical(volume)
@@ -290,7 +314,7 @@ def prepare(volume: CTVolume, spec: InputSpec, coverage: str = "all") -> Prepare
     lookup = {int(k): n for n, k in enumerate(needed)}
     order = torch.as_tensor([lookup[int(k)] for k in idx.reshape(-1)])
     images = resampled[order].reshape(idx.shape[0], idx.shape[1], 1, *spec.size).contiguous()
-    notes = []
+    notes = extent_notes(canonical, geometry, spec)
     if abs(geometry.angle_deg) > 25:
         notes.append(f"the head appears rotated by {geometry.angle_deg:.0f} degrees in-plane; check the "
                      "midline alignment in the overview")
