@@ -155,6 +155,30 @@ def test_a_new_baseline_recomputes_the_saliency_maps_and_acat(finished, tmp_path
     assert (run / "autoencoder" / "model.safetensors").stat().st_mtime_ns == autoencoder_mtime
 
 
+def test_an_organ_setting_recomputes_the_maps_and_acat_only(finished, tmp_path):
+    """input.organ restricts the maps: the cache, the baseline and the autoencoder stay valid (a lung recipe
+    can gain its lung mask without retraining its classifier), the saliency maps and ACAT are recomputed."""
+    cfg_path, original = finished
+    run = tmp_path / "run"
+    shutil.copytree(original, run)
+    kept = {p: p.stat().st_mtime_ns for stage in ("baseline", "autoencoder") for p in (run / stage).iterdir()}
+    cache_files = sorted(p for p in (original.parent / "cache").rglob("*") if p.is_file())
+    maps = {}
+    for organ in ("brain", "none"):  # the toy's input is brain_midline: "brain" is its default organ
+        args = [f"out_dir={run}", "saliency.organ_mask=true", f"input.organ={organ}"]
+        assert pipeline.main(["--config", str(cfg_path), *args]) == 0
+        log = (run / "run.log").read_text().split(f"input.organ={organ}")[-1]
+        assert "baseline is complete and valid; skipped" in log and "autoencoder is complete and valid; skipped" in log
+        assert "pipeline: saliency: changed since it ran" in log and "pipeline: acat: changed since it ran" in log
+        assert read_done(run, "saliency")["fingerprint"]["config"]["input"]["organ"] == organ
+        maps[organ] = np.load(run / "saliency" / "maps" / "chunk_00000.npy")
+    assert {p: p.stat().st_mtime_ns for p in kept} == kept
+    assert sorted(p for p in (original.parent / "cache").rglob("*") if p.is_file()) == cache_files  # no new cache
+    # the brain mask zeroes the maps outside the skull's cavity (the toy's 32 x 32 skull is no closed ring: all
+    # of them); "none" keeps every pixel
+    assert np.count_nonzero(maps["none"]) > np.count_nonzero(maps["brain"])
+
+
 def test_export_writes_a_bundle_with_the_metrics_and_commands(finished, tmp_path):
     cfg_path, run = finished
     out = tmp_path / "Models" / "toy-brain"

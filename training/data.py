@@ -28,6 +28,7 @@ name and renamed when complete, so an interrupted build is never mistaken for a 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import json
 import multiprocessing
@@ -258,10 +259,14 @@ def _file_signature(path: str) -> list:
 
 
 def cache_key(cfg: TrainConfig, records: Sequence[CaseRecord]) -> str:
-    """sha256 of the input spec and every listed file's path, size and modification time."""
+    """sha256 of the input spec and every listed file's path, size and modification time.
+
+    The spec's organ is keyed as its default for the alignment: the cached slices do not depend on it (only the
+    maps made from them do), so setting input.organ keeps the cache and the stages trained on it."""
     h = hashlib.sha256()
+    spec = dataclasses.replace(cfg.input.spec(), organ="")
     h.update(json.dumps({"format": CACHE_FORMAT, "source": cfg.data.source, "task": cfg.data.task,
-                         "spec": cfg.input.spec().to_dict()}, sort_keys=True).encode())
+                         "spec": spec.to_dict()}, sort_keys=True).encode())
     for r in records:
         h.update(json.dumps([r.case_id, os.path.abspath(r.image), _file_signature(r.image)]).encode())
     return h.hexdigest()

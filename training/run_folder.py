@@ -175,6 +175,10 @@ def stage_config(cfg: TrainConfig, stage: str) -> dict:
     """The config keys a stage's results depend on (runtime settings excluded)."""
     full = cfg.to_dict()
     out = _common(cfg)
+    if stage != "saliency":
+        # the organ restricts the maps only: the saliency stage's; ACAT depends on it through those maps (its
+        # inputs), and a baseline or an autoencoder does not - so setting input.organ keeps them valid
+        out["input"] = {**out["input"], "organ": ""}
     if stage == "baseline":
         out.update(model={"baseline": cfg.model.baseline, "baseline_config": cfg.model.baseline_config},
                    baseline=full["baseline"], bf16=cfg.bf16)
