@@ -177,6 +177,9 @@ def test_an_organ_setting_recomputes_the_maps_and_acat_only(finished, tmp_path):
     # the brain mask zeroes the maps outside the skull's cavity (the toy's 32 x 32 skull is no closed ring: all
     # of them); "none" keeps every pixel
     assert np.count_nonzero(maps["none"]) > np.count_nonzero(maps["brain"])
+    # the bundle's card restricts maps as the saliency stage did (the baseline's fingerprint leaves the organ out)
+    assert export_cli.main([str(run), "--out", str(tmp_path / "bundle")]) == 0
+    assert load_bundle(tmp_path / "bundle").spec.organ == "none"
 
 
 def test_export_writes_a_bundle_with_the_metrics_and_commands(finished, tmp_path):

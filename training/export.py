@@ -25,6 +25,8 @@ import sys
 from pathlib import Path
 from typing import Optional
 
+import yaml
+
 from ACATLogic.bundle import load_bundle, save_bundle
 from ACATLogic.errors import EXIT_BAD_INPUT, ACATInputError
 from ACATLogic.options import RESOLVED_KEYS
@@ -106,6 +108,19 @@ def render_model_readme(card: dict, export_command: str = "", data_command: str 
     return "\n".join(lines)
 
 
+def _organ(run: RunFolder, saliency_done: dict) -> str:
+    """The organ the run's maps are restricted to: the saliency stage's (its fingerprint holds it; the others'
+    leave it out, `run_folder.stage_config`), else the one the baseline's config named ("" = the default)."""
+    organ = saliency_done.get("fingerprint", {}).get("config", {}).get("input", {}).get("organ")
+    if organ is not None:
+        return organ
+    try:
+        resolved = yaml.safe_load((run.stage_dir("baseline") / "config.yaml").read_text(encoding="utf-8"))
+        return str(resolved.get("input", {}).get("organ", "") or "")
+    except (OSError, yaml.YAMLError, AttributeError):
+        return ""
+
+
 def export(run_dir, out, *, bundle_id: Optional[str] = None, version: str = "0.1.0", licence: str = "Apache-2.0",
            description: str = "", overwrite: bool = False, include_acat: bool = True,
            command: Optional[str] = None, require_fit: bool = True) -> Path:
@@ -140,8 +155,8 @@ def export(run_dir, out, *, bundle_id: Optional[str] = None, version: str = "0.1
     data_dir = dataset_folder(trained_from["data"]["path"])
     simulated = trained_from["data"]["source"] == "phantom" or is_simulated(trained_from["data"]["path"])
     here = lambda text: portable(text, run.root, data_dir=data_dir, bundle_dir=out)  # noqa: E731 - no absolute path
-    spec = InputConfig(**trained_from["input"]).spec()
     saliency_done = run.read_done("saliency") or {}
+    spec = InputConfig(**{**trained_from["input"], "organ": _organ(run, saliency_done)}).spec()
     explanation = {k: v for k, v in saliency_done.get("parameters", {}).items() if k in RESOLVED_KEYS}
     if explanation and "variant" not in explanation:  # a run from before variants: the paper's maps
         explanation["variant"] = "paper"
