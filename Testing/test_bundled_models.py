@@ -50,6 +50,10 @@ def test_shipped_bundles_are_valid_small_and_documented(bundle_id):
     assert absolute_paths((folder / "model.json").read_text() + readme) == []
     front = yaml.safe_load(readme.split("---\n")[1])
     assert {"license", "tags", "datasets", "metrics", "model-index"} <= set(front) and "simulated-data" in front["tags"]
+    # the maps a clinician sees are restricted to the organ the task is about, found in the CT (issue 15)
+    organ = {"brain-stroke-phantom": "brain", "lung-covid-phantom": "lungs"}[bundle_id]
+    assert card["input"]["organ"] == organ and card["explanation"]["organ_mask"] is True
+    assert f"maps restricted to the {organ} found in the CT" in readme
 
 
 @pytest.mark.parametrize("bundle_id", sorted(SHIPPED))

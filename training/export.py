@@ -88,7 +88,8 @@ def render_model_readme(card: dict, export_command: str = "", data_command: str 
              f"**{card['intended_use']}** {data}", "",
              f"- task: `{card['task']}`; classes: {', '.join(card['labels'])} (healthy / negative: {healthy})",
              f"- input: {spec['slices']} axial slices of {spec['size'][0]} x {spec['size'][1]} pixels, HU window "
-             f"(level, width) {tuple(spec['hu_window'])}, alignment `{spec['alignment']}`",
+             f"(level, width) {tuple(spec['hu_window'])}, alignment `{spec['alignment']}`, maps restricted to "
+             f"{'the ' + spec['organ'] + ' found in the CT' if spec.get('organ', 'none') != 'none' else 'no organ'}",
              "- models: " + "; ".join(f"{role} `{m['architecture']}` ({m['weights']})"
                                      for role, m in card["models"].items()),
              f"- explanation defaults: " + ", ".join(f"{k} {v}" for k, v in card["explanation"].items()),
