@@ -274,9 +274,10 @@ class PreparedScan:
 
 
 #: what a scan of the model's body part measures in its header's geometry (mm): the body's largest in-plane
-#: extent (the Cranium head CT: 246, the CTChest scan: 377) and the least coverage along the slices (162 / 340)
-#: that a whole-organ model can read. Outside these the spacing in the header or the scan itself is suspect.
-BODY_EXTENT_MM = {"brain": ("head", 120.0, 380.0, 60.0), "lungs": ("chest", 180.0, 700.0, 100.0)}
+#: extent (the Cranium head CT: 246, the CTChest scan: 377; wide enough for a child's head or a head-and-neck scan
+#: with the shoulders) and the least coverage along the slices (162 / 340) that a whole-organ model can read.
+#: Outside these the spacing in the header, or the scan itself, is suspect.
+BODY_EXTENT_MM = {"brain": ("head", 100.0, 500.0, 60.0), "lungs": ("chest", 150.0, 800.0, 100.0)}
 
 
 def extent_notes(canonical: CTVolume, geometry: SliceGeometry, spec: InputSpec) -> list[str]:
@@ -288,8 +289,9 @@ def extent_notes(canonical: CTVolume, geometry: SliceGeometry, spec: InputSpec) 
     notes = []
     across = geometry.pixel_mm * (max(geometry.size) - 1) / spec.fov_margin
     if not low <= across <= high:
-        notes.append(f"the {part} measures {across:.0f} mm across by the header's pixel spacing, where a {part} CT "
-                     f"measures {low:.0f}-{high:.0f} mm: check the pixel spacing; the result may be meaningless")
+        notes.append(f"the scan's body measures {across:.0f} mm across by the header's pixel spacing, where a {part} "
+                     f"measures {low:.0f}-{high:.0f} mm: check the pixel spacing and that this is a {part} CT; if not, "
+                     "the result is meaningless")
     along = canonical.voxels_hu.shape[0] * float(canonical.spacing_mm[2])
     if along < min_z:
         notes.append(f"the scan covers only {along:.0f} mm along its slices; the model reads {spec.slices} slices "

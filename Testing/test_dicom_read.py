@@ -186,14 +186,15 @@ def test_positions_rounded_in_the_header_are_a_uniform_grid(cranium, cranium_cop
         assert volume.spacing_mm[2] == pytest.approx(0.625, abs=1e-3)  # the grid from first to last
 
 
-def test_orientation_rounded_in_the_header_is_not_a_tilt(cranium, tmp_path):
-    """An oblique series (17 and 11 degrees) whose orientation cosines are written to 3 decimals: the slice
-    origins then drift ~0.02 degree off the rounded normal, which is rounding, not gantry tilt."""
+def test_orientation_rounded_in_the_header_is_not_a_tilt_but_a_small_tilt_is(cranium, tmp_path):
+    """An oblique series (17 and 11 degrees, 108 slices over 486 mm) whose orientation cosines are written to 3
+    decimals: the slice origins then drift ~0.02 degree (0.18 pixel at the far end) off the rounded normal -
+    rounding, not gantry tilt. A real tilt of 0.3 degree on the same series is still corrected."""
     a, b = np.radians(17), np.radians(11)
     rx = np.array([[1, 0, 0], [0, np.cos(a), -np.sin(a)], [0, np.sin(a), np.cos(a)]])
     rz = np.array([[np.cos(b), -np.sin(b), 0], [np.sin(b), np.cos(b), 0], [0, 0, 1]])
-    sub = CTVolume(cranium.voxels_hu[30:66], (0.9570312, 0.9570312, 4.5), (-122.4, -135.7, -41.3),
-                   rx @ rz, dict(cranium.metadata))
+    sub = CTVolume(cranium.voxels_hu, (0.9570312, 0.9570312, 4.5), (-122.4, -135.7, -241.3), rx @ rz,
+                   dict(cranium.metadata))
     folder = tmp_path / "oblique"
     write_dicom_series(sub, folder)
     edit_series(folder, lambda ds, k: setattr(
@@ -201,6 +202,15 @@ def test_orientation_rounded_in_the_header_is_not_a_tilt(cranium, tmp_path):
     volume = read_volume(folder)
     assert not any("tilt" in w for w in volume.warnings), volume.warnings
     np.testing.assert_array_equal(volume.voxels_hu, sub.voxels_hu)
+
+    column = (rx @ rz)[:, 1]  # the drift of a 0.3 degree tilt: along the image's column direction
+
+    def tilt(ds, k):
+        ipp = np.array(ds.ImagePositionPatient, dtype=float) + column * 4.5 * k * np.tan(np.radians(0.3))
+        ds.ImagePositionPatient = [f"{v:.6f}" for v in ipp]
+
+    edit_series(folder, tilt)
+    assert any("gantry tilt of 0.3" in w for w in read_volume(folder).warnings)
 
 
 def test_one_sop_instance_uid_at_two_positions_keeps_both_slices(cranium, cranium_copy):
@@ -215,9 +225,12 @@ def test_one_sop_instance_uid_at_two_positions_keeps_both_slices(cranium, craniu
     assert any("share their SOPInstanceUID" in w for w in volume.warnings), volume.warnings
     assert not any("duplicate" in w or "resampled" in w for w in volume.warnings), volume.warnings
     shutil.copy(files[21], cranium_copy / "copy_of_21")  # a true copy (same UID, same position): read once
+    copy = pydicom.dcmread(files[20])  # and a copy whose header rewrote the position to 0.1 mm: a copy too
+    copy.ImagePositionPatient = [f"{float(v):.1f}" for v in copy.ImagePositionPatient]
+    copy.save_as(cranium_copy / "rounded_copy_of_20")
     volume = read_volume(cranium_copy)
     np.testing.assert_array_equal(volume.voxels_hu, cranium.voxels_hu)
-    assert any("1 duplicate copies" in w for w in volume.warnings), volume.warnings
+    assert any("2 duplicate copies" in w for w in volume.warnings), volume.warnings
 
 
 def test_one_missing_slice_is_interpolated_with_a_warning(cranium, cranium_copy):

@@ -105,7 +105,7 @@ def test_the_explainer_restricts_maps_to_the_organ(cranium):
 
 def test_a_scan_whose_size_does_not_fit_its_body_part_is_flagged(cranium, ctchest_path):
     """A head or chest of a plausible size gets no note; a header spacing five times too large (a 1.2 m head),
-    or a scan of 3 slices (4.5 mm of a head), gets a one-line warning that says what to check."""
+    or a scan of 4 slices (6 mm of a head), gets a one-line warning that says what to check."""
     from ACATLogic.volume import CTVolume
 
     assert prepare(cranium, BRAIN, coverage="sampled").notes == []
@@ -113,8 +113,8 @@ def test_a_scan_whose_size_does_not_fit_its_body_part_is_flagged(cranium, ctches
     scaled = CTVolume(cranium.voxels_hu, tuple(5 * float(s) for s in cranium.spacing_mm), cranium.origin_mm,
                       cranium.direction, dict(cranium.metadata))
     notes = prepare(scaled, BRAIN, coverage="sampled").notes
-    assert len(notes) == 1 and "the head measures 1232 mm across" in notes[0] and "check the pixel spacing" in notes[0]
-    thin = CTVolume(cranium.voxels_hu[50:53], cranium.spacing_mm, cranium.index_to_lps([0, 0, 50]),
+    assert len(notes) == 1 and "measures 1232 mm across" in notes[0] and "check the pixel spacing" in notes[0]
+    thin = CTVolume(cranium.voxels_hu[50:54], cranium.spacing_mm, cranium.index_to_lps([0, 0, 50]),
                     cranium.direction, dict(cranium.metadata))
     notes = prepare(thin, BRAIN, coverage="sampled").notes
-    assert len(notes) == 1 and "covers only 4 mm along its slices" in notes[0], notes
+    assert len(notes) == 1 and "covers only 6 mm along its slices" in notes[0], notes

@@ -157,29 +157,44 @@ def test_a_new_baseline_recomputes_the_saliency_maps_and_acat(finished, tmp_path
 
 def test_an_organ_setting_recomputes_the_maps_and_acat_only(finished, tmp_path):
     """input.organ restricts the maps: the cache, the baseline and the autoencoder stay valid (a lung recipe
-    can gain its lung mask without retraining its classifier), the saliency maps and ACAT are recomputed."""
+    can gain its lung mask without retraining its classifier), the saliency maps and ACAT are recomputed; naming
+    the organ the input's alignment gives anyway changes nothing; the bundle's card names the maps' organ."""
     cfg_path, original = finished
     run = tmp_path / "run"
     shutil.copytree(original, run)
     kept = {p: p.stat().st_mtime_ns for stage in ("baseline", "autoencoder") for p in (run / stage).iterdir()}
     cache_files = sorted(p for p in (original.parent / "cache").rglob("*") if p.is_file())
-    maps = {}
-    for organ in ("brain", "none"):  # the toy's input is brain_midline: "brain" is its default organ
-        args = [f"out_dir={run}", "saliency.organ_mask=true", f"input.organ={organ}"]
-        assert pipeline.main(["--config", str(cfg_path), *args]) == 0
-        log = (run / "run.log").read_text().split(f"input.organ={organ}")[-1]
+
+    def pipeline_log(*args) -> str:
+        assert pipeline.main(["--config", str(cfg_path), f"out_dir={run}", "saliency.organ_mask=true", *args]) == 0
+        log = (run / "run.log").read_text().split("saliency.organ_mask=true")[-1]
         assert "baseline is complete and valid; skipped" in log and "autoencoder is complete and valid; skipped" in log
-        assert "pipeline: saliency: changed since it ran" in log and "pipeline: acat: changed since it ran" in log
-        assert read_done(run, "saliency")["fingerprint"]["config"]["input"]["organ"] == organ
-        maps[organ] = np.load(run / "saliency" / "maps" / "chunk_00000.npy")
+        return log
+
+    pipeline_log()  # the toy's input is brain_midline: the brain is its organ
+    maps_brain = np.load(run / "saliency" / "maps" / "chunk_00000.npy")
+    saliency_done = read_done(run, "saliency")
+    assert saliency_done["fingerprint"]["config"]["input"]["organ"] == ""
+    log = pipeline_log("input.organ=brain")  # the same organ, named: nothing to recompute
+    assert "saliency is complete and valid; skipped" in log and "acat is complete and valid; skipped" in log
+    assert read_done(run, "saliency") == saliency_done
+    log = pipeline_log("input.organ=none")
+    assert "pipeline: saliency: changed since it ran: config.input.organ: '' -> 'none'" in log
+    assert "pipeline: acat: changed since it ran: inputs.saliency" in log
+    maps_none = np.load(run / "saliency" / "maps" / "chunk_00000.npy")
     assert {p: p.stat().st_mtime_ns for p in kept} == kept
     assert sorted(p for p in (original.parent / "cache").rglob("*") if p.is_file()) == cache_files  # no new cache
     # the brain mask zeroes the maps outside the skull's cavity (the toy's 32 x 32 skull is no closed ring: all
     # of them); "none" keeps every pixel
-    assert np.count_nonzero(maps["none"]) > np.count_nonzero(maps["brain"])
+    assert np.count_nonzero(maps_none) > np.count_nonzero(maps_brain)
     # the bundle's card restricts maps as the saliency stage did (the baseline's fingerprint leaves the organ out)
     assert export_cli.main([str(run), "--out", str(tmp_path / "bundle")]) == 0
     assert load_bundle(tmp_path / "bundle").spec.organ == "none"
+    # maps made again without ACAT trained on them: the export refuses rather than ship a mismatched pair
+    assert train.main(["--config", str(cfg_path), f"out_dir={run}", "saliency.organ_mask=true", "input.organ=brain",
+                       "stage=saliency"]) == 0
+    assert export_cli.main([str(run), "--out", str(tmp_path / "mismatched")]) == 2
+    assert not (tmp_path / "mismatched").exists()
 
 
 def test_export_writes_a_bundle_with_the_metrics_and_commands(finished, tmp_path):

@@ -37,7 +37,7 @@ from .config import InputConfig
 from .manifest import is_simulated
 from .model_card import hub_front_matter, slug
 from .portable import dataset_folder, portable
-from .run_folder import RunFolder, command_line
+from .run_folder import RunFolder, command_line, digest
 
 BUNDLE_TASK = {"brain": "brain_stroke", "lung": "lung_covid"}
 
@@ -89,7 +89,8 @@ def render_model_readme(card: dict, export_command: str = "", data_command: str 
              f"- task: `{card['task']}`; classes: {', '.join(card['labels'])} (healthy / negative: {healthy})",
              f"- input: {spec['slices']} axial slices of {spec['size'][0]} x {spec['size'][1]} pixels, HU window "
              f"(level, width) {tuple(spec['hu_window'])}, alignment `{spec['alignment']}`, maps restricted to "
-             f"{'the ' + spec['organ'] + ' found in the CT' if spec.get('organ', 'none') != 'none' else 'no organ'}",
+             + (f"the {spec['organ']} found in the CT" if spec.get("organ", "none") != "none"
+                and card.get("explanation", {}).get("organ_mask") else "no organ"),
              "- models: " + "; ".join(f"{role} `{m['architecture']}` ({m['weights']})"
                                      for role, m in card["models"].items()),
              f"- explanation defaults: " + ", ".join(f"{k} {v}" for k, v in card["explanation"].items()),
@@ -157,6 +158,11 @@ def export(run_dir, out, *, bundle_id: Optional[str] = None, version: str = "0.1
     simulated = trained_from["data"]["source"] == "phantom" or is_simulated(trained_from["data"]["path"])
     here = lambda text: portable(text, run.root, data_dir=data_dir, bundle_dir=out)  # noqa: E731 - no absolute path
     saliency_done = run.read_done("saliency") or {}
+    if include_acat and saliency_done:
+        made_from = _done(run, "acat").get("fingerprint", {}).get("inputs", {}).get("saliency")
+        if made_from != digest(saliency_done.get("fingerprint")):
+            raise ACATInputError("ACAT was trained on other saliency maps than the run's (the saliency stage ran "
+                                 "again since); run the acat stage (training.pipeline) before exporting", run.root)
     spec = InputConfig(**{**trained_from["input"], "organ": _organ(run, saliency_done)}).spec()
     explanation = {k: v for k, v in saliency_done.get("parameters", {}).items() if k in RESOLVED_KEYS}
     if explanation and "variant" not in explanation:  # a run from before variants: the paper's maps

@@ -25,6 +25,8 @@ its weights' sha256 matches; change the baseline and the saliency maps and ACAT 
 
 from __future__ import annotations
 
+import dataclasses
+
 import datetime
 import hashlib
 import json
@@ -175,10 +177,13 @@ def stage_config(cfg: TrainConfig, stage: str) -> dict:
     """The config keys a stage's results depend on (runtime settings excluded)."""
     full = cfg.to_dict()
     out = _common(cfg)
-    if stage != "saliency":
-        # the organ restricts the maps only: the saliency stage's; ACAT depends on it through those maps (its
-        # inputs), and a baseline or an autoencoder does not - so setting input.organ keeps them valid
-        out["input"] = {**out["input"], "organ": ""}
+    # the organ restricts the maps only: the saliency stage's; ACAT depends on it through those maps (its inputs),
+    # and a baseline or an autoencoder does not - so setting input.organ keeps them valid. Where it counts, the
+    # organ the alignment gives anyway is keyed as "" (as every run before the setting was used)
+    resolved = cfg.input.spec()
+    default = dataclasses.replace(resolved, organ="").organ
+    organ = "" if stage != "saliency" or resolved.organ == default else resolved.organ
+    out["input"] = {**out["input"], "organ": organ}
     if stage == "baseline":
         out.update(model={"baseline": cfg.model.baseline, "baseline_config": cfg.model.baseline_config},
                    baseline=full["baseline"], bf16=cfg.bf16)

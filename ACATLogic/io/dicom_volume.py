@@ -11,7 +11,7 @@ are handled explicitly, each with a warning on the volume:
   and are ignored.
 * **Non-uniform spacing**: when every slice lies on the uniform grid from the first to the last slice
   (within 1% of the spacing, or within the 0.1 mm to which headers often round positions - at most a
-  quarter of the spacing), the spacing is that grid's, exactly the mean gap. Otherwise, when the gaps
+  fifth of the spacing), the spacing is that grid's, exactly the mean gap. Otherwise, when the gaps
   stay between 0.49x and 2.01x the median (at most one missing slice in a row), slices are linearly
   resampled to the median spacing. Larger gaps mean an incomplete series and are refused: interpolating
   many missing slices would invent anatomy.
@@ -44,7 +44,7 @@ MIN_GAP_FACTOR, MAX_GAP_FACTOR = 0.49, 2.01  # beyond these (x median gap) the s
 TILT_MIN_SHIFT_PX = 0.05  # in-plane drift below this (pixels) is rounding in the header, not tilt
 TILT_MIN_DEG = 0.1  # nor is a drift below this angle: orientation cosines written to 3 decimals are off by ~0.06
 # Header positions are often written to 0.1 or 0.01 mm: slice positions within this of a uniform grid (but never
-# more than a quarter of the spacing) are that grid - not an irregular series to resample
+# more than a fifth of the spacing) are that grid - not an irregular series to resample
 POSITION_ROUNDING_MM = 0.1
 DUPLICATE_POSITION_MM = 1e-3
 
@@ -117,7 +117,8 @@ def select_series(scan: ScanResult, source: Path, series_uid: Optional[str] = No
 
     def size(item):
         uid, records = item
-        return (len({(r.sop_instance_uid, r.frame) for r in records if not r.is_localizer}), uid)
+        return (len({(r.sop_instance_uid, r.frame, None if r.position is None else tuple(np.round(r.position, 1)))
+                     for r in records if not r.is_localizer}), uid)
 
     uid, records = max(usable.items(), key=size)
     if len(scan.series) == 1:
@@ -386,7 +387,7 @@ def _usable_images(records: Sequence[SliceRecord], notes: list[str]) -> list[Sli
     copies = shared = 0
     for r in images:
         same_uid = kept.setdefault((r.sop_instance_uid, r.frame), [])
-        if any(_same_position(r, other) for other in same_uid):
+        if _is_copy(r, same_uid):
             copies += 1
             continue
         shared += bool(same_uid)
@@ -405,10 +406,15 @@ def _usable_images(records: Sequence[SliceRecord], notes: list[str]) -> list[Sli
     return images
 
 
-def _same_position(a: SliceRecord, b: SliceRecord) -> bool:
-    if a.position is None or b.position is None:
-        return a.position is None and b.position is None
-    return bool(np.linalg.norm(np.asarray(a.position, float) - np.asarray(b.position, float)) < DUPLICATE_POSITION_MM)
+def _is_copy(r: SliceRecord, same_uid: list[SliceRecord]) -> bool:
+    """Whether ``r`` is a copy of one of the images with its SOPInstanceUID (and frame): one without a position
+    is, and so is one at the same position within the rounding a rewritten header adds (`POSITION_ROUNDING_MM`)."""
+    if not same_uid:
+        return False
+    if r.position is None or any(o.position is None for o in same_uid):
+        return True
+    others = np.array([o.position for o in same_uid], dtype=float)
+    return bool((np.linalg.norm(others - np.asarray(r.position, float), axis=1) <= POSITION_ROUNDING_MM).any())
 
 
 def _sorted_along(images: list[SliceRecord], normal: np.ndarray,
@@ -446,8 +452,9 @@ def _in_plane_drift(positions: np.ndarray, along: np.ndarray, normal: np.ndarray
     offsets = positions - positions[0] - np.outer(along - along[0], normal)
     shift_i = offsets @ row_dir / col_spacing  # along i (columns): DICOM column spacing
     shift_j = offsets @ col_dir / row_spacing
-    drift_mm = float(np.linalg.norm(offsets[-1]))
-    tilt_deg = float(np.degrees(np.arctan2(drift_mm, along[-1] - along[0]))) if len(along) > 1 else 0.0
+    # the steepest drift of any slice from the first (a drift that is not linear, or that comes back, still counts)
+    drift_mm = np.linalg.norm(offsets[1:], axis=1)
+    tilt_deg = float(np.degrees(np.arctan2(drift_mm, along[1:] - along[0])).max()) if len(along) > 1 else 0.0
     tilted = bool(max(np.abs(shift_i).max(), np.abs(shift_j).max()) > TILT_MIN_SHIFT_PX and tilt_deg > TILT_MIN_DEG)
     # Header values carry ~1e-6 mm of rounding: a shift within 1e-3 pixel of a whole pixel is whole.
     shift_i = np.where(np.abs(shift_i - np.rint(shift_i)) < 1e-3, np.rint(shift_i), shift_i)
@@ -535,7 +542,7 @@ def _slice_positions(along: np.ndarray, images: list[SliceRecord]) -> tuple[floa
     # the header moves single positions, not the grid; a missing slice moves the rest by a whole gap)
     spacing = float((along[-1] - along[0]) / (len(along) - 1))
     grid = along[0] + spacing * np.arange(len(along))
-    tolerance = max(SPACING_REL_TOL * spacing, min(POSITION_ROUNDING_MM, 0.25 * spacing), 1e-3)
+    tolerance = max(SPACING_REL_TOL * spacing, min(POSITION_ROUNDING_MM, 0.2 * spacing), 1e-3)
     if np.abs(along - grid).max() <= tolerance:
         return spacing, None
     worst = int(np.argmax(np.abs(gaps - median)))
