@@ -233,6 +233,32 @@ def test_one_sop_instance_uid_at_two_positions_keeps_both_slices(cranium, craniu
     assert any("2 duplicate copies" in w for w in volume.warnings), volume.warnings
 
 
+def test_one_slice_drifting_in_plane_is_put_back(cranium, tmp_path):
+    """The first and the last slice in line, one slice between them moved two rows (a drift that is not a
+    straight tilt): the steepest drift counts, so that slice is shifted back onto the grid, with a warning."""
+    sub = CTVolume(cranium.voxels_hu[40:60], cranium.spacing_mm,
+                   cranium.index_to_lps([0, 0, 40]), cranium.direction, dict(cranium.metadata))
+    folder = tmp_path / "drift"
+    write_dicom_series(sub, folder)
+    row_mm = float(sub.spacing_mm[1])
+
+    def drift(ds, k):
+        if k != 10:
+            return
+        ipp = np.array(ds.ImagePositionPatient, dtype=float) + np.array([0.0, 2 * row_mm, 0.0])
+        ds.ImagePositionPatient = [f"{v:.6f}" for v in ipp]
+        shifted = np.full((256, 256), -1024, np.int16)  # stored row j' shows true row j' + 2
+        shifted[:254] = ds.pixel_array[2:]
+        ds.PixelData = shifted.tobytes()
+
+    edit_series(folder, drift)
+    volume = read_volume(folder)
+    assert any("gantry tilt" in w for w in volume.warnings), volume.warnings
+    expected = sub.voxels_hu.copy()
+    expected[10, :2] = -1024  # the two rows slice 10 never held
+    np.testing.assert_array_equal(volume.voxels_hu, expected)
+
+
 def test_one_missing_slice_is_interpolated_with_a_warning(cranium, cranium_copy):
     files = sorted_series_files(cranium_copy)
     files[50].unlink()
