@@ -146,30 +146,37 @@ def test_non_square_pixels_follow_dicom_row_column_order(cranium_copy):
     assert_matches_sitk(volume, sitk_series(cranium_copy))
 
 
-def test_gantry_tilt_is_corrected_onto_a_perpendicular_grid(cranium, tmp_path):
-    """Slices whose origins drift one row per slice along j (a 32 degree tilt), pixels drifting too."""
+def drifting_series(cranium, folder: Path, rows_moved) -> tuple[CTVolume, np.ndarray]:
+    """20 slices of the head CT written as a series whose slice k lies ``rows_moved(k)`` rows further along j (its
+    origin and its pixels moved together, as a tilted gantry stores them); returns the true volume and what the
+    reader should give back: the true volume with the rows a moved slice never held at the fill value."""
     sub = CTVolume(cranium.voxels_hu[40:60], cranium.spacing_mm,
                    cranium.index_to_lps([0, 0, 40]), cranium.direction, dict(cranium.metadata))
-    folder = tmp_path / "tilted"
     write_dicom_series(sub, folder)
     row_mm = float(sub.spacing_mm[1])
+    expected = sub.voxels_hu.copy()
 
-    def tilt(ds, k):
-        ipp = np.array(ds.ImagePositionPatient, dtype=float) + np.array([0.0, k * row_mm, 0.0])
-        ds.ImagePositionPatient = [f"{v:.6f}" for v in ipp]
-        shifted = np.full((256, 256), -1024, np.int16)  # stored row j' shows true row j' + k
-        shifted[: 256 - k] = ds.pixel_array[k:]
-        ds.PixelData = shifted.tobytes()
-        ds.GantryDetectorTilt = "32.5"
+    def move(ds, k):
+        rows = rows_moved(k)
+        if rows:
+            ipp = np.array(ds.ImagePositionPatient, dtype=float) + np.array([0.0, rows * row_mm, 0.0])
+            ds.ImagePositionPatient = [f"{v:.6f}" for v in ipp]
+            shifted = np.full((256, 256), -1024, np.int16)  # stored row j' shows true row j' + rows
+            shifted[: 256 - rows] = ds.pixel_array[rows:]
+            ds.PixelData = shifted.tobytes()
+            expected[k, :rows] = -1024
 
-    edit_series(folder, tilt)
-    volume = read_volume(folder)
+    edit_series(folder, move)
+    return sub, expected
+
+
+def test_gantry_tilt_is_corrected_onto_a_perpendicular_grid(cranium, tmp_path):
+    """Slices whose origins drift one row per slice along j (a 32 degree tilt), pixels drifting too."""
+    sub, expected = drifting_series(cranium, tmp_path / "tilted", lambda k: k)
+    volume = read_volume(tmp_path / "tilted")
     assert any("gantry tilt of 32.54 degrees" in w for w in volume.warnings), volume.warnings
     np.testing.assert_allclose(volume.direction, np.eye(3), atol=1e-9)
     np.testing.assert_allclose(volume.origin_mm, sub.origin_mm, atol=1e-5)
-    expected = sub.voxels_hu.copy()
-    for k in range(20):  # true rows 0..k-1 were outside slice k's tilted field of view: fill value
-        expected[k, :k] = -1024
     np.testing.assert_array_equal(volume.voxels_hu, expected)
 
 
@@ -236,26 +243,9 @@ def test_one_sop_instance_uid_at_two_positions_keeps_both_slices(cranium, craniu
 def test_one_slice_drifting_in_plane_is_put_back(cranium, tmp_path):
     """The first and the last slice in line, one slice between them moved two rows (a drift that is not a
     straight tilt): the steepest drift counts, so that slice is shifted back onto the grid, with a warning."""
-    sub = CTVolume(cranium.voxels_hu[40:60], cranium.spacing_mm,
-                   cranium.index_to_lps([0, 0, 40]), cranium.direction, dict(cranium.metadata))
-    folder = tmp_path / "drift"
-    write_dicom_series(sub, folder)
-    row_mm = float(sub.spacing_mm[1])
-
-    def drift(ds, k):
-        if k != 10:
-            return
-        ipp = np.array(ds.ImagePositionPatient, dtype=float) + np.array([0.0, 2 * row_mm, 0.0])
-        ds.ImagePositionPatient = [f"{v:.6f}" for v in ipp]
-        shifted = np.full((256, 256), -1024, np.int16)  # stored row j' shows true row j' + 2
-        shifted[:254] = ds.pixel_array[2:]
-        ds.PixelData = shifted.tobytes()
-
-    edit_series(folder, drift)
-    volume = read_volume(folder)
+    _, expected = drifting_series(cranium, tmp_path / "drift", lambda k: 2 if k == 10 else 0)
+    volume = read_volume(tmp_path / "drift")
     assert any("gantry tilt" in w for w in volume.warnings), volume.warnings
-    expected = sub.voxels_hu.copy()
-    expected[10, :2] = -1024  # the two rows slice 10 never held
     np.testing.assert_array_equal(volume.voxels_hu, expected)
 
 
